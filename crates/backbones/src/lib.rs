@@ -1,0 +1,380 @@
+//! selfsup-backbones holds the encoders: networks that map images
+//! (B, C, H, W) to features (B, D). All implement [`Backbone`]; a
+//! serialisable [`BackboneConfig`] names one and its hyper-parameters, so a
+//! checkpoint's `config.json` can rebuild it.
+//!
+//! - [`ConvNet`]: a small VGG-style network (3x3 conv, BatchNorm, ReLU,
+//!   2x2 max-pool between stages, global average pool). Sized for CPU runs.
+//! - [`ResNet18`]: ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no
+//!   max-pool).
+//!
+//! BatchNorm uses batch statistics and updates its running averages when
+//! `train` is true, and the running averages when it is false. Inputs may have
+//! 1 or 3 channels (any count, in fact) and any square size of at least 8.
+//! Parameter names are stable (`stem.conv.weight`, `layer1.0.bn1.bias`, ...)
+//! and all live under the `VarBuilder` prefix the caller gives.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use selfsup_backbones::BackboneConfig;
+//! let map = candle_nn::VarMap::new();
+//! let vb = selfsup_core::params::seeded_var_builder(&map, 0, &Device::Cpu);
+//! let cfg = BackboneConfig::ConvNet { in_channels: 1, widths: vec![4, 8] };
+//! let net = cfg.build(vb.pp("backbone")).unwrap();
+//! let x = Tensor::zeros((2, 1, 12, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! assert_eq!(net.forward_t(&x, false).unwrap().dims(), &[2, 8]);
+//! ```
+
+pub mod checkpoint;
+
+use candle_core::{Module, ModuleT, Tensor};
+use candle_nn::{batch_norm, conv2d_no_bias, BatchNorm, Conv2d, Conv2dConfig, VarBuilder};
+use selfsup_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// An encoder from images (B, C, H, W) to features (B, D).
+pub trait Backbone: Send + Sync {
+    /// Features of a batch; `train` selects BatchNorm's mode.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+    /// D, the feature dimension.
+    fn feature_dim(&self) -> usize;
+}
+
+/// Which backbone and its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackboneConfig {
+    /// See [`ConvNet`].
+    ConvNet {
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels of each stage (a 2x2 max-pool sits between stages).
+        widths: Vec<usize>,
+    },
+    /// See [`ResNet18`].
+    ResNet18 {
+        /// Input channels.
+        in_channels: usize,
+        /// Channels of the first stage (64 in the standard network); the
+        /// stages use 1x, 2x, 4x, 8x this.
+        base_width: usize,
+    },
+}
+
+/// Backbone names accepted by [`BackboneConfig::from_name`].
+pub const NAMES: [&str; 2] = ["convnet", "resnet18"];
+
+impl BackboneConfig {
+    /// The default configuration of a named backbone.
+    pub fn from_name(name: &str, in_channels: usize) -> Result<Self> {
+        match name {
+            "convnet" => Ok(Self::ConvNet {
+                in_channels,
+                widths: vec![32, 64, 128],
+            }),
+            "resnet18" => Ok(Self::ResNet18 {
+                in_channels,
+                base_width: 64,
+            }),
+            other => Err(Error::invalid(
+                "--backbone",
+                format!("unknown backbone {other:?}; choose one of: {}", NAMES.join(", ")),
+            )),
+        }
+    }
+
+    /// Short name (`convnet`, `resnet18`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ConvNet { .. } => "convnet",
+            Self::ResNet18 { .. } => "resnet18",
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        match self {
+            Self::ConvNet { in_channels, .. } | Self::ResNet18 { in_channels, .. } => *in_channels,
+        }
+    }
+
+    /// Builds the network with parameters from `vb`.
+    pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
+        match self {
+            Self::ConvNet { in_channels, widths } => Ok(Box::new(ConvNet::new(*in_channels, widths, vb)?)),
+            Self::ResNet18 {
+                in_channels,
+                base_width,
+            } => Ok(Box::new(ResNet18::new(*in_channels, *base_width, vb)?)),
+        }
+    }
+}
+
+fn check_input(x: &Tensor, in_channels: usize) -> Result<()> {
+    let dims = x.dims();
+    let ok = dims.len() == 4 && dims[1] == in_channels && dims[2] == dims[3] && dims[2] >= 8;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "input",
+            format!("backbone expects (B, {in_channels}, S, S) with S >= 8, got {dims:?}"),
+        ))
+    }
+}
+
+/// 3x3 convolution + BatchNorm (+ optional ReLU).
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder, conv: &str, bn: &str) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding: k / 2,
+            stride,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv: conv2d_no_bias(cin, cout, k, cfg, vb.pp(conv))?,
+            bn: batch_norm(cout, 1e-5, vb.pp(bn))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.bn.forward_t(&self.conv.forward(x)?, train)?)
+    }
+}
+
+/// 2x2 max-pool, first dropping an odd last row/column (Candle's max-pool
+/// backward is only correct for sizes divisible by the kernel).
+fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, h - h % 2)?.narrow(3, 0, w - w % 2)?
+    } else {
+        x.clone()
+    };
+    Ok(x.max_pool2d(2)?)
+}
+
+/// Global average pool: (B, C, H, W) -> (B, C).
+fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean(3)?.mean(2)?)
+}
+
+/// A small VGG-style network: per stage a 3x3 conv, BatchNorm and ReLU,
+/// with a 2x2 max-pool between stages, then global average pooling.
+pub struct ConvNet {
+    stages: Vec<ConvBn>,
+    in_channels: usize,
+}
+
+impl ConvNet {
+    /// Builds the network; parameters are `stages.{i}.conv.weight`, `stages.{i}.bn.*`.
+    pub fn new(in_channels: usize, widths: &[usize], vb: VarBuilder) -> Result<Self> {
+        if widths.is_empty() {
+            return Err(Error::invalid("backbone", "convnet needs at least one stage width"));
+        }
+        let mut stages = Vec::new();
+        let mut cin = in_channels;
+        for (i, &w) in widths.iter().enumerate() {
+            stages.push(ConvBn::new(cin, w, 3, 1, vb.pp(format!("stages.{i}")), "conv", "bn")?);
+            cin = w;
+        }
+        Ok(Self { stages, in_channels })
+    }
+}
+
+impl Backbone for ConvNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        check_input(x, self.in_channels)?;
+        let mut h = x.clone();
+        for (i, s) in self.stages.iter().enumerate() {
+            h = s.forward(&h, train)?.relu()?;
+            if i + 1 < self.stages.len() && h.dim(2)? >= 2 {
+                h = max_pool2(&h)?;
+            }
+        }
+        global_avg_pool(&h)
+    }
+
+    fn feature_dim(&self) -> usize {
+        self.stages.last().map_or(0, |s| s.bn.running_mean().dim(0).unwrap_or(0))
+    }
+}
+
+/// The basic residual block of ResNet-18.
+struct BasicBlock {
+    a: ConvBn,
+    b: ConvBn,
+    shortcut: Option<ConvBn>,
+}
+
+impl BasicBlock {
+    fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let shortcut = if stride != 1 || cin != cout {
+            Some(ConvBn::new(cin, cout, 1, stride, vb.pp("downsample"), "0", "1")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            a: ConvBn::new(cin, cout, 3, stride, vb.clone(), "conv1", "bn1")?,
+            b: ConvBn::new(cout, cout, 3, 1, vb, "conv2", "bn2")?,
+            shortcut,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.a.forward(x, train)?.relu()?;
+        let h = self.b.forward(&h, train)?;
+        let skip = match &self.shortcut {
+            Some(s) => s.forward(x, train)?,
+            None => x.clone(),
+        };
+        Ok((h + skip)?.relu()?)
+    }
+}
+
+/// ResNet-18 with the CIFAR stem: 3x3 stride-1 conv, no max-pool, four
+/// stages of two basic blocks (stride 2 at stages 2-4), global average pool.
+/// Parameter names follow torchvision (`conv1`, `bn1`, `layer1.0.conv1`, ...).
+pub struct ResNet18 {
+    stem: ConvBn,
+    blocks: Vec<BasicBlock>,
+    in_channels: usize,
+    dim: usize,
+}
+
+impl ResNet18 {
+    /// Builds the network.
+    pub fn new(in_channels: usize, base_width: usize, vb: VarBuilder) -> Result<Self> {
+        if base_width == 0 {
+            return Err(Error::invalid("backbone", "resnet18 base_width must be positive"));
+        }
+        let stem = ConvBn::new(in_channels, base_width, 3, 1, vb.clone(), "conv1", "bn1")?;
+        let mut blocks = Vec::new();
+        let mut cin = base_width;
+        for stage in 0..4 {
+            let cout = base_width << stage;
+            for b in 0..2 {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.{b}", stage + 1)))?);
+                cin = cout;
+            }
+        }
+        Ok(Self {
+            stem,
+            blocks,
+            in_channels,
+            dim: cin,
+        })
+    }
+}
+
+impl Backbone for ResNet18 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        check_input(x, self.in_channels)?;
+        let mut h = self.stem.forward(x, train)?.relu()?;
+        for b in &self.blocks {
+            h = b.forward(&h, train)?;
+        }
+        global_avg_pool(&h)
+    }
+
+    fn feature_dim(&self) -> usize {
+        self.dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+    use selfsup_core::params::{seeded_var_builder, trainable_vars};
+
+    fn input(b: usize, c: usize, s: usize) -> Tensor {
+        let n = b * c * s * s;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        Tensor::from_vec(v, (b, c, s, s), &Device::Cpu).unwrap()
+    }
+
+    fn configs(c: usize) -> Vec<BackboneConfig> {
+        vec![
+            BackboneConfig::ConvNet { in_channels: c, widths: vec![4, 6, 8] },
+            BackboneConfig::ResNet18 { in_channels: c, base_width: 4 },
+        ]
+    }
+
+    #[test]
+    fn shapes_for_one_and_three_channels_and_odd_sizes() {
+        for c in [1, 3] {
+            for cfg in configs(c) {
+                let map = VarMap::new();
+                let net = cfg.build(seeded_var_builder(&map, 0, &Device::Cpu)).unwrap();
+                for s in [8, 9, 28] {
+                    let y = net.forward_t(&input(2, c, s), true).unwrap();
+                    assert_eq!(y.dims(), &[2, net.feature_dim()], "{cfg:?} size {s}");
+                }
+                let e = net.forward_t(&input(2, c, 7), false).err().unwrap().to_string();
+                assert!(e.contains("S >= 8"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_parameter_gets_a_nonzero_gradient() {
+        for cfg in configs(3) {
+            let map = VarMap::new();
+            let net = cfg.build(seeded_var_builder(&map, 1, &Device::Cpu)).unwrap();
+            let y = net.forward_t(&input(4, 3, 12), true).unwrap();
+            // A non-symmetric loss so that BatchNorm's shift gets gradient too.
+            let w = Tensor::arange(0f32, y.dim(1).unwrap() as f32, &Device::Cpu).unwrap();
+            let loss = (y.sqr().unwrap().broadcast_mul(&w).unwrap().sum_all().unwrap()
+                + y.sum_all().unwrap())
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            let vars = trainable_vars(&map);
+            assert!(!vars.is_empty());
+            for (name, v) in vars {
+                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{}: {name} has no gradient", cfg.name()));
+                let norm = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(norm > 0.0, "{}: {name} has a zero gradient", cfg.name());
+            }
+        }
+    }
+
+    #[test]
+    fn batchnorm_train_and_eval_differ_and_running_stats_update() {
+        let map = VarMap::new();
+        let cfg = BackboneConfig::ConvNet { in_channels: 1, widths: vec![4, 4] };
+        let net = cfg.build(seeded_var_builder(&map, 2, &Device::Cpu)).unwrap();
+        let x = (input(4, 1, 8) * 3.0 + 2.0).unwrap();
+        let rm = |m: &VarMap| -> Vec<f32> {
+            let d = m.data().lock().unwrap();
+            let v: &Var = &d["stages.0.bn.running_mean"];
+            v.as_tensor().to_vec1::<f32>().unwrap()
+        };
+        assert!(rm(&map).iter().all(|&v| v == 0.0));
+        let eval0 = net.forward_t(&x, false).unwrap();
+        assert!(rm(&map).iter().all(|&v| v == 0.0), "eval must not touch running stats");
+        let train = net.forward_t(&x, true).unwrap();
+        assert!(rm(&map).iter().any(|&v| v != 0.0), "train must update running stats");
+        let diff = (train - &eval0).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff > 1e-3, "train and eval outputs should differ");
+        // eval mode is a deterministic per-sample function: batch of 1 == row of batch
+        let one = net.forward_t(&x.narrow(0, 1, 1).unwrap(), false).unwrap();
+        let all = net.forward_t(&x, false).unwrap().narrow(0, 1, 1).unwrap();
+        let d = (one - all).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5);
+    }
+
+    #[test]
+    fn unknown_backbone_is_named() {
+        let e = BackboneConfig::from_name("vgg", 1).unwrap_err().to_string();
+        assert!(e.contains("--backbone") && e.contains("vgg") && e.contains("resnet18"), "{e}");
+        assert_eq!(BackboneConfig::from_name("resnet18", 3).unwrap().name(), "resnet18");
+    }
+}

@@ -1,0 +1,275 @@
+//! The run report: `report.json` (machine-readable) and `report.md`.
+
+use crate::metrics::mean_std;
+use serde::{Deserialize, Serialize};
+
+/// One transfer result: a method (`scratch` or a pretext) evaluated with one
+/// protocol, at one label budget, under one seed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResultRow {
+    /// `scratch` or the pretraining method (`rotation`, ...).
+    pub method: String,
+    /// `finetune`, `linear` or `knn`.
+    pub protocol: String,
+    /// Labeled training images per class.
+    pub labels_per_class: usize,
+    /// The seed of the split, the initialisation and the training.
+    pub seed: u64,
+    /// Accuracy on the full test set.
+    pub test_accuracy: f64,
+}
+
+/// Wall time of one stage, summed over seeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageTime {
+    /// `load`, `pretrain`, `transfer`, `evaluate`, ...
+    pub name: String,
+    /// Seconds of wall time.
+    pub seconds: f64,
+}
+
+/// Mean and spread of one (method, protocol, labels) cell over seeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SummaryRow {
+    /// See [`ResultRow::method`].
+    pub method: String,
+    /// See [`ResultRow::protocol`].
+    pub protocol: String,
+    /// See [`ResultRow::labels_per_class`].
+    pub labels_per_class: usize,
+    /// Mean test accuracy over seeds.
+    pub mean: f64,
+    /// Sample standard deviation over seeds.
+    pub std: f64,
+    /// Smallest and largest accuracy over seeds.
+    pub min: f64,
+    /// See `min`.
+    pub max: f64,
+    /// Number of seeds.
+    pub n: usize,
+}
+
+/// The whole report of a pipeline run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Dataset name or path.
+    pub dataset: String,
+    /// Backbone name.
+    pub backbone: String,
+    /// Seeds run.
+    pub seeds: Vec<u64>,
+    /// Label budgets run.
+    pub labels_per_class: Vec<usize>,
+    /// Pretraining methods run.
+    pub pretext: Vec<String>,
+    /// Every individual result.
+    pub results: Vec<ResultRow>,
+    /// Mean and spread per (method, protocol, labels).
+    pub summary: Vec<SummaryRow>,
+    /// Wall time per stage.
+    pub stages: Vec<StageTime>,
+    /// Total wall time in seconds.
+    pub total_seconds: f64,
+    /// Compute threads used.
+    pub threads: usize,
+    /// The recipe (epochs, learning rates, sizes) as given.
+    pub config: serde_json::Value,
+}
+
+impl Report {
+    /// Groups `results` into mean/spread rows, in first-seen order.
+    pub fn summarise(results: &[ResultRow]) -> Vec<SummaryRow> {
+        let mut keys: Vec<(String, String, usize)> = Vec::new();
+        for r in results {
+            let k = (r.method.clone(), r.protocol.clone(), r.labels_per_class);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        keys.into_iter()
+            .map(|(method, protocol, k)| {
+                let accs: Vec<f64> = results
+                    .iter()
+                    .filter(|r| r.method == method && r.protocol == protocol && r.labels_per_class == k)
+                    .map(|r| r.test_accuracy)
+                    .collect();
+                let (mean, std) = mean_std(&accs);
+                SummaryRow {
+                    method,
+                    protocol,
+                    labels_per_class: k,
+                    mean,
+                    std,
+                    min: accs.iter().cloned().fold(f64::INFINITY, f64::min),
+                    max: accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                    n: accs.len(),
+                }
+            })
+            .collect()
+    }
+
+    /// For each label budget and pretext: the best protocol of the pretext
+    /// and of scratch (by mean), and the gain in accuracy points.
+    pub fn gains(&self) -> Vec<Gain> {
+        let mut out = Vec::new();
+        for &k in &self.labels_per_class {
+            let best = |method: &str| {
+                self.summary
+                    .iter()
+                    .filter(|s| s.method == method && s.labels_per_class == k)
+                    .max_by(|a, b| a.mean.total_cmp(&b.mean))
+                    .cloned()
+            };
+            let Some(scratch) = best("scratch") else { continue };
+            for p in &self.pretext {
+                if let Some(pre) = best(p) {
+                    out.push(Gain {
+                        labels_per_class: k,
+                        method: p.clone(),
+                        best_protocol: pre.protocol.clone(),
+                        mean: pre.mean,
+                        scratch_protocol: scratch.protocol.clone(),
+                        scratch_mean: scratch.mean,
+                        gain_points: 100.0 * (pre.mean - scratch.mean),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The report as Markdown.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# selfsup pipeline report\n\n");
+        s.push_str(&format!(
+            "- dataset: `{}`\n- backbone: `{}`\n- pretext: {}\n- labels per class: {:?}\n- seeds: {:?}\n- threads: {}\n- total wall time: {:.1} s\n\n",
+            self.dataset,
+            self.backbone,
+            self.pretext.join(", "),
+            self.labels_per_class,
+            self.seeds,
+            self.threads,
+            self.total_seconds
+        ));
+        s.push_str("## Test accuracy (mean ± std over seeds)\n\n");
+        s.push_str("| method | protocol | labels/class | mean | std | min | max | seeds |\n|---|---|---|---|---|---|---|---|\n");
+        for r in &self.summary {
+            s.push_str(&format!(
+                "| {} | {} | {} | {:.2}% | {:.2} | {:.2}% | {:.2}% | {} |\n",
+                r.method,
+                r.protocol,
+                r.labels_per_class,
+                100.0 * r.mean,
+                100.0 * r.std,
+                100.0 * r.min,
+                100.0 * r.max,
+                r.n
+            ));
+        }
+        let gains = self.gains();
+        if !gains.is_empty() {
+            s.push_str("\n## What self-supervision bought\n\n");
+            s.push_str("Best protocol of each pretext against the best from-scratch protocol (means over seeds).\n\n");
+            s.push_str("| labels/class | pretext | best protocol | accuracy | scratch (protocol) | gain (points) |\n|---|---|---|---|---|---|\n");
+            for g in gains {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {:.2}% | {:.2}% ({}) | {:+.2} |\n",
+                    g.labels_per_class,
+                    g.method,
+                    g.best_protocol,
+                    100.0 * g.mean,
+                    100.0 * g.scratch_mean,
+                    g.scratch_protocol,
+                    g.gain_points
+                ));
+            }
+        }
+        s.push_str("\n## Per seed\n\n| method | protocol | labels/class | seed | test accuracy |\n|---|---|---|---|---|\n");
+        for r in &self.results {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.2}% |\n",
+                r.method,
+                r.protocol,
+                r.labels_per_class,
+                r.seed,
+                100.0 * r.test_accuracy
+            ));
+        }
+        s.push_str("\n## Wall time per stage\n\n| stage | seconds |\n|---|---|\n");
+        for st in &self.stages {
+            s.push_str(&format!("| {} | {:.1} |\n", st.name, st.seconds));
+        }
+        s
+    }
+}
+
+/// One line of [`Report::gains`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gain {
+    /// Label budget.
+    pub labels_per_class: usize,
+    /// Pretext method.
+    pub method: String,
+    /// Its best protocol.
+    pub best_protocol: String,
+    /// That protocol's mean accuracy.
+    pub mean: f64,
+    /// Best from-scratch protocol.
+    pub scratch_protocol: String,
+    /// Its mean accuracy.
+    pub scratch_mean: f64,
+    /// Difference in accuracy points (×100).
+    pub gain_points: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(m: &str, p: &str, seed: u64, acc: f64) -> ResultRow {
+        ResultRow {
+            method: m.into(),
+            protocol: p.into(),
+            labels_per_class: 10,
+            seed,
+            test_accuracy: acc,
+        }
+    }
+
+    #[test]
+    fn summary_and_gain() {
+        let results = vec![
+            row("scratch", "finetune", 0, 0.60),
+            row("scratch", "finetune", 1, 0.62),
+            row("rotation", "linear", 0, 0.70),
+            row("rotation", "linear", 1, 0.72),
+            row("rotation", "knn", 0, 0.65),
+            row("rotation", "knn", 1, 0.65),
+        ];
+        let summary = Report::summarise(&results);
+        assert_eq!(summary.len(), 3);
+        assert!((summary[0].mean - 0.61).abs() < 1e-9);
+        assert_eq!(summary[0].n, 2);
+        let rep = Report {
+            dataset: "d".into(),
+            backbone: "convnet".into(),
+            seeds: vec![0, 1],
+            labels_per_class: vec![10],
+            pretext: vec!["rotation".into()],
+            results,
+            summary,
+            stages: vec![],
+            total_seconds: 1.0,
+            threads: 2,
+            config: serde_json::Value::Null,
+        };
+        let g = rep.gains();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].best_protocol, "linear");
+        assert!((g[0].gain_points - 10.0).abs() < 1e-9);
+        let md = rep.to_markdown();
+        assert!(md.contains("| rotation | linear | 10 | 71.00% |"), "{md}");
+        assert!(md.contains("+10.00"));
+    }
+}

@@ -1,0 +1,112 @@
+//! Datasets by name or path.
+
+use crate::dataset::DatasetPair;
+use crate::{cifar, idx};
+use selfsup_core::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Class names of Fashion-MNIST.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+];
+
+/// Where Debian's `dataset-fashion-mnist` package installs the full set.
+pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Names accepted by [`load`] besides paths.
+pub const NAMES: [&str; 2] = ["fashion-mnist", "fashion-mnist-full"];
+
+/// The repository's `data/` directory: `$SELFSUP_DATA_DIR` if set, else the
+/// `data/` of the source tree this crate was built from.
+pub fn data_dir() -> PathBuf {
+    match std::env::var_os("SELFSUP_DATA_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"),
+    }
+}
+
+/// Resolves a dataset name to its directory.
+pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
+    match name_or_path {
+        "fashion-mnist" => Ok(data_dir().join("fashion-mnist")),
+        "fashion-mnist-full" => {
+            let p = std::env::var_os("SELFSUP_FASHION_MNIST_FULL")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEBIAN_FASHION_MNIST));
+            if !p.is_dir() {
+                return Err(Error::invalid(
+                    "--dataset",
+                    format!(
+                        "fashion-mnist-full reads {}, which does not exist; install it with `apt-get install dataset-fashion-mnist` or pass --dataset <dir> (or set SELFSUP_FASHION_MNIST_FULL)",
+                        p.display()
+                    ),
+                ));
+            }
+            Ok(p)
+        }
+        other => Ok(PathBuf::from(other)),
+    }
+}
+
+/// Loads a dataset by name (`fashion-mnist`, `fashion-mnist-full`) or by
+/// directory path (IDX or CIFAR binary, detected from the files present).
+pub fn load(name_or_path: &str) -> Result<DatasetPair> {
+    let dir = resolve(name_or_path)?;
+    if !dir.exists() {
+        return Err(Error::invalid(
+            "--dataset",
+            format!(
+                "{} does not exist; give a dataset directory or one of: {}",
+                dir.display(),
+                NAMES.join(", ")
+            ),
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(Error::format(&dir, "is a file; --dataset expects a directory of IDX or CIFAR binary files"));
+    }
+    let is_fashion = name_or_path.starts_with("fashion-mnist");
+    let names: Vec<String> = if is_fashion {
+        FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    let label = if is_fashion || NAMES.contains(&name_or_path) {
+        name_or_path.to_string()
+    } else {
+        dir.display().to_string()
+    };
+    if idx::is_idx_dir(&dir) {
+        idx::load_dir(&dir, &label, names)
+    } else if cifar::detect(&dir).is_some() {
+        cifar::load_dir(&dir, &label)
+    } else {
+        Err(Error::format(
+            &dir,
+            "no dataset found: expected MNIST-style IDX files (train-images-idx3-ubyte[.gz], ...) or CIFAR binaries (data_batch_1.bin / train.bin)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_fashion_mnist_loads() {
+        let pair = load("fashion-mnist").unwrap();
+        assert_eq!(pair.train.len(), 10_000);
+        assert_eq!(pair.test.len(), 10_000);
+        assert_eq!(pair.train.image_shape(), (1, 28, 28));
+        assert_eq!(pair.train.class_names()[9], "Ankle boot");
+    }
+
+    #[test]
+    fn bad_paths_are_named() {
+        let e = load("/no/such/dir").unwrap_err().to_string();
+        assert!(e.contains("/no/such/dir") && e.contains("does not exist"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let e = load(d.path().to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("no dataset found"), "{e}");
+    }
+}

@@ -1,0 +1,235 @@
+//! selfsup-pretext pretrains an encoder on tasks whose labels come from the
+//! images themselves. An [`Objective`] owns its head and turns a batch of
+//! `u8` images into a loss; [`pretrain`] runs any objective over an unlabeled
+//! pool with early stopping on the same objective's loss on held-out
+//! unlabeled images, so no task label is ever read.
+//!
+//! The first task is [`Rotation`] (Gidaris et al., 2018, "RotNet"): every
+//! image of a batch is shown at 0, 90, 180 and 270 degrees (counter-clockwise)
+//! with labels 0..3, and a linear head on the backbone's features predicts
+//! which.
+//!
+//! ```
+//! use selfsup_pretext::rotation_batch;
+//! let (px, y) = rotation_batch(&[1, 2, 3, 4], (1, 2, 2));
+//! assert_eq!(y, vec![0, 1, 2, 3]);
+//! assert_eq!(&px[4..8], &[2, 4, 1, 3]);
+//! ```
+
+use candle_core::{Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder, VarMap};
+use selfsup_augment::{apply_batch, rotate90, CropFlip, Image};
+use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
+use selfsup_backbones::{Backbone, BackboneConfig};
+use selfsup_core::train::{fit, FitConfig, FitReport};
+use selfsup_core::{params, Error, Normalization, Result};
+use selfsup_data::{batch, split, Dataset};
+use serde::{Deserialize, Serialize};
+
+/// Pretext names accepted by [`build_objective`].
+pub const NAMES: [&str; 1] = ["rotation"];
+
+/// A self-supervised objective: a head on the backbone plus a loss built
+/// from unlabeled images.
+pub trait Objective: Send + Sync {
+    /// Method name as it appears in reports (`rotation`).
+    fn name(&self) -> &'static str;
+    /// Number of outputs of the head.
+    fn head_outputs(&self) -> usize;
+    /// Loss, pretext accuracy, and the number of images the backbone saw,
+    /// for `n` contiguous `u8` images of `shape`.
+    fn loss(
+        &self,
+        backbone: &dyn Backbone,
+        pixels: &[u8],
+        shape: (usize, usize, usize),
+        norm: &Normalization,
+        train: bool,
+    ) -> Result<(Tensor, f64, usize)>;
+}
+
+/// Builds a named objective whose head reads `feature_dim` features.
+pub fn build_objective(name: &str, feature_dim: usize, vb: VarBuilder) -> Result<Box<dyn Objective>> {
+    match name {
+        "rotation" => Ok(Box::new(Rotation::new(feature_dim, vb)?)),
+        other => Err(Error::invalid(
+            "--pretext",
+            format!("unknown pretext {other:?}; available: {}", NAMES.join(", ")),
+        )),
+    }
+}
+
+/// All four rotations of each image, image-major: image i at k*90 degrees is
+/// entry `4*i + k`, with label k.
+pub fn rotation_batch(pixels: &[u8], shape: (usize, usize, usize)) -> (Vec<u8>, Vec<u32>) {
+    let (c, h, w) = shape;
+    let per = c * h * w;
+    let mut out = Vec::with_capacity(pixels.len() * 4);
+    let mut labels = Vec::with_capacity(pixels.len() / per * 4);
+    for img in pixels.chunks_exact(per) {
+        let img = Image::new(c, h, w, img.to_vec());
+        for k in 0..4 {
+            out.extend_from_slice(&rotate90(&img, k).data);
+            labels.push(k as u32);
+        }
+    }
+    (out, labels)
+}
+
+/// Predict the rotation (0/90/180/270 degrees) of an image.
+pub struct Rotation {
+    head: Linear,
+    device: Device,
+}
+
+impl Rotation {
+    /// A linear 4-way head on `feature_dim` features.
+    pub fn new(feature_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let device = vb.device().clone();
+        Ok(Self {
+            head: candle_nn::linear(feature_dim, 4, vb)?,
+            device,
+        })
+    }
+}
+
+/// Mean cross-entropy and accuracy of `logits` against `labels`.
+pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, f64)> {
+    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+    let pred = logits.argmax(D::Minus1)?;
+    let correct = pred.eq(labels)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    Ok((loss, f64::from(correct) / labels.dim(0)? as f64))
+}
+
+impl Objective for Rotation {
+    fn name(&self) -> &'static str {
+        "rotation"
+    }
+    fn head_outputs(&self) -> usize {
+        4
+    }
+    fn loss(
+        &self,
+        backbone: &dyn Backbone,
+        pixels: &[u8],
+        shape: (usize, usize, usize),
+        norm: &Normalization,
+        train: bool,
+    ) -> Result<(Tensor, f64, usize)> {
+        let (px, y) = rotation_batch(pixels, shape);
+        let x = batch::to_tensor(&px, shape, norm, &self.device)?;
+        let labels = Tensor::from_vec(y.clone(), y.len(), &self.device)?;
+        let logits = self.head.forward(&backbone.forward_t(&x, train)?)?;
+        let (loss, acc) = classification_loss(&logits, &labels)?;
+        Ok((loss, acc, y.len()))
+    }
+}
+
+/// How to pretrain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    /// Objective name (`rotation`).
+    pub method: String,
+    /// Optimisation settings (`batch_size` counts source images, before
+    /// the objective multiplies them).
+    pub fit: FitConfig,
+    /// Fraction of the unlabeled pool held out for the validation loss.
+    pub val_fraction: f64,
+    /// Cap on held-out images (validation costs a forward pass each epoch).
+    pub max_val: usize,
+    /// Augmentation applied before the objective.
+    pub augment: CropFlip,
+}
+
+/// A pretrained encoder and its objective.
+pub struct Pretrained {
+    /// All variables (`backbone.*` and `head.*`).
+    pub map: VarMap,
+    /// The encoder.
+    pub backbone: Box<dyn Backbone>,
+    /// The objective with its head.
+    pub objective: Box<dyn Objective>,
+    /// The training history.
+    pub report: FitReport,
+    /// Objective accuracy on the held-out images at the end.
+    pub val_accuracy: f64,
+    /// Objective loss on the held-out images at the end.
+    pub val_loss: f64,
+}
+
+/// Mean objective loss and accuracy over `indices` of `ds`, eval mode.
+pub fn evaluate_objective(
+    objective: &dyn Objective,
+    backbone: &dyn Backbone,
+    ds: &Dataset,
+    indices: &[usize],
+    norm: &Normalization,
+    batch_size: usize,
+) -> Result<(f64, f64)> {
+    let (mut loss, mut acc, mut n) = (0.0, 0.0, 0usize);
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let px: Vec<u8> = chunk.iter().flat_map(|&i| ds.image(i).iter().copied()).collect();
+        let (l, a, _) = objective.loss(backbone, &px, ds.image_shape(), norm, false)?;
+        loss += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
+        acc += a * chunk.len() as f64;
+        n += chunk.len();
+    }
+    Ok((loss / n.max(1) as f64, acc / n.max(1) as f64))
+}
+
+/// Pretrains `backbone_cfg` with `cfg.method` on the images `pool` of `ds`
+/// (their labels are never read).
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    backbone_cfg: &BackboneConfig,
+    ds: &Dataset,
+    pool: &[usize],
+    norm: &Normalization,
+    device: &Device,
+    quiet: bool,
+) -> Result<Pretrained> {
+    if pool.len() < 2 {
+        return Err(Error::invalid("unlabeled pool", "pretraining needs at least 2 unlabeled images"));
+    }
+    let seed = cfg.fit.seed;
+    let map = VarMap::new();
+    let vb = params::seeded_var_builder(&map, seed, device);
+    let backbone = backbone_cfg.build(vb.pp(BACKBONE_PREFIX))?;
+    let objective = build_objective(&cfg.method, backbone.feature_dim(), vb.pp(HEAD_PREFIX))?;
+    let (train_idx, mut val_idx) = split::holdout(pool, cfg.val_fraction, seed);
+    val_idx.truncate(cfg.max_val.max(1));
+    let shape = ds.image_shape();
+    let eval_batch = cfg.fit.batch_size.max(64);
+    let mut validate = || -> Result<f64> {
+        Ok(evaluate_objective(objective.as_ref(), backbone.as_ref(), ds, &val_idx, norm, eval_batch)?.0)
+    };
+    let report = fit(
+        &cfg.fit,
+        &format!("pretrain/{}", cfg.method),
+        train_idx.len(),
+        params::trainable_vars(&map).into_iter().map(|(_, v)| v).collect(),
+        &map,
+        quiet,
+        |batch_items, step| {
+            let px: Vec<u8> = batch_items
+                .iter()
+                .flat_map(|&i| ds.image(train_idx[i]).iter().copied())
+                .collect();
+            let px = apply_batch(&cfg.augment, &px, shape, seed, step);
+            let (loss, _, images) = objective.loss(backbone.as_ref(), &px, shape, norm, true)?;
+            Ok((loss, images))
+        },
+        Some(&mut validate),
+    )?;
+    let (val_loss, val_accuracy) =
+        evaluate_objective(objective.as_ref(), backbone.as_ref(), ds, &val_idx, norm, eval_batch)?;
+    tracing::info!(method = cfg.method, val_loss, val_accuracy, "pretraining done");
+    Ok(Pretrained {
+        map,
+        backbone,
+        objective,
+        report,
+        val_accuracy,
+        val_loss,
+    })
+}

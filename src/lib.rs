@@ -1,0 +1,26 @@
+//! selfsup: self-supervised learning on Candle. Pretrain an encoder on
+//! unlabeled images with a pretext task, transfer it to a task with a
+//! handful of labels, and measure what the pretraining bought.
+//!
+//! This facade re-exports the stage crates and adds [`pipeline`], the one
+//! place where they are composed (pretrain → transfer → evaluate, with
+//! checkpoints between stages). The `cargo xtask` commands are a thin shell
+//! over it.
+//!
+//! | crate | job |
+//! |---|---|
+//! | [`core`] | errors, seeding, checkpoints, training loop, reports |
+//! | [`data`] | IDX / CIFAR loaders, splits, batches |
+//! | [`augment`] | seeded `u8` image transforms |
+//! | [`backbones`] | ConvNet, ResNet-18 (CIFAR stem) |
+//! | [`pretext`] | rotation prediction and the pretraining loop |
+//! | [`finetune`] | scratch, fine-tune, linear probe, kNN |
+
+pub use selfsup_augment as augment;
+pub use selfsup_backbones as backbones;
+pub use selfsup_core as core;
+pub use selfsup_data as data;
+pub use selfsup_finetune as finetune;
+pub use selfsup_pretext as pretext;
+
+pub mod pipeline;

@@ -1,0 +1,491 @@
+//! The end-to-end pipeline: pretrain → transfer → evaluate, and the single
+//! stages it is made of (also used by `cargo xtask pretrain | transfer |
+//! evaluate`).
+//!
+//! Output layout under `out`:
+//!
+//! ```text
+//! report.json, report.md
+//! seed<s>/pretrain-<method>/{model.safetensors, config.json}
+//! seed<s>/k<K>/<method>-finetune/{model.safetensors, config.json}
+//! ```
+//!
+//! Label hygiene: the only labels read before the final evaluation are the
+//! K per class of the seed's stratified split. Pretraining reads none (its
+//! early stopping uses the pretext loss on held-out unlabeled images), the
+//! kNN's k is chosen by leave-one-out on the K labeled images, and the test
+//! set is touched only to compute the reported accuracies.
+
+use crate::augment::CropFlip;
+use crate::backbones::checkpoint::{self as ckpt, StageConfig};
+use crate::backbones::BackboneConfig;
+use crate::core::report::{Report, ResultRow, StageTime};
+use crate::core::train::FitConfig;
+use crate::core::{fsutil, metrics, rng, Error, Normalization, Result};
+use crate::data::{batch, split, Dataset, DatasetPair};
+use crate::finetune::{self, TransferConfig};
+use crate::pretext::{self, PretrainConfig};
+use candle_core::Device;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Every tunable number of a run. The defaults are the recipe of
+/// `cargo xtask pipeline` (sized for about 10 minutes on 2 CPU cores).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Convnet stage widths (ignored by other backbones).
+    pub convnet_widths: Vec<usize>,
+    /// ResNet-18 base width (64 is the standard network).
+    pub resnet_width: usize,
+    /// Maximum pretraining epochs (early stopping may end sooner).
+    pub pretrain_epochs: usize,
+    /// Source images per pretraining step (rotation shows each 4 times).
+    pub pretrain_batch: usize,
+    /// Peak pretraining learning rate.
+    pub pretrain_lr: f64,
+    /// Pretraining epochs without validation improvement before stopping.
+    pub pretrain_patience: usize,
+    /// At most this many unlabeled images are used for pretraining (`None`:
+    /// the whole pool).
+    pub unlabeled: Option<usize>,
+    /// Fraction of the pool held out for the pretext validation loss.
+    pub val_fraction: f64,
+    /// Cap on held-out validation images.
+    pub max_val: usize,
+    /// Fine-tune / scratch epochs over the K labeled images.
+    pub transfer_epochs: usize,
+    /// Fine-tune / scratch batch size.
+    pub transfer_batch: usize,
+    /// Fine-tune / scratch learning rate.
+    pub transfer_lr: f64,
+    /// AdamW weight decay everywhere but the linear probe.
+    pub weight_decay: f64,
+    /// Linear-probe optimiser steps (full batch).
+    pub linear_steps: usize,
+    /// Linear-probe learning rate.
+    pub linear_lr: f64,
+    /// Linear-probe weight decay.
+    pub linear_weight_decay: f64,
+    /// kNN candidate k values.
+    pub knn_ks: Vec<usize>,
+    /// Random-crop padding (pixels) for pretraining and transfer.
+    pub crop_pad: usize,
+    /// Random horizontal flips.
+    pub flip: bool,
+    /// Inference batch size.
+    pub eval_batch: usize,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            convnet_widths: vec![32, 64, 128],
+            resnet_width: 64,
+            pretrain_epochs: 4,
+            pretrain_batch: 64,
+            pretrain_lr: 2e-3,
+            pretrain_patience: 2,
+            unlabeled: Some(6000),
+            val_fraction: 0.05,
+            max_val: 500,
+            transfer_epochs: 30,
+            transfer_batch: 32,
+            transfer_lr: 1e-3,
+            weight_decay: 5e-4,
+            linear_steps: 300,
+            linear_lr: 0.01,
+            linear_weight_decay: 1e-3,
+            knn_ks: vec![1, 3, 5, 10, 20],
+            crop_pad: 2,
+            flip: true,
+            eval_batch: 500,
+        }
+    }
+}
+
+impl Recipe {
+    fn augment(&self) -> CropFlip {
+        CropFlip { pad: self.crop_pad, flip: self.flip }
+    }
+
+    /// The backbone configuration for `name` with this recipe's sizes.
+    pub fn backbone(&self, name: &str, in_channels: usize) -> Result<BackboneConfig> {
+        Ok(match BackboneConfig::from_name(name, in_channels)? {
+            BackboneConfig::ConvNet { in_channels, .. } => BackboneConfig::ConvNet {
+                in_channels,
+                widths: self.convnet_widths.clone(),
+            },
+            BackboneConfig::ResNet18 { in_channels, .. } => BackboneConfig::ResNet18 {
+                in_channels,
+                base_width: self.resnet_width,
+            },
+        })
+    }
+
+    fn pretrain_config(&self, method: &str, seed: u64) -> PretrainConfig {
+        PretrainConfig {
+            method: method.to_string(),
+            fit: FitConfig {
+                epochs: self.pretrain_epochs,
+                batch_size: self.pretrain_batch,
+                lr: self.pretrain_lr,
+                weight_decay: self.weight_decay,
+                warmup_fraction: 0.05,
+                patience: Some(self.pretrain_patience),
+                seed,
+            },
+            val_fraction: self.val_fraction,
+            max_val: self.max_val,
+            augment: self.augment(),
+        }
+    }
+
+    fn transfer_config(&self, seed: u64) -> TransferConfig {
+        TransferConfig {
+            fit: FitConfig {
+                epochs: self.transfer_epochs,
+                batch_size: self.transfer_batch,
+                lr: self.transfer_lr,
+                weight_decay: self.weight_decay,
+                warmup_fraction: 0.1,
+                patience: None,
+                seed,
+            },
+            augment: self.augment(),
+            linear_steps: self.linear_steps,
+            linear_lr: self.linear_lr,
+            linear_weight_decay: self.linear_weight_decay,
+            knn_ks: self.knn_ks.clone(),
+            eval_batch: self.eval_batch,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Dataset name or directory.
+    pub dataset: String,
+    /// Backbone name.
+    pub backbone: String,
+    /// Pretraining methods.
+    pub pretext: Vec<String>,
+    /// Label budgets K.
+    pub labels_per_class: Vec<usize>,
+    /// Seeds; each gets its own split, pretraining and transfer.
+    pub seeds: Vec<u64>,
+    /// The numbers.
+    pub recipe: Recipe,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Compute device.
+    pub device: Device,
+    /// No progress bars.
+    pub quiet: bool,
+    /// Use only the first N training images (tests, quick looks).
+    pub max_train: Option<usize>,
+    /// Use only the first N test images (tests, quick looks).
+    pub max_test: Option<usize>,
+}
+
+/// A loaded dataset with its normalisation (fitted on training pixels, no
+/// labels involved).
+pub struct Prepared {
+    /// Train and test sets.
+    pub pair: DatasetPair,
+    /// Input normalisation.
+    pub norm: Normalization,
+}
+
+/// Loads (and optionally truncates) a dataset.
+pub fn prepare(dataset: &str, max_train: Option<usize>, max_test: Option<usize>) -> Result<Prepared> {
+    let mut pair = crate::data::load(dataset)?;
+    if let Some(n) = max_train {
+        pair.train = pair.train.take(n);
+    }
+    if let Some(n) = max_test {
+        pair.test = pair.test.take(n);
+    }
+    if pair.train.labels().is_none() || pair.test.labels().is_none() {
+        return Err(Error::invalid("--dataset", format!("{dataset} has no labels; transfer needs a labeled dataset")));
+    }
+    let (_, h, w) = pair.train.image_shape();
+    if h != w || h < 8 {
+        return Err(Error::invalid("--dataset", format!("{dataset}: images are {h}x{w}; selfsup needs square images of at least 8x8")));
+    }
+    let all: Vec<usize> = (0..pair.train.len()).collect();
+    let norm = batch::fit_normalization(&pair.train, &all);
+    Ok(Prepared { pair, norm })
+}
+
+/// The pretraining pool of a seed: training images outside the seed's
+/// labeled split (for the largest K), capped at `cap` by a seeded draw.
+pub fn unlabeled_pool(train: &Dataset, max_k: usize, seed: u64, cap: Option<usize>) -> Result<Vec<usize>> {
+    let labels = train.labels().ok_or_else(|| Error::invalid("dataset", "no labels"))?;
+    let mut pool = split::stratified(labels, max_k, seed)?.unlabeled;
+    if let Some(cap) = cap.filter(|&c| c < pool.len()) {
+        pool.shuffle(&mut rng::stream(seed, "pool"));
+        pool.truncate(cap);
+        pool.sort_unstable();
+    }
+    Ok(pool)
+}
+
+fn stage_config(
+    stage: &str,
+    method: &str,
+    backbone: &BackboneConfig,
+    prep: &Prepared,
+    seed: u64,
+    head_outputs: Option<usize>,
+    recipe: serde_json::Value,
+    metrics: serde_json::Value,
+) -> StageConfig {
+    let (c, h, w) = prep.pair.train.image_shape();
+    StageConfig {
+        stage: stage.into(),
+        method: method.into(),
+        backbone: backbone.clone(),
+        input_shape: [c, h, w],
+        normalization: prep.norm.clone(),
+        seed,
+        dataset: prep.pair.name.clone(),
+        head_outputs,
+        recipe,
+        metrics,
+    }
+}
+
+/// Pretrains `method` for one seed and writes the stage directory `dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain_stage(
+    prep: &Prepared,
+    backbone: &BackboneConfig,
+    method: &str,
+    recipe: &Recipe,
+    max_k: usize,
+    seed: u64,
+    dir: &Path,
+    device: &Device,
+    quiet: bool,
+) -> Result<()> {
+    let pool = unlabeled_pool(&prep.pair.train, max_k, seed, recipe.unlabeled)?;
+    let cfg = recipe.pretrain_config(method, seed);
+    let pre = pretext::pretrain(&cfg, backbone, &prep.pair.train, &pool, &prep.norm, device, quiet)?;
+    let metrics = serde_json::json!({
+        "val_loss": pre.val_loss,
+        "val_accuracy": pre.val_accuracy,
+        "epochs_run": pre.report.epochs_run,
+        "best_epoch": pre.report.best_epoch,
+        "train_loss": pre.report.train_loss,
+        "val_loss_per_epoch": pre.report.val_loss,
+        "images_per_s": pre.report.images_per_s,
+        "seconds": pre.report.seconds,
+        "unlabeled_images": pool.len(),
+    });
+    let recipe_json = serde_json::json!({"pretrain": cfg, "labels_excluded_per_class": max_k});
+    let sc = stage_config("pretrain", method, backbone, prep, seed, Some(pre.objective.head_outputs()), recipe_json, metrics);
+    ckpt::save(dir, &pre.map, &sc)?;
+    if !quiet {
+        eprintln!(
+            "pretrain {method} seed {seed}: {} epochs, held-out {method} accuracy {:.1}%, {:.0} img/s -> {}",
+            pre.report.epochs_run,
+            100.0 * pre.val_accuracy,
+            pre.report.images_per_s,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fine-tunes (from `init`, or from scratch) on the seed's K-shot split and
+/// writes the classifier to `dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn transfer_stage(
+    prep: &Prepared,
+    backbone: &BackboneConfig,
+    init: Option<&Path>,
+    recipe: &Recipe,
+    k: usize,
+    seed: u64,
+    dir: &Path,
+    device: &Device,
+    quiet: bool,
+) -> Result<finetune::Classifier> {
+    let labels = prep.pair.train.labels().expect("prepared datasets have labels");
+    let sp = split::stratified(labels, k, seed)?;
+    let cfg = recipe.transfer_config(seed);
+    let method = match init {
+        Some(d) => ckpt_method(d)?,
+        None => "scratch".to_string(),
+    };
+    let stage = format!("transfer/{method}");
+    let cls = finetune::train_classifier(&cfg, init, backbone, &prep.pair.train, &sp.labeled, &prep.norm, device, quiet, &stage)?;
+    let metrics = serde_json::json!({
+        "train_loss": cls.report.train_loss,
+        "seconds": cls.report.seconds,
+    });
+    let recipe_json = serde_json::json!({
+        "protocol": "finetune",
+        "labels_per_class": k,
+        "init": init.map(|p| p.display().to_string()),
+        "transfer": cfg,
+    });
+    let sc = stage_config("transfer", &method, backbone, prep, seed, Some(prep.pair.train.num_classes()), recipe_json, metrics);
+    ckpt::save(dir, &cls.map, &sc)?;
+    Ok(cls)
+}
+
+fn ckpt_method(dir: &Path) -> Result<String> {
+    let cfg: StageConfig = crate::core::checkpoint::read_config(dir)?;
+    Ok(cfg.method)
+}
+
+/// Test accuracy of linear probe and kNN on a frozen encoder, with the
+/// seed's K-shot split. Returns (linear accuracy, kNN accuracy, chosen k).
+pub fn frozen_protocols(
+    prep: &Prepared,
+    encoder: &dyn crate::backbones::Backbone,
+    recipe: &Recipe,
+    k: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<(f64, f64, usize)> {
+    let train = &prep.pair.train;
+    let test = &prep.pair.test;
+    let labels = train.labels().expect("labels");
+    let sp = split::stratified(labels, k, seed)?;
+    let cfg = recipe.transfer_config(seed);
+    let tr_x = finetune::extract_features(encoder, train, &sp.labeled, &prep.norm, recipe.eval_batch, device)?;
+    let tr_y: Vec<u32> = sp.labeled.iter().map(|&i| labels[i]).collect();
+    let test_idx: Vec<usize> = (0..test.len()).collect();
+    let te_x = finetune::extract_features(encoder, test, &test_idx, &prep.norm, recipe.eval_batch, device)?;
+    let te_y = test.labels().expect("labels");
+    let classes = train.num_classes();
+    let lin = finetune::linear_probe(&cfg, &tr_x, &tr_y, &te_x, classes)?;
+    let (knn, chosen) = finetune::knn(&tr_x, &tr_y, &te_x, classes, &recipe.knn_ks)?;
+    Ok((metrics::accuracy(&lin, te_y), metrics::accuracy(&knn, te_y), chosen))
+}
+
+/// Test accuracy of a classifier.
+pub fn classifier_accuracy(prep: &Prepared, cls: &finetune::Classifier, recipe: &Recipe, device: &Device) -> Result<f64> {
+    let test = &prep.pair.test;
+    let idx: Vec<usize> = (0..test.len()).collect();
+    let pred = cls.predict(test, &idx, &prep.norm, recipe.eval_batch, device)?;
+    Ok(metrics::accuracy(&pred, test.labels().expect("labels")))
+}
+
+fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
+    if opts.seeds.is_empty() {
+        return Err(Error::invalid("--seeds", "give at least one seed"));
+    }
+    if opts.labels_per_class.is_empty() {
+        return Err(Error::invalid("--labels-per-class", "give at least one value"));
+    }
+    for p in &opts.pretext {
+        if !pretext::NAMES.contains(&p.as_str()) {
+            return Err(Error::invalid("--pretext", format!("unknown pretext {p:?}; available: {}", pretext::NAMES.join(", "))));
+        }
+    }
+    let backbone = opts.recipe.backbone(&opts.backbone, prep.pair.train.image_shape().0)?;
+    let max_k = *opts.labels_per_class.iter().max().expect("non-empty");
+    // Checks K against the smallest class before anything is written.
+    split::stratified(prep.pair.train.labels().expect("labels"), max_k, opts.seeds[0])?;
+    Ok(backbone)
+}
+
+/// Runs the whole pipeline and writes `report.json` and `report.md` into
+/// `opts.out`. Every input is checked before anything is written.
+pub fn run(opts: &PipelineOptions) -> Result<Report> {
+    let t0 = Instant::now();
+    let prep = prepare(&opts.dataset, opts.max_train, opts.max_test)?;
+    let backbone = validate(opts, &prep)?;
+    let mut times: BTreeMap<&'static str, f64> = BTreeMap::new();
+    times.insert("load", t0.elapsed().as_secs_f64());
+    let max_k = *opts.labels_per_class.iter().max().expect("validated");
+    let mut results = Vec::new();
+    let mut push = |method: &str, protocol: &str, k: usize, seed: u64, acc: f64, quiet: bool| {
+        if !quiet {
+            eprintln!("  seed {seed} K={k} {method:>9} {protocol:<8} test accuracy {:.2}%", 100.0 * acc);
+        }
+        results.push(ResultRow {
+            method: method.into(),
+            protocol: protocol.into(),
+            labels_per_class: k,
+            seed,
+            test_accuracy: acc,
+        });
+    };
+    for &seed in &opts.seeds {
+        let seed_dir = opts.out.join(format!("seed{seed}"));
+        for method in &opts.pretext {
+            let t = Instant::now();
+            pretrain_stage(&prep, &backbone, method, &opts.recipe, max_k, seed, &seed_dir.join(format!("pretrain-{method}")), &opts.device, opts.quiet)?;
+            *times.entry("pretrain").or_default() += t.elapsed().as_secs_f64();
+        }
+        for &k in &opts.labels_per_class {
+            let k_dir = seed_dir.join(format!("k{k}"));
+            let mut inits: Vec<(String, Option<PathBuf>)> = vec![("scratch".into(), None)];
+            inits.extend(opts.pretext.iter().map(|m| (m.clone(), Some(seed_dir.join(format!("pretrain-{m}"))))));
+            for (method, init) in inits {
+                let t = Instant::now();
+                let cls = transfer_stage(&prep, &backbone, init.as_deref(), &opts.recipe, k, seed, &k_dir.join(format!("{method}-finetune")), &opts.device, opts.quiet)?;
+                *times.entry("transfer").or_default() += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let acc = classifier_accuracy(&prep, &cls, &opts.recipe, &opts.device)?;
+                push(&method, "finetune", k, seed, acc, opts.quiet);
+                // Frozen protocols: the pretrained encoder, or for scratch the
+                // randomly initialised one (a random-features baseline).
+                let encoder = match &init {
+                    Some(dir) => ckpt::load(dir, seed, &opts.device)?.backbone,
+                    None => {
+                        let map = candle_nn::VarMap::new();
+                        let vb = crate::core::params::seeded_var_builder(&map, seed, &opts.device);
+                        backbone.build(vb.pp(ckpt::BACKBONE_PREFIX))?
+                    }
+                };
+                let (lin, knn, chosen) = frozen_protocols(&prep, encoder.as_ref(), &opts.recipe, k, seed, &opts.device)?;
+                tracing::info!(method, seed, k, chosen_k = chosen, "kNN k chosen by leave-one-out on the labeled images");
+                push(&method, "linear", k, seed, lin, opts.quiet);
+                push(&method, "knn", k, seed, knn, opts.quiet);
+                *times.entry("evaluate").or_default() += t.elapsed().as_secs_f64();
+            }
+        }
+    }
+    let summary = Report::summarise(&results);
+    let report = Report {
+        dataset: prep.pair.name.clone(),
+        backbone: backbone.name().to_string(),
+        seeds: opts.seeds.clone(),
+        labels_per_class: opts.labels_per_class.clone(),
+        pretext: opts.pretext.clone(),
+        results,
+        summary,
+        stages: times.into_iter().map(|(name, seconds)| StageTime { name: name.into(), seconds }).collect(),
+        total_seconds: t0.elapsed().as_secs_f64(),
+        threads: rayon_threads(),
+        config: serde_json::json!({
+            "recipe": opts.recipe,
+            "backbone": backbone,
+            "device": format!("{:?}", opts.device),
+            "max_train": opts.max_train,
+            "max_test": opts.max_test,
+            "train_images": prep.pair.train.len(),
+            "test_images": prep.pair.test.len(),
+        }),
+    };
+    fsutil::write_json_atomic(&opts.out.join("report.json"), &report)?;
+    fsutil::write_atomic(&opts.out.join("report.md"), report.to_markdown().as_bytes())?;
+    Ok(report)
+}
+
+/// Compute threads Candle's CPU kernels use.
+pub fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -1,0 +1,296 @@
+//! `cargo xtask`: the selfsup command line. A thin shell over
+//! `selfsup::pipeline`: it parses flags, turns them into checked options and
+//! calls one function per command. No ML logic lives here.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use selfsup::core::device::parse_device;
+use selfsup::pipeline::{self, PipelineOptions, Recipe};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "selfsup: self-supervised pretraining, few-label transfer and evaluation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pretrain -> transfer -> evaluate, for every seed, and write a report.
+    Pipeline(PipelineArgs),
+    /// Pretrain one encoder with a pretext task and write its checkpoint.
+    Pretrain(PretrainArgs),
+    /// Train a classifier on K labels per class (from a checkpoint, or from scratch).
+    Transfer(TransferArgs),
+    /// Test accuracy of a checkpoint (classifier head, linear probe or kNN).
+    Evaluate(EvaluateArgs),
+}
+
+/// Flags shared by every command.
+#[derive(Args, Clone)]
+struct Common {
+    /// Dataset: `fashion-mnist` (embedded subset), `fashion-mnist-full`
+    /// (Debian's dataset-fashion-mnist), or a directory of MNIST-style IDX
+    /// files or CIFAR-10/100 binaries.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    /// Encoder: convnet or resnet18 (CIFAR stem).
+    #[arg(long, default_value = "convnet")]
+    backbone: String,
+    /// Compute device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bars or per-result lines (errors and the final table still print).
+    #[arg(long)]
+    quiet: bool,
+    /// Use only the first N training images.
+    #[arg(long)]
+    max_train: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    max_test: Option<usize>,
+    /// Convnet stage widths, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// ResNet-18 base width (64 = the standard network).
+    #[arg(long)]
+    resnet_width: Option<usize>,
+    /// Cap on the unlabeled images used for pretraining (0 = the whole pool).
+    #[arg(long)]
+    unlabeled: Option<usize>,
+    /// Fine-tune / scratch epochs over the labeled images.
+    #[arg(long)]
+    transfer_epochs: Option<usize>,
+    /// Pretraining batch (source images; rotation shows each four times).
+    #[arg(long)]
+    pretrain_batch: Option<usize>,
+    /// Pretraining learning rate.
+    #[arg(long)]
+    pretrain_lr: Option<f64>,
+    /// Fine-tune / scratch learning rate.
+    #[arg(long)]
+    transfer_lr: Option<f64>,
+}
+
+#[derive(Args)]
+struct PipelineArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Pretext tasks, comma-separated (available: rotation).
+    #[arg(long, value_delimiter = ',', default_value = "rotation")]
+    pretext: Vec<String>,
+    /// Labeled images per class, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    labels_per_class: Vec<usize>,
+    /// Seeds, comma-separated; each gets its own split, pretraining and transfer.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    seeds: Vec<u64>,
+    /// Maximum pretraining epochs (early stopping on the held-out pretext loss may stop sooner).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Output directory (report.json, report.md, checkpoints).
+    #[arg(long, default_value = "models/pipeline")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Pretext task.
+    #[arg(long, default_value = "rotation")]
+    pretext: String,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The labeled split of this K (and seed) is excluded from the unlabeled pool.
+    #[arg(long, default_value_t = 10)]
+    labels_per_class: usize,
+    /// Maximum epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stage directory to write.
+    #[arg(long, default_value = "models/manual/pretrain")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct TransferArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Pretrained stage directory; omit to train from scratch.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Labeled images per class.
+    #[arg(long, default_value_t = 10)]
+    labels_per_class: usize,
+    /// Seed of the split and the training.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stage directory to write.
+    #[arg(long, default_value = "models/manual/transfer")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Stage directory to evaluate.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// finetune (the checkpoint's own classifier head), linear or knn (frozen features + K labels).
+    #[arg(long, default_value = "finetune")]
+    protocol: String,
+    /// Labeled images per class for linear / knn.
+    #[arg(long, default_value_t = 10)]
+    labels_per_class: usize,
+    /// Seed of the split for linear / knn.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn recipe(c: &Common, epochs: Option<usize>) -> Recipe {
+    let mut r = Recipe::default();
+    if let Some(w) = &c.widths {
+        r.convnet_widths = w.clone();
+    }
+    if let Some(w) = c.resnet_width {
+        r.resnet_width = w;
+    }
+    if let Some(u) = c.unlabeled {
+        r.unlabeled = (u > 0).then_some(u);
+    }
+    if let Some(e) = epochs {
+        r.pretrain_epochs = e;
+    }
+    if let Some(e) = c.transfer_epochs {
+        r.transfer_epochs = e;
+    }
+    if let Some(b) = c.pretrain_batch {
+        r.pretrain_batch = b;
+    }
+    if let Some(lr) = c.pretrain_lr {
+        r.pretrain_lr = lr;
+    }
+    if let Some(lr) = c.transfer_lr {
+        r.transfer_lr = lr;
+    }
+    r
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "warn,selfsup=info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SELFSUP_LOG").unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn run_pipeline(a: PipelineArgs) -> Result<()> {
+    let opts = PipelineOptions {
+        dataset: a.common.dataset.clone(),
+        backbone: a.common.backbone.clone(),
+        pretext: a.pretext,
+        labels_per_class: a.labels_per_class,
+        seeds: a.seeds,
+        recipe: recipe(&a.common, a.epochs),
+        out: a.out.clone(),
+        device: parse_device(&a.common.device)?,
+        quiet: a.common.quiet,
+        max_train: a.common.max_train,
+        max_test: a.common.max_test,
+    };
+    let report = pipeline::run(&opts)?;
+    println!("{}", report.to_markdown());
+    println!("wrote {} and {}", a.out.join("report.json").display(), a.out.join("report.md").display());
+    Ok(())
+}
+
+fn run_pretrain(a: PretrainArgs) -> Result<()> {
+    let r = recipe(&a.common, a.epochs);
+    let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
+    let backbone = r.backbone(&a.common.backbone, prep.pair.train.image_shape().0)?;
+    if !selfsup::pretext::NAMES.contains(&a.pretext.as_str()) {
+        bail!("invalid --pretext: unknown pretext {:?}; available: {}", a.pretext, selfsup::pretext::NAMES.join(", "));
+    }
+    let device = parse_device(&a.common.device)?;
+    pipeline::pretrain_stage(&prep, &backbone, &a.pretext, &r, a.labels_per_class, a.seed, &a.out, &device, a.common.quiet)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn run_transfer(a: TransferArgs) -> Result<()> {
+    let r = recipe(&a.common, None);
+    let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
+    let device = parse_device(&a.common.device)?;
+    let backbone = match &a.init {
+        Some(dir) => {
+            let cfg: selfsup::backbones::checkpoint::StageConfig = selfsup::core::checkpoint::read_config(dir)?;
+            cfg.backbone
+        }
+        None => r.backbone(&a.common.backbone, prep.pair.train.image_shape().0)?,
+    };
+    pipeline::transfer_stage(&prep, &backbone, a.init.as_deref(), &r, a.labels_per_class, a.seed, &a.out, &device, a.common.quiet)?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn run_evaluate(a: EvaluateArgs) -> Result<()> {
+    let r = recipe(&a.common, None);
+    let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
+    let device = parse_device(&a.common.device)?;
+    let (acc, extra) = match a.protocol.as_str() {
+        "finetune" => {
+            let (cls, _) = selfsup::finetune::load_classifier(&a.checkpoint, &device)?;
+            if cls.head.weight().dim(0)? != prep.pair.test.num_classes() {
+                bail!("{}: the head has {} outputs but {} has {} classes", a.checkpoint.display(), cls.head.weight().dim(0)?, a.common.dataset, prep.pair.test.num_classes());
+            }
+            (pipeline::classifier_accuracy(&prep, &cls, &r, &device)?, serde_json::Value::Null)
+        }
+        p @ ("linear" | "knn") => {
+            let enc = selfsup::backbones::checkpoint::load(&a.checkpoint, a.seed, &device)?;
+            let (lin, knn, k) = pipeline::frozen_protocols(&prep, enc.backbone.as_ref(), &r, a.labels_per_class, a.seed, &device)?;
+            if p == "linear" { (lin, serde_json::Value::Null) } else { (knn, serde_json::json!({"k": k})) }
+        }
+        other => bail!("invalid --protocol: {other:?}; expected finetune, linear or knn"),
+    };
+    let result = serde_json::json!({
+        "checkpoint": a.checkpoint.display().to_string(),
+        "dataset": prep.pair.name,
+        "protocol": a.protocol,
+        "labels_per_class": a.labels_per_class,
+        "seed": a.seed,
+        "test_accuracy": acc,
+        "test_images": prep.pair.test.len(),
+        "extra": extra,
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    if let Some(out) = a.out {
+        selfsup::core::fsutil::write_json_atomic(&out, &result).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let quiet = match &cli.command {
+        Command::Pipeline(a) => a.common.quiet,
+        Command::Pretrain(a) => a.common.quiet,
+        Command::Transfer(a) => a.common.quiet,
+        Command::Evaluate(a) => a.common.quiet,
+    };
+    init_logging(quiet);
+    let res = match cli.command {
+        Command::Pipeline(a) => run_pipeline(a),
+        Command::Pretrain(a) => run_pretrain(a),
+        Command::Transfer(a) => run_transfer(a),
+        Command::Evaluate(a) => run_evaluate(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
