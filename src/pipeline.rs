@@ -108,7 +108,10 @@ impl Default for Recipe {
 
 impl Recipe {
     fn augment(&self) -> CropFlip {
-        CropFlip { pad: self.crop_pad, flip: self.flip }
+        CropFlip {
+            pad: self.crop_pad,
+            flip: self.flip,
+        }
     }
 
     /// The backbone configuration for `name` with this recipe's sizes.
@@ -201,7 +204,11 @@ pub struct Prepared {
 }
 
 /// Loads (and optionally truncates) a dataset.
-pub fn prepare(dataset: &str, max_train: Option<usize>, max_test: Option<usize>) -> Result<Prepared> {
+pub fn prepare(
+    dataset: &str,
+    max_train: Option<usize>,
+    max_test: Option<usize>,
+) -> Result<Prepared> {
     let mut pair = crate::data::load(dataset)?;
     if let Some(n) = max_train {
         pair.train = pair.train.take(n);
@@ -210,11 +217,17 @@ pub fn prepare(dataset: &str, max_train: Option<usize>, max_test: Option<usize>)
         pair.test = pair.test.take(n);
     }
     if pair.train.labels().is_none() || pair.test.labels().is_none() {
-        return Err(Error::invalid("--dataset", format!("{dataset} has no labels; transfer needs a labeled dataset")));
+        return Err(Error::invalid(
+            "--dataset",
+            format!("{dataset} has no labels; transfer needs a labeled dataset"),
+        ));
     }
     let (_, h, w) = pair.train.image_shape();
     if h != w || h < 8 {
-        return Err(Error::invalid("--dataset", format!("{dataset}: images are {h}x{w}; selfsup needs square images of at least 8x8")));
+        return Err(Error::invalid(
+            "--dataset",
+            format!("{dataset}: images are {h}x{w}; selfsup needs square images of at least 8x8"),
+        ));
     }
     let all: Vec<usize> = (0..pair.train.len()).collect();
     let norm = batch::fit_normalization(&pair.train, &all);
@@ -223,8 +236,15 @@ pub fn prepare(dataset: &str, max_train: Option<usize>, max_test: Option<usize>)
 
 /// The pretraining pool of a seed: training images outside the seed's
 /// labeled split (for the largest K), capped at `cap` by a seeded draw.
-pub fn unlabeled_pool(train: &Dataset, max_k: usize, seed: u64, cap: Option<usize>) -> Result<Vec<usize>> {
-    let labels = train.labels().ok_or_else(|| Error::invalid("dataset", "no labels"))?;
+pub fn unlabeled_pool(
+    train: &Dataset,
+    max_k: usize,
+    seed: u64,
+    cap: Option<usize>,
+) -> Result<Vec<usize>> {
+    let labels = train
+        .labels()
+        .ok_or_else(|| Error::invalid("dataset", "no labels"))?;
     let mut pool = split::stratified(labels, max_k, seed)?.unlabeled;
     if let Some(cap) = cap.filter(|&c| c < pool.len()) {
         pool.shuffle(&mut rng::stream(seed, "pool"));
@@ -274,7 +294,15 @@ pub fn pretrain_stage(
 ) -> Result<()> {
     let pool = unlabeled_pool(&prep.pair.train, max_k, seed, recipe.unlabeled)?;
     let cfg = recipe.pretrain_config(method, seed);
-    let pre = pretext::pretrain(&cfg, backbone, &prep.pair.train, &pool, &prep.norm, device, quiet)?;
+    let pre = pretext::pretrain(
+        &cfg,
+        backbone,
+        &prep.pair.train,
+        &pool,
+        &prep.norm,
+        device,
+        quiet,
+    )?;
     let metrics = serde_json::json!({
         "val_loss": pre.val_loss,
         "val_accuracy": pre.val_accuracy,
@@ -287,7 +315,16 @@ pub fn pretrain_stage(
         "unlabeled_images": pool.len(),
     });
     let recipe_json = serde_json::json!({"pretrain": cfg, "labels_excluded_per_class": max_k});
-    let sc = stage_config("pretrain", method, backbone, prep, seed, Some(pre.objective.head_outputs()), recipe_json, metrics);
+    let sc = stage_config(
+        "pretrain",
+        method,
+        backbone,
+        prep,
+        seed,
+        Some(pre.objective.head_outputs()),
+        recipe_json,
+        metrics,
+    );
     ckpt::save(dir, &pre.map, &sc)?;
     if !quiet {
         eprintln!(
@@ -315,7 +352,11 @@ pub fn transfer_stage(
     device: &Device,
     quiet: bool,
 ) -> Result<finetune::Classifier> {
-    let labels = prep.pair.train.labels().expect("prepared datasets have labels");
+    let labels = prep
+        .pair
+        .train
+        .labels()
+        .expect("prepared datasets have labels");
     let sp = split::stratified(labels, k, seed)?;
     let cfg = recipe.transfer_config(seed);
     let method = match init {
@@ -323,7 +364,17 @@ pub fn transfer_stage(
         None => "scratch".to_string(),
     };
     let stage = format!("transfer/{method}");
-    let cls = finetune::train_classifier(&cfg, init, backbone, &prep.pair.train, &sp.labeled, &prep.norm, device, quiet, &stage)?;
+    let cls = finetune::train_classifier(
+        &cfg,
+        init,
+        backbone,
+        &prep.pair.train,
+        &sp.labeled,
+        &prep.norm,
+        device,
+        quiet,
+        &stage,
+    )?;
     let metrics = serde_json::json!({
         "train_loss": cls.report.train_loss,
         "seconds": cls.report.seconds,
@@ -334,7 +385,16 @@ pub fn transfer_stage(
         "init": init.map(|p| p.display().to_string()),
         "transfer": cfg,
     });
-    let sc = stage_config("transfer", &method, backbone, prep, seed, Some(prep.pair.train.num_classes()), recipe_json, metrics);
+    let sc = stage_config(
+        "transfer",
+        &method,
+        backbone,
+        prep,
+        seed,
+        Some(prep.pair.train.num_classes()),
+        recipe_json,
+        metrics,
+    );
     ckpt::save(dir, &cls.map, &sc)?;
     Ok(cls)
 }
@@ -359,19 +419,42 @@ pub fn frozen_protocols(
     let labels = train.labels().expect("labels");
     let sp = split::stratified(labels, k, seed)?;
     let cfg = recipe.transfer_config(seed);
-    let tr_x = finetune::extract_features(encoder, train, &sp.labeled, &prep.norm, recipe.eval_batch, device)?;
+    let tr_x = finetune::extract_features(
+        encoder,
+        train,
+        &sp.labeled,
+        &prep.norm,
+        recipe.eval_batch,
+        device,
+    )?;
     let tr_y: Vec<u32> = sp.labeled.iter().map(|&i| labels[i]).collect();
     let test_idx: Vec<usize> = (0..test.len()).collect();
-    let te_x = finetune::extract_features(encoder, test, &test_idx, &prep.norm, recipe.eval_batch, device)?;
+    let te_x = finetune::extract_features(
+        encoder,
+        test,
+        &test_idx,
+        &prep.norm,
+        recipe.eval_batch,
+        device,
+    )?;
     let te_y = test.labels().expect("labels");
     let classes = train.num_classes();
     let lin = finetune::linear_probe(&cfg, &tr_x, &tr_y, &te_x, classes)?;
     let (knn, chosen) = finetune::knn(&tr_x, &tr_y, &te_x, classes, &recipe.knn_ks)?;
-    Ok((metrics::accuracy(&lin, te_y), metrics::accuracy(&knn, te_y), chosen))
+    Ok((
+        metrics::accuracy(&lin, te_y),
+        metrics::accuracy(&knn, te_y),
+        chosen,
+    ))
 }
 
 /// Test accuracy of a classifier.
-pub fn classifier_accuracy(prep: &Prepared, cls: &finetune::Classifier, recipe: &Recipe, device: &Device) -> Result<f64> {
+pub fn classifier_accuracy(
+    prep: &Prepared,
+    cls: &finetune::Classifier,
+    recipe: &Recipe,
+    device: &Device,
+) -> Result<f64> {
     let test = &prep.pair.test;
     let idx: Vec<usize> = (0..test.len()).collect();
     let pred = cls.predict(test, &idx, &prep.norm, recipe.eval_batch, device)?;
@@ -383,17 +466,32 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
         return Err(Error::invalid("--seeds", "give at least one seed"));
     }
     if opts.labels_per_class.is_empty() {
-        return Err(Error::invalid("--labels-per-class", "give at least one value"));
+        return Err(Error::invalid(
+            "--labels-per-class",
+            "give at least one value",
+        ));
     }
     for p in &opts.pretext {
         if !pretext::NAMES.contains(&p.as_str()) {
-            return Err(Error::invalid("--pretext", format!("unknown pretext {p:?}; available: {}", pretext::NAMES.join(", "))));
+            return Err(Error::invalid(
+                "--pretext",
+                format!(
+                    "unknown pretext {p:?}; available: {}",
+                    pretext::NAMES.join(", ")
+                ),
+            ));
         }
     }
-    let backbone = opts.recipe.backbone(&opts.backbone, prep.pair.train.image_shape().0)?;
+    let backbone = opts
+        .recipe
+        .backbone(&opts.backbone, prep.pair.train.image_shape().0)?;
     let max_k = *opts.labels_per_class.iter().max().expect("non-empty");
     // Checks K against the smallest class before anything is written.
-    split::stratified(prep.pair.train.labels().expect("labels"), max_k, opts.seeds[0])?;
+    split::stratified(
+        prep.pair.train.labels().expect("labels"),
+        max_k,
+        opts.seeds[0],
+    )?;
     Ok(backbone)
 }
 
@@ -409,7 +507,10 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
     let mut results = Vec::new();
     let mut push = |method: &str, protocol: &str, k: usize, seed: u64, acc: f64, quiet: bool| {
         if !quiet {
-            eprintln!("  seed {seed} K={k} {method:>9} {protocol:<8} test accuracy {:.2}%", 100.0 * acc);
+            eprintln!(
+                "  seed {seed} K={k} {method:>9} {protocol:<8} test accuracy {:.2}%",
+                100.0 * acc
+            );
         }
         results.push(ResultRow {
             method: method.into(),
@@ -423,16 +524,40 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
         let seed_dir = opts.out.join(format!("seed{seed}"));
         for method in &opts.pretext {
             let t = Instant::now();
-            pretrain_stage(&prep, &backbone, method, &opts.recipe, max_k, seed, &seed_dir.join(format!("pretrain-{method}")), &opts.device, opts.quiet)?;
+            pretrain_stage(
+                &prep,
+                &backbone,
+                method,
+                &opts.recipe,
+                max_k,
+                seed,
+                &seed_dir.join(format!("pretrain-{method}")),
+                &opts.device,
+                opts.quiet,
+            )?;
             *times.entry("pretrain").or_default() += t.elapsed().as_secs_f64();
         }
         for &k in &opts.labels_per_class {
             let k_dir = seed_dir.join(format!("k{k}"));
             let mut inits: Vec<(String, Option<PathBuf>)> = vec![("scratch".into(), None)];
-            inits.extend(opts.pretext.iter().map(|m| (m.clone(), Some(seed_dir.join(format!("pretrain-{m}"))))));
+            inits.extend(
+                opts.pretext
+                    .iter()
+                    .map(|m| (m.clone(), Some(seed_dir.join(format!("pretrain-{m}"))))),
+            );
             for (method, init) in inits {
                 let t = Instant::now();
-                let cls = transfer_stage(&prep, &backbone, init.as_deref(), &opts.recipe, k, seed, &k_dir.join(format!("{method}-finetune")), &opts.device, opts.quiet)?;
+                let cls = transfer_stage(
+                    &prep,
+                    &backbone,
+                    init.as_deref(),
+                    &opts.recipe,
+                    k,
+                    seed,
+                    &k_dir.join(format!("{method}-finetune")),
+                    &opts.device,
+                    opts.quiet,
+                )?;
                 *times.entry("transfer").or_default() += t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let acc = classifier_accuracy(&prep, &cls, &opts.recipe, &opts.device)?;
@@ -447,8 +572,15 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                         backbone.build(vb.pp(ckpt::BACKBONE_PREFIX))?
                     }
                 };
-                let (lin, knn, chosen) = frozen_protocols(&prep, encoder.as_ref(), &opts.recipe, k, seed, &opts.device)?;
-                tracing::info!(method, seed, k, chosen_k = chosen, "kNN k chosen by leave-one-out on the labeled images");
+                let (lin, knn, chosen) =
+                    frozen_protocols(&prep, encoder.as_ref(), &opts.recipe, k, seed, &opts.device)?;
+                tracing::info!(
+                    method,
+                    seed,
+                    k,
+                    chosen_k = chosen,
+                    "kNN k chosen by leave-one-out on the labeled images"
+                );
                 push(&method, "linear", k, seed, lin, opts.quiet);
                 push(&method, "knn", k, seed, knn, opts.quiet);
                 *times.entry("evaluate").or_default() += t.elapsed().as_secs_f64();
@@ -464,7 +596,13 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
         pretext: opts.pretext.clone(),
         results,
         summary,
-        stages: times.into_iter().map(|(name, seconds)| StageTime { name: name.into(), seconds }).collect(),
+        stages: times
+            .into_iter()
+            .map(|(name, seconds)| StageTime {
+                name: name.into(),
+                seconds,
+            })
+            .collect(),
         total_seconds: t0.elapsed().as_secs_f64(),
         threads: rayon_threads(),
         config: serde_json::json!({

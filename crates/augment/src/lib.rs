@@ -35,7 +35,11 @@ pub struct Image {
 impl Image {
     /// Wraps pixels; panics if the length does not match the shape.
     pub fn new(c: usize, h: usize, w: usize, data: Vec<u8>) -> Self {
-        assert_eq!(data.len(), c * h * w, "pixel count does not match {c}x{h}x{w}");
+        assert_eq!(
+            data.len(),
+            c * h * w,
+            "pixel count does not match {c}x{h}x{w}"
+        );
         Self { c, h, w, data }
     }
 }
@@ -118,7 +122,10 @@ pub struct CropFlip {
 
 impl CropFlip {
     /// No augmentation.
-    pub const NONE: CropFlip = CropFlip { pad: 0, flip: false };
+    pub const NONE: CropFlip = CropFlip {
+        pad: 0,
+        flip: false,
+    };
 }
 
 impl Transform for CropFlip {
@@ -164,7 +171,12 @@ mod tests {
     use super::*;
 
     fn ramp(c: usize, h: usize, w: usize) -> Image {
-        Image::new(c, h, w, (0..c * h * w).map(|i| (i * 7 % 256) as u8).collect())
+        Image::new(
+            c,
+            h,
+            w,
+            (0..c * h * w).map(|i| (i * 7 % 256) as u8).collect(),
+        )
     }
 
     #[test]
@@ -209,12 +221,20 @@ mod tests {
     fn flip_and_crop_properties() {
         let img = ramp(1, 6, 6);
         assert_eq!(hflip(&hflip(&img)), img);
-        assert_eq!(shifted_crop(&img, 2, 2, 2), img, "centred crop is the identity");
+        assert_eq!(
+            shifted_crop(&img, 2, 2, 2),
+            img,
+            "centred crop is the identity"
+        );
         let moved = shifted_crop(&img, 2, 0, 0);
         assert_eq!(moved.data[0], 0, "shifted-in border is zero");
         assert_eq!(moved.data[2 * 6 + 2], img.data[0]);
         let mut r = rng::stream(0, "t");
-        assert_eq!(CropFlip::NONE.apply(&img, &mut r), img, "zero strength is identity");
+        assert_eq!(
+            CropFlip::NONE.apply(&img, &mut r),
+            img,
+            "zero strength is identity"
+        );
     }
 
     #[test]

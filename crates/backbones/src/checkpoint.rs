@@ -64,6 +64,15 @@ pub fn load(dir: &Path, seed: u64, device: &Device) -> Result<LoadedEncoder> {
     let map = VarMap::new();
     let vb = params::seeded_var_builder(&map, seed, device);
     let backbone = config.backbone.build(vb.pp(BACKBONE_PREFIX))?;
-    checkpoint::load_into(&map, &dir.join(checkpoint::WEIGHTS_FILE), BACKBONE_PREFIX, true)?;
-    Ok(LoadedEncoder { map, backbone, config })
+    checkpoint::load_into(
+        &map,
+        &dir.join(checkpoint::WEIGHTS_FILE),
+        BACKBONE_PREFIX,
+        true,
+    )?;
+    Ok(LoadedEncoder {
+        map,
+        backbone,
+        config,
+    })
 }

@@ -4,7 +4,8 @@
 //! checkpoint's `config.json` can rebuild it.
 //!
 //! - [`ConvNet`]: a small VGG-style network (3x3 conv, BatchNorm, ReLU,
-//!   2x2 max-pool between stages, global average pool). Sized for CPU runs.
+//!   2x2 max-pool between stages; features pooled from every stage). Sized
+//!   for CPU runs.
 //! - [`ResNet18`]: ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no
 //!   max-pool).
 //!
@@ -22,7 +23,7 @@
 //! let cfg = BackboneConfig::ConvNet { in_channels: 1, widths: vec![4, 8] };
 //! let net = cfg.build(vb.pp("backbone")).unwrap();
 //! let x = Tensor::zeros((2, 1, 12, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
-//! assert_eq!(net.forward_t(&x, false).unwrap().dims(), &[2, 8]);
+//! assert_eq!(net.forward_t(&x, false).unwrap().dims(), &[2, 12]);
 //! ```
 
 pub mod checkpoint;
@@ -78,7 +79,10 @@ impl BackboneConfig {
             }),
             other => Err(Error::invalid(
                 "--backbone",
-                format!("unknown backbone {other:?}; choose one of: {}", NAMES.join(", ")),
+                format!(
+                    "unknown backbone {other:?}; choose one of: {}",
+                    NAMES.join(", ")
+                ),
             )),
         }
     }
@@ -101,7 +105,10 @@ impl BackboneConfig {
     /// Builds the network with parameters from `vb`.
     pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
         match self {
-            Self::ConvNet { in_channels, widths } => Ok(Box::new(ConvNet::new(*in_channels, widths, vb)?)),
+            Self::ConvNet {
+                in_channels,
+                widths,
+            } => Ok(Box::new(ConvNet::new(*in_channels, widths, vb)?)),
             Self::ResNet18 {
                 in_channels,
                 base_width,
@@ -130,7 +137,15 @@ struct ConvBn {
 }
 
 impl ConvBn {
-    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder, conv: &str, bn: &str) -> Result<Self> {
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        vb: VarBuilder,
+        conv: &str,
+        bn: &str,
+    ) -> Result<Self> {
         let cfg = Conv2dConfig {
             padding: k / 2,
             stride,
@@ -165,25 +180,45 @@ fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 }
 
 /// A small VGG-style network: per stage a 3x3 conv, BatchNorm and ReLU,
-/// with a 2x2 max-pool between stages, then global average pooling.
+/// with a 2x2 max-pool between stages. The features are the globally
+/// average-pooled outputs of *every* stage, concatenated (D = sum of the
+/// widths): pretext tasks such as rotation make the last stage specific to
+/// the pretext, while the middle stages carry the transferable features
+/// (Gidaris et al., 2018; Kolesnikov et al., 2019).
 pub struct ConvNet {
     stages: Vec<ConvBn>,
     in_channels: usize,
+    dim: usize,
 }
 
 impl ConvNet {
     /// Builds the network; parameters are `stages.{i}.conv.weight`, `stages.{i}.bn.*`.
     pub fn new(in_channels: usize, widths: &[usize], vb: VarBuilder) -> Result<Self> {
         if widths.is_empty() {
-            return Err(Error::invalid("backbone", "convnet needs at least one stage width"));
+            return Err(Error::invalid(
+                "backbone",
+                "convnet needs at least one stage width",
+            ));
         }
         let mut stages = Vec::new();
         let mut cin = in_channels;
         for (i, &w) in widths.iter().enumerate() {
-            stages.push(ConvBn::new(cin, w, 3, 1, vb.pp(format!("stages.{i}")), "conv", "bn")?);
+            stages.push(ConvBn::new(
+                cin,
+                w,
+                3,
+                1,
+                vb.pp(format!("stages.{i}")),
+                "conv",
+                "bn",
+            )?);
             cin = w;
         }
-        Ok(Self { stages, in_channels })
+        Ok(Self {
+            stages,
+            in_channels,
+            dim: widths.iter().sum(),
+        })
     }
 }
 
@@ -191,17 +226,19 @@ impl Backbone for ConvNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.in_channels)?;
         let mut h = x.clone();
+        let mut pooled = Vec::with_capacity(self.stages.len());
         for (i, s) in self.stages.iter().enumerate() {
             h = s.forward(&h, train)?.relu()?;
+            pooled.push(global_avg_pool(&h)?);
             if i + 1 < self.stages.len() && h.dim(2)? >= 2 {
                 h = max_pool2(&h)?;
             }
         }
-        global_avg_pool(&h)
+        Ok(Tensor::cat(&pooled, 1)?)
     }
 
     fn feature_dim(&self) -> usize {
-        self.stages.last().map_or(0, |s| s.bn.running_mean().dim(0).unwrap_or(0))
+        self.dim
     }
 }
 
@@ -215,7 +252,15 @@ struct BasicBlock {
 impl BasicBlock {
     fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
         let shortcut = if stride != 1 || cin != cout {
-            Some(ConvBn::new(cin, cout, 1, stride, vb.pp("downsample"), "0", "1")?)
+            Some(ConvBn::new(
+                cin,
+                cout,
+                1,
+                stride,
+                vb.pp("downsample"),
+                "0",
+                "1",
+            )?)
         } else {
             None
         };
@@ -251,7 +296,10 @@ impl ResNet18 {
     /// Builds the network.
     pub fn new(in_channels: usize, base_width: usize, vb: VarBuilder) -> Result<Self> {
         if base_width == 0 {
-            return Err(Error::invalid("backbone", "resnet18 base_width must be positive"));
+            return Err(Error::invalid(
+                "backbone",
+                "resnet18 base_width must be positive",
+            ));
         }
         let stem = ConvBn::new(in_channels, base_width, 3, 1, vb.clone(), "conv1", "bn1")?;
         let mut blocks = Vec::new();
@@ -260,7 +308,12 @@ impl ResNet18 {
             let cout = base_width << stage;
             for b in 0..2 {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.{b}", stage + 1)))?);
+                blocks.push(BasicBlock::new(
+                    cin,
+                    cout,
+                    stride,
+                    vb.pp(format!("layer{}.{b}", stage + 1)),
+                )?);
                 cin = cout;
             }
         }
@@ -297,14 +350,22 @@ mod tests {
 
     fn input(b: usize, c: usize, s: usize) -> Tensor {
         let n = b * c * s * s;
-        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
         Tensor::from_vec(v, (b, c, s, s), &Device::Cpu).unwrap()
     }
 
     fn configs(c: usize) -> Vec<BackboneConfig> {
         vec![
-            BackboneConfig::ConvNet { in_channels: c, widths: vec![4, 6, 8] },
-            BackboneConfig::ResNet18 { in_channels: c, base_width: 4 },
+            BackboneConfig::ConvNet {
+                in_channels: c,
+                widths: vec![4, 6, 8],
+            },
+            BackboneConfig::ResNet18 {
+                in_channels: c,
+                base_width: 4,
+            },
         ]
     }
 
@@ -313,12 +374,18 @@ mod tests {
         for c in [1, 3] {
             for cfg in configs(c) {
                 let map = VarMap::new();
-                let net = cfg.build(seeded_var_builder(&map, 0, &Device::Cpu)).unwrap();
+                let net = cfg
+                    .build(seeded_var_builder(&map, 0, &Device::Cpu))
+                    .unwrap();
                 for s in [8, 9, 28] {
                     let y = net.forward_t(&input(2, c, s), true).unwrap();
                     assert_eq!(y.dims(), &[2, net.feature_dim()], "{cfg:?} size {s}");
                 }
-                let e = net.forward_t(&input(2, c, 7), false).err().unwrap().to_string();
+                let e = net
+                    .forward_t(&input(2, c, 7), false)
+                    .err()
+                    .unwrap()
+                    .to_string();
                 assert!(e.contains("S >= 8"), "{e}");
             }
         }
@@ -328,19 +395,35 @@ mod tests {
     fn every_parameter_gets_a_nonzero_gradient() {
         for cfg in configs(3) {
             let map = VarMap::new();
-            let net = cfg.build(seeded_var_builder(&map, 1, &Device::Cpu)).unwrap();
+            let net = cfg
+                .build(seeded_var_builder(&map, 1, &Device::Cpu))
+                .unwrap();
             let y = net.forward_t(&input(4, 3, 12), true).unwrap();
             // A non-symmetric loss so that BatchNorm's shift gets gradient too.
             let w = Tensor::arange(0f32, y.dim(1).unwrap() as f32, &Device::Cpu).unwrap();
-            let loss = (y.sqr().unwrap().broadcast_mul(&w).unwrap().sum_all().unwrap()
+            let loss = (y
+                .sqr()
+                .unwrap()
+                .broadcast_mul(&w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
                 + y.sum_all().unwrap())
             .unwrap();
             let grads = loss.backward().unwrap();
             let vars = trainable_vars(&map);
             assert!(!vars.is_empty());
             for (name, v) in vars {
-                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{}: {name} has no gradient", cfg.name()));
-                let norm = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                let g = grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{}: {name} has no gradient", cfg.name()));
+                let norm = g
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(norm > 0.0, "{}: {name} has a zero gradient", cfg.name());
             }
         }
@@ -349,9 +432,14 @@ mod tests {
     #[test]
     fn batchnorm_train_and_eval_differ_and_running_stats_update() {
         let map = VarMap::new();
-        let cfg = BackboneConfig::ConvNet { in_channels: 1, widths: vec![4, 4] };
-        let net = cfg.build(seeded_var_builder(&map, 2, &Device::Cpu)).unwrap();
-        let x = (input(4, 1, 8) * 3.0 + 2.0).unwrap();
+        let cfg = BackboneConfig::ConvNet {
+            in_channels: 1,
+            widths: vec![4, 4],
+        };
+        let net = cfg
+            .build(seeded_var_builder(&map, 2, &Device::Cpu))
+            .unwrap();
+        let x = input(4, 1, 8).affine(3.0, 2.0).unwrap();
         let rm = |m: &VarMap| -> Vec<f32> {
             let d = m.data().lock().unwrap();
             let v: &Var = &d["stages.0.bn.running_mean"];
@@ -359,22 +447,48 @@ mod tests {
         };
         assert!(rm(&map).iter().all(|&v| v == 0.0));
         let eval0 = net.forward_t(&x, false).unwrap();
-        assert!(rm(&map).iter().all(|&v| v == 0.0), "eval must not touch running stats");
+        assert!(
+            rm(&map).iter().all(|&v| v == 0.0),
+            "eval must not touch running stats"
+        );
         let train = net.forward_t(&x, true).unwrap();
-        assert!(rm(&map).iter().any(|&v| v != 0.0), "train must update running stats");
-        let diff = (train - &eval0).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(
+            rm(&map).iter().any(|&v| v != 0.0),
+            "train must update running stats"
+        );
+        let diff = (train - &eval0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff > 1e-3, "train and eval outputs should differ");
         // eval mode is a deterministic per-sample function: batch of 1 == row of batch
         let one = net.forward_t(&x.narrow(0, 1, 1).unwrap(), false).unwrap();
         let all = net.forward_t(&x, false).unwrap().narrow(0, 1, 1).unwrap();
-        let d = (one - all).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (one - all)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5);
     }
 
     #[test]
     fn unknown_backbone_is_named() {
         let e = BackboneConfig::from_name("vgg", 1).unwrap_err().to_string();
-        assert!(e.contains("--backbone") && e.contains("vgg") && e.contains("resnet18"), "{e}");
-        assert_eq!(BackboneConfig::from_name("resnet18", 3).unwrap().name(), "resnet18");
+        assert!(
+            e.contains("--backbone") && e.contains("vgg") && e.contains("resnet18"),
+            "{e}"
+        );
+        assert_eq!(
+            BackboneConfig::from_name("resnet18", 3).unwrap().name(),
+            "resnet18"
+        );
     }
 }

@@ -26,9 +26,8 @@ pub fn save<C: serde::Serialize>(dir: &Path, map: &VarMap, prefix: &str, config:
     };
     fsutil::write_dir_atomic(dir, |tmp| {
         let weights = tmp.join(WEIGHTS_FILE);
-        candle_core::safetensors::save(&tensors, &weights).map_err(|e| {
-            Error::format(&weights, format!("cannot write safetensors: {e}"))
-        })?;
+        candle_core::safetensors::save(&tensors, &weights)
+            .map_err(|e| Error::format(&weights, format!("cannot write safetensors: {e}")))?;
         fsutil::write_json_atomic(&tmp.join(CONFIG_FILE), config)
     })
 }
@@ -129,15 +128,36 @@ mod tests {
         let vb = seeded_var_builder(&dst, 2, &Device::Cpu);
         let enc2 = candle_nn::linear(6, 5, vb.pp("backbone.fc")).unwrap();
         let head2 = candle_nn::linear(5, 10, vb.pp("head")).unwrap();
-        let head_before = head2.weight().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let head_before = head2
+            .weight()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let rep = load_into(&dst, &stage.join(WEIGHTS_FILE), "backbone.", true).unwrap();
         assert_eq!(rep.loaded.len(), 2);
         assert!(rep.missing.is_empty());
         assert_eq!(
-            enc.weight().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            enc2.weight().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            enc.weight()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            enc2.weight()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         );
-        assert_eq!(head_before, head2.weight().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            head_before,
+            head2
+                .weight()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
     }
 
     #[test]
@@ -153,7 +173,10 @@ mod tests {
         let e = load_into(&dst, &dir.path().join("s").join(WEIGHTS_FILE), "", false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("backbone.fc.weight") && e.contains("shape"), "{e}");
+        assert!(
+            e.contains("backbone.fc.weight") && e.contains("shape"),
+            "{e}"
+        );
         let junk = dir.path().join("junk.safetensors");
         std::fs::write(&junk, b"not a checkpoint").unwrap();
         let e = load_into(&dst, &junk, "", false).unwrap_err().to_string();

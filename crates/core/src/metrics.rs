@@ -2,7 +2,11 @@
 
 /// Fraction of positions where `pred == truth`. Empty input gives 0.
 pub fn accuracy(pred: &[u32], truth: &[u32]) -> f64 {
-    assert_eq!(pred.len(), truth.len(), "prediction and label counts differ");
+    assert_eq!(
+        pred.len(),
+        truth.len(),
+        "prediction and label counts differ"
+    );
     if pred.is_empty() {
         return 0.0;
     }

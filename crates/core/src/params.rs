@@ -145,7 +145,14 @@ mod tests {
         let (_, b) = build(7);
         let (_, c) = build(8);
         let d = |x: &Tensor, y: &Tensor| {
-            (x - y).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
         };
         assert_eq!(d(&a, &b), 0.0);
         assert!(d(&a, &c) > 0.0);
@@ -157,9 +164,17 @@ mod tests {
         assert_eq!(map.all_vars().len(), 2);
         let vb = seeded_var_builder(&map, 99, &Device::Cpu);
         let again = candle_nn::linear(8, 4, vb.pp("fc")).unwrap();
-        let diff = (again.weight() - &w).unwrap().abs().unwrap().sum_all().unwrap();
+        let diff = (again.weight() - &w)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         assert_eq!(vars_with_prefix(&map, "fc.").len(), 2);
-        assert!(vb.pp("fc").get((3, 3), "weight").is_err(), "shape mismatch must fail");
+        assert!(
+            vb.pp("fc").get((3, 3), "weight").is_err(),
+            "shape mismatch must fail"
+        );
     }
 }

@@ -90,7 +90,9 @@ impl Report {
             .map(|(method, protocol, k)| {
                 let accs: Vec<f64> = results
                     .iter()
-                    .filter(|r| r.method == method && r.protocol == protocol && r.labels_per_class == k)
+                    .filter(|r| {
+                        r.method == method && r.protocol == protocol && r.labels_per_class == k
+                    })
                     .map(|r| r.test_accuracy)
                     .collect();
                 let (mean, std) = mean_std(&accs);
@@ -120,7 +122,9 @@ impl Report {
                     .max_by(|a, b| a.mean.total_cmp(&b.mean))
                     .cloned()
             };
-            let Some(scratch) = best("scratch") else { continue };
+            let Some(scratch) = best("scratch") else {
+                continue;
+            };
             for p in &self.pretext {
                 if let Some(pre) = best(p) {
                     out.push(Gain {

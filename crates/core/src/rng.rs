@@ -55,6 +55,9 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
-        assert_ne!(stream_at(1, "x", 3).random::<u64>(), stream_at(1, "x", 4).random::<u64>());
+        assert_ne!(
+            stream_at(1, "x", 3).random::<u64>(),
+            stream_at(1, "x", 4).random::<u64>()
+        );
     }
 }

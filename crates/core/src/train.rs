@@ -54,7 +54,12 @@ pub struct Trainer {
 impl Trainer {
     /// AdamW over `vars` with weight decay `weight_decay`; `stage` names the
     /// training stage in errors.
-    pub fn new(vars: Vec<Var>, schedule: LrSchedule, weight_decay: f64, stage: &str) -> Result<Self> {
+    pub fn new(
+        vars: Vec<Var>,
+        schedule: LrSchedule,
+        weight_decay: f64,
+        stage: &str,
+    ) -> Result<Self> {
         let params = ParamsAdamW {
             lr: schedule.lr_at(0),
             weight_decay,
@@ -250,13 +255,30 @@ mod tests {
     #[test]
     fn nan_loss_stops_with_a_clear_error() {
         let v = Var::zeros(3, DType::F32, &Device::Cpu).unwrap();
-        let mut t = Trainer::new(vec![v.clone()], LrSchedule::new(0.1, 0, 10), 0.0, "pretrain").unwrap();
-        let ok = (v.as_tensor() - 1.0).unwrap().sqr().unwrap().sum_all().unwrap();
+        let mut t = Trainer::new(
+            vec![v.clone()],
+            LrSchedule::new(0.1, 0, 10),
+            0.0,
+            "pretrain",
+        )
+        .unwrap();
+        let ok = (v.as_tensor() - 1.0)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         assert_eq!(t.step(&ok).unwrap(), 3.0);
-        let bad = (v.as_tensor().sum_all().unwrap() / 0.0).unwrap().log().unwrap();
+        let bad = (v.as_tensor().sum_all().unwrap() / 0.0)
+            .unwrap()
+            .log()
+            .unwrap();
         let bad = (bad * f64::NAN).unwrap();
         let e = t.step(&bad).unwrap_err().to_string();
-        assert!(e.contains("pretrain") && e.contains("NaN") && e.contains("step 1"), "{e}");
+        assert!(
+            e.contains("pretrain") && e.contains("NaN") && e.contains("step 1"),
+            "{e}"
+        );
     }
 }
 
@@ -335,20 +357,32 @@ pub fn fit(
         return Err(Error::invalid(stage, "no training items"));
     }
     if cfg.batch_size == 0 || cfg.epochs == 0 {
-        return Err(Error::invalid(stage, "batch size and epochs must be at least 1"));
+        return Err(Error::invalid(
+            stage,
+            "batch size and epochs must be at least 1",
+        ));
     }
     let start = Instant::now();
     let steps_per_epoch = n_items.div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (total as f64 * cfg.warmup_fraction).round() as usize;
-    let mut trainer = Trainer::new(vars, LrSchedule::new(cfg.lr, warmup, total), cfg.weight_decay, stage)?;
+    let mut trainer = Trainer::new(
+        vars,
+        LrSchedule::new(cfg.lr, warmup, total),
+        cfg.weight_decay,
+        stage,
+    )?;
     let mut progress = Progress::new(total as u64, stage, quiet);
     let mut stopper = EarlyStopping::new(cfg.patience.unwrap_or(usize::MAX), 1e-4);
     let mut best: Option<Vec<(Var, Tensor)>> = None;
     let mut report = FitReport::default();
     let mut order: Vec<usize> = (0..n_items).collect();
     for epoch in 0..cfg.epochs {
-        order.shuffle(&mut crate::rng::stream_at(cfg.seed, "shuffle", epoch as u64));
+        order.shuffle(&mut crate::rng::stream_at(
+            cfg.seed,
+            "shuffle",
+            epoch as u64,
+        ));
         let mut sum = 0.0;
         for chunk in order.chunks(cfg.batch_size) {
             let (loss, images) = step(chunk, trainer.steps() as u64)?;
@@ -363,7 +397,13 @@ pub fn fit(
             check_finite(vl as f32, stage, trainer.steps())?;
             report.val_loss.push(vl);
             let decision = stopper.update(vl);
-            tracing::info!(stage, epoch = epoch + 1, train_loss = sum / steps_per_epoch as f64, val_loss = vl, "epoch done");
+            tracing::info!(
+                stage,
+                epoch = epoch + 1,
+                train_loss = sum / steps_per_epoch as f64,
+                val_loss = vl,
+                "epoch done"
+            );
             if !quiet {
                 progress.note(format!(
                     "{stage}: epoch {} train loss {:.4} val loss {vl:.4}",
@@ -382,7 +422,12 @@ pub fn fit(
                 }
             }
         } else {
-            tracing::debug!(stage, epoch = epoch + 1, train_loss = sum / steps_per_epoch as f64, "epoch done");
+            tracing::debug!(
+                stage,
+                epoch = epoch + 1,
+                train_loss = sum / steps_per_epoch as f64,
+                "epoch done"
+            );
         }
     }
     if let Some(snap) = best {
@@ -423,7 +468,11 @@ mod fit_tests {
             calls += 1;
             let d = (&w2 - &t2)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
             // pretend validation gets worse after epoch 5
-            Ok(if calls > 5 { 10.0 + calls as f64 } else { f64::from(d) })
+            Ok(if calls > 5 {
+                10.0 + calls as f64
+            } else {
+                f64::from(d)
+            })
         };
         let rep = fit(
             &cfg,
@@ -440,7 +489,14 @@ mod fit_tests {
         assert_eq!(rep.epochs_run, 8, "stops after patience runs out");
         assert!(rep.train_loss[4] < rep.train_loss[0]);
         // weights are those after epoch 5, whose val loss was recorded
-        let d = (&w - &target).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (&w - &target)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((f64::from(d) - rep.val_loss[4]).abs() < 1e-5);
     }
 }

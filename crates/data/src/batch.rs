@@ -45,7 +45,12 @@ pub fn to_tensor(
     let per = c * plane;
     let n = pixels.len() / per;
     let scale: Vec<f32> = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let shift: Vec<f32> = norm.mean.iter().zip(&norm.std).map(|(m, s)| m / s).collect();
+    let shift: Vec<f32> = norm
+        .mean
+        .iter()
+        .zip(&norm.std)
+        .map(|(m, s)| m / s)
+        .collect();
     let data: Vec<f32> = pixels
         .iter()
         .enumerate()
@@ -58,7 +63,12 @@ pub fn to_tensor(
 }
 
 /// The images at `indices` of `ds` as one normalised tensor.
-pub fn gather(ds: &Dataset, indices: &[usize], norm: &Normalization, device: &Device) -> Result<Tensor> {
+pub fn gather(
+    ds: &Dataset,
+    indices: &[usize],
+    norm: &Normalization,
+    device: &Device,
+) -> Result<Tensor> {
     let mut px = Vec::with_capacity(indices.len() * ds.image_len());
     for &i in indices {
         px.extend_from_slice(ds.image(i));
@@ -79,11 +89,20 @@ mod tests {
 
     #[test]
     fn normalisation_centres_and_scales() {
-        let ds = Dataset::new(vec![0, 255, 0, 255, 100, 100, 100, 100], (2, 1, 2, 2), None, vec![]).unwrap();
+        let ds = Dataset::new(
+            vec![0, 255, 0, 255, 100, 100, 100, 100],
+            (2, 1, 2, 2),
+            None,
+            vec![],
+        )
+        .unwrap();
         let norm = fit_normalization(&ds, &[0]);
         assert!((norm.mean[0] - 0.5).abs() < 1e-6 && (norm.std[0] - 0.5).abs() < 1e-6);
         let t = gather(&ds, &[0], &norm, &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[1, 1, 2, 2]);
-        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![-1.0, 1.0, -1.0, 1.0]);
+        assert_eq!(
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![-1.0, 1.0, -1.0, 1.0]
+        );
     }
 }

@@ -47,7 +47,10 @@ pub fn parse(path: &Path, bytes: &[u8], variant: Variant) -> Result<(Vec<u8>, Ve
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         let y = u32::from(r[label_bytes - 1]);
         if y >= max {
-            return Err(Error::format(path, format!("record {i} has label {y}; {variant:?} labels are below {max}")));
+            return Err(Error::format(
+                path,
+                format!("record {i} has label {y}; {variant:?} labels are below {max}"),
+            ));
         }
         labels.push(y);
         px.extend_from_slice(&r[label_bytes..]);
@@ -85,7 +88,10 @@ fn load_files(dir: &Path, files: &[&str], variant: Variant, names: &[String]) ->
 /// Loads a CIFAR-10 or CIFAR-100 binary directory.
 pub fn load_dir(dir: &Path, name: &str) -> Result<DatasetPair> {
     let variant = detect(dir).ok_or_else(|| {
-        Error::format(dir, "not a CIFAR binary directory (expected data_batch_1.bin or train.bin)")
+        Error::format(
+            dir,
+            "not a CIFAR binary directory (expected data_batch_1.bin or train.bin)",
+        )
     })?;
     match variant {
         Variant::Cifar10 => {

@@ -30,7 +30,13 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 /// Parses an IDX image file: returns (n, height, width, pixels).
 pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<(usize, usize, usize, Vec<u8>)> {
     if bytes.len() < 16 {
-        return Err(Error::format(path, format!("IDX image file too short ({} bytes, header needs 16)", bytes.len())));
+        return Err(Error::format(
+            path,
+            format!(
+                "IDX image file too short ({} bytes, header needs 16)",
+                bytes.len()
+            ),
+        ));
     }
     let magic = be_u32(bytes, 0);
     if magic != IMAGES_MAGIC {
@@ -39,7 +45,11 @@ pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<(usize, usize, usize, V
             format!("wrong IDX magic 0x{magic:08x}; an image file (unsigned bytes, 3 dims) starts with 0x{IMAGES_MAGIC:08x}"),
         ));
     }
-    let (n, h, w) = (be_u32(bytes, 4) as usize, be_u32(bytes, 8) as usize, be_u32(bytes, 12) as usize);
+    let (n, h, w) = (
+        be_u32(bytes, 4) as usize,
+        be_u32(bytes, 8) as usize,
+        be_u32(bytes, 12) as usize,
+    );
     if h == 0 || w == 0 {
         return Err(Error::format(path, format!("image size {h}x{w} is empty")));
     }
@@ -57,7 +67,13 @@ pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<(usize, usize, usize, V
 /// Parses an IDX label file.
 pub fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<u32>> {
     if bytes.len() < 8 {
-        return Err(Error::format(path, format!("IDX label file too short ({} bytes, header needs 8)", bytes.len())));
+        return Err(Error::format(
+            path,
+            format!(
+                "IDX label file too short ({} bytes, header needs 8)",
+                bytes.len()
+            ),
+        ));
     }
     let magic = be_u32(bytes, 0);
     if magic != LABELS_MAGIC {
@@ -85,7 +101,10 @@ fn find(dir: &Path, prefixes: &[&str], kind: &str) -> Result<Option<PathBuf>> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
             prefixes.iter().any(|pre| name.starts_with(pre)) && name.contains(kind)
         })
         .collect();
@@ -125,14 +144,25 @@ pub fn load_dir(dir: &Path, name: &str, class_names: Vec<String>) -> Result<Data
         find(dir, pre, kind)?.ok_or_else(|| {
             Error::format(
                 dir,
-                format!("IDX directory has no {what} file (expected a name like {}*-{kind}-ubyte[.gz])", pre[0]),
+                format!(
+                    "IDX directory has no {what} file (expected a name like {}*-{kind}-ubyte[.gz])",
+                    pre[0]
+                ),
             )
         })
     };
     let tr_i = need(&["train-images", "train_images"], "idx3", "training images")?;
     let tr_l = need(&["train-labels", "train_labels"], "idx1", "training labels")?;
-    let te_i = need(&["t10k-images", "test-images", "t10k_images", "test_images"], "idx3", "test images")?;
-    let te_l = need(&["t10k-labels", "test-labels", "t10k_labels", "test_labels"], "idx1", "test labels")?;
+    let te_i = need(
+        &["t10k-images", "test-images", "t10k_images", "test_images"],
+        "idx3",
+        "test images",
+    )?;
+    let te_l = need(
+        &["t10k-labels", "test-labels", "t10k_labels", "test_labels"],
+        "idx1",
+        "test labels",
+    )?;
     let train = load_split(&tr_i, &tr_l)?;
     let test = load_split(&te_i, &te_l)?;
     let max = train.4.iter().chain(&test.4).copied().max().unwrap_or(0) as usize;
@@ -211,7 +241,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write_dir(d.path(), 6, 5, false);
         let e = load_dir(d.path(), "t", vec![]).unwrap_err().to_string();
-        assert!(e.contains("train-labels-idx1-ubyte") && e.contains("5 labels") && e.contains("6 images"), "{e}");
+        assert!(
+            e.contains("train-labels-idx1-ubyte")
+                && e.contains("5 labels")
+                && e.contains("6 images"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -225,9 +260,13 @@ mod tests {
         bytes[3] = 0x01;
         let e = parse_images(p, &bytes).unwrap_err().to_string();
         assert!(e.contains("wrong IDX magic 0x00000801"), "{e}");
-        let e = parse_labels(p, &encode_images(1, 1, 1, &[0])).unwrap_err().to_string();
+        let e = parse_labels(p, &encode_images(1, 1, 1, &[0]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("wrong IDX magic"), "{e}");
-        let e = parse_labels(p, &encode_labels(&[1, 2, 3])[..9]).unwrap_err().to_string();
+        let e = parse_labels(p, &encode_labels(&[1, 2, 3])[..9])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 labels but 1 bytes"), "{e}");
     }
 
@@ -239,7 +278,10 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
         let e = load_dir(d.path(), "t", vec![]).unwrap_err().to_string();
-        assert!(e.contains("train-images-idx3-ubyte.gz") && e.contains("gzip"), "{e}");
+        assert!(
+            e.contains("train-images-idx3-ubyte.gz") && e.contains("gzip"),
+            "{e}"
+        );
     }
 
     #[test]

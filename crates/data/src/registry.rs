@@ -7,7 +7,16 @@ use std::path::{Path, PathBuf};
 
 /// Class names of Fashion-MNIST.
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ];
 
 /// Where Debian's `dataset-fashion-mnist` package installs the full set.
@@ -63,11 +72,17 @@ pub fn load(name_or_path: &str) -> Result<DatasetPair> {
         ));
     }
     if !dir.is_dir() {
-        return Err(Error::format(&dir, "is a file; --dataset expects a directory of IDX or CIFAR binary files"));
+        return Err(Error::format(
+            &dir,
+            "is a file; --dataset expects a directory of IDX or CIFAR binary files",
+        ));
     }
     let is_fashion = name_or_path.starts_with("fashion-mnist");
     let names: Vec<String> = if is_fashion {
-        FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+        FASHION_MNIST_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         Vec::new()
     };
@@ -104,7 +119,10 @@ mod tests {
     #[test]
     fn bad_paths_are_named() {
         let e = load("/no/such/dir").unwrap_err().to_string();
-        assert!(e.contains("/no/such/dir") && e.contains("does not exist"), "{e}");
+        assert!(
+            e.contains("/no/such/dir") && e.contains("does not exist"),
+            "{e}"
+        );
         let d = tempfile::tempdir().unwrap();
         let e = load(d.path().to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("no dataset found"), "{e}");

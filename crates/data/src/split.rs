@@ -3,8 +3,8 @@
 //! Only the K chosen labels per class may ever be read by training or model
 //! selection; the rest of the training set is the unlabeled pool.
 
-use selfsup_core::{rng, Error, Result};
 use rand::seq::SliceRandom;
+use selfsup_core::{rng, Error, Result};
 
 /// Indices into a training set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,10 @@ pub fn stratified(labels: &[u32], k: usize, seed: u64) -> Result<Split> {
         if members.len() < k {
             return Err(Error::invalid(
                 "--labels-per-class",
-                format!("{k} is larger than the smallest class (class {c} has {} training images)", members.len()),
+                format!(
+                    "{k} is larger than the smallest class (class {c} has {} training images)",
+                    members.len()
+                ),
             ));
         }
     }
@@ -52,7 +55,8 @@ pub fn stratified(labels: &[u32], k: usize, seed: u64) -> Result<Split> {
 pub fn holdout(indices: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut v = indices.to_vec();
     v.shuffle(&mut rng::stream(seed, "holdout"));
-    let n_out = ((v.len() as f64 * fraction).round() as usize).clamp(usize::from(v.len() > 1), v.len().saturating_sub(1));
+    let n_out = ((v.len() as f64 * fraction).round() as usize)
+        .clamp(usize::from(v.len() > 1), v.len().saturating_sub(1));
     let out = v.split_off(v.len() - n_out);
     (v, out)
 }
@@ -62,7 +66,10 @@ mod tests {
     use super::*;
 
     fn labels() -> Vec<u32> {
-        (0..300).map(|i| (i % 3) as u32).chain(std::iter::repeat_n(3, 7)).collect()
+        (0..300)
+            .map(|i| (i % 3) as u32)
+            .chain(std::iter::repeat_n(3, 7))
+            .collect()
     }
 
     #[test]
@@ -81,13 +88,19 @@ mod tests {
     fn seed_determinism() {
         let y = labels();
         assert_eq!(stratified(&y, 5, 3).unwrap(), stratified(&y, 5, 3).unwrap());
-        assert_ne!(stratified(&y, 5, 3).unwrap().labeled, stratified(&y, 5, 4).unwrap().labeled);
+        assert_ne!(
+            stratified(&y, 5, 3).unwrap().labeled,
+            stratified(&y, 5, 4).unwrap().labeled
+        );
     }
 
     #[test]
     fn k_too_large_names_the_flag_and_class() {
         let e = stratified(&labels(), 8, 0).unwrap_err().to_string();
-        assert!(e.contains("--labels-per-class") && e.contains("class 3 has 7"), "{e}");
+        assert!(
+            e.contains("--labels-per-class") && e.contains("class 3 has 7"),
+            "{e}"
+        );
         assert!(stratified(&labels(), 0, 0).is_err());
     }
 

@@ -75,9 +75,27 @@ pub struct Classifier {
 
 impl Classifier {
     /// Predicted classes of the images at `indices`.
-    pub fn predict(&self, ds: &Dataset, indices: &[usize], norm: &Normalization, batch_size: usize, device: &Device) -> Result<Vec<u32>> {
-        let feats = extract_features(self.backbone.as_ref(), ds, indices, norm, batch_size, device)?;
-        Ok(self.head.forward(&feats)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
+    pub fn predict(
+        &self,
+        ds: &Dataset,
+        indices: &[usize],
+        norm: &Normalization,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Vec<u32>> {
+        let feats = extract_features(
+            self.backbone.as_ref(),
+            ds,
+            indices,
+            norm,
+            batch_size,
+            device,
+        )?;
+        Ok(self
+            .head
+            .forward(&feats)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?)
     }
 }
 
@@ -103,14 +121,18 @@ pub fn train_classifier(
             if &enc.config.backbone != backbone_cfg {
                 return Err(Error::format(
                     dir.join("config.json"),
-                    format!("checkpoint backbone {:?} differs from the requested {:?}", enc.config.backbone, backbone_cfg),
+                    format!(
+                        "checkpoint backbone {:?} differs from the requested {:?}",
+                        enc.config.backbone, backbone_cfg
+                    ),
                 ));
             }
             (enc.map, enc.backbone)
         }
         None => {
             let map = VarMap::new();
-            let b = backbone_cfg.build(params::seeded_var_builder(&map, seed, device).pp(BACKBONE_PREFIX))?;
+            let b = backbone_cfg
+                .build(params::seeded_var_builder(&map, seed, device).pp(BACKBONE_PREFIX))?;
             (map, b)
         }
     };
@@ -120,19 +142,41 @@ pub fn train_classifier(
         classes,
         params::seeded_var_builder(&map, seed ^ 0x4ead, device).pp(HEAD_PREFIX),
     )?;
-    let labels = train.labels().ok_or_else(|| Error::invalid("dataset", "transfer needs labels"))?;
+    let labels = train
+        .labels()
+        .ok_or_else(|| Error::invalid("dataset", "transfer needs labels"))?;
     let shape = train.image_shape();
-    let vars = params::trainable_vars(&map).into_iter().map(|(_, v)| v).collect();
-    let report = fit(&cfg.fit, stage, labeled.len(), vars, &map, quiet, |items, step| {
-        let px: Vec<u8> = items.iter().flat_map(|&i| train.image(labeled[i]).iter().copied()).collect();
-        let px = apply_batch(&cfg.augment, &px, shape, seed, step);
-        let x = batch::to_tensor(&px, shape, norm, device)?;
-        let y: Vec<u32> = items.iter().map(|&i| labels[labeled[i]]).collect();
-        let y = Tensor::from_vec(y, items.len(), device)?;
-        let logits = head.forward(&backbone.forward_t(&x, true)?)?;
-        Ok((candle_nn::loss::cross_entropy(&logits, &y)?, items.len()))
-    }, None)?;
-    Ok(Classifier { map, backbone, head, report })
+    let vars = params::trainable_vars(&map)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let report = fit(
+        &cfg.fit,
+        stage,
+        labeled.len(),
+        vars,
+        &map,
+        quiet,
+        |items, step| {
+            let px: Vec<u8> = items
+                .iter()
+                .flat_map(|&i| train.image(labeled[i]).iter().copied())
+                .collect();
+            let px = apply_batch(&cfg.augment, &px, shape, seed, step);
+            let x = batch::to_tensor(&px, shape, norm, device)?;
+            let y: Vec<u32> = items.iter().map(|&i| labels[labeled[i]]).collect();
+            let y = Tensor::from_vec(y, items.len(), device)?;
+            let logits = head.forward(&backbone.forward_t(&x, true)?)?;
+            Ok((candle_nn::loss::cross_entropy(&logits, &y)?, items.len()))
+        },
+        None,
+    )?;
+    Ok(Classifier {
+        map,
+        backbone,
+        head,
+        report,
+    })
 }
 
 /// Column mean and std of `x` (N, D), for standardising features.
@@ -145,13 +189,25 @@ fn standardiser(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// Logistic regression on frozen features: trains on (`train_x`,
 /// `train_y`), predicts `test_x`. Features are standardised with the
 /// training features' statistics.
-pub fn linear_probe(cfg: &TransferConfig, train_x: &Tensor, train_y: &[u32], test_x: &Tensor, classes: usize) -> Result<Vec<u32>> {
+pub fn linear_probe(
+    cfg: &TransferConfig,
+    train_x: &Tensor,
+    train_y: &[u32],
+    test_x: &Tensor,
+    classes: usize,
+) -> Result<Vec<u32>> {
     let device = train_x.device();
     let (mean, std) = standardiser(train_x)?;
-    let norm = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?.detach()) };
+    let norm = |x: &Tensor| -> Result<Tensor> {
+        Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?.detach())
+    };
     let (tx, vx) = (norm(train_x)?, norm(test_x)?);
     let map = VarMap::new();
-    let head = candle_nn::linear(tx.dim(1)?, classes, params::seeded_var_builder(&map, cfg.fit.seed ^ 0x11ea, device))?;
+    let head = candle_nn::linear(
+        tx.dim(1)?,
+        classes,
+        params::seeded_var_builder(&map, cfg.fit.seed ^ 0x11ea, device),
+    )?;
     let y = Tensor::from_vec(train_y.to_vec(), train_y.len(), device)?;
     let fit_cfg = FitConfig {
         epochs: cfg.linear_steps,
@@ -162,9 +218,21 @@ pub fn linear_probe(cfg: &TransferConfig, train_x: &Tensor, train_y: &[u32], tes
         patience: None,
         seed: cfg.fit.seed,
     };
-    fit(&fit_cfg, "linear probe", train_y.len(), map.all_vars(), &map, true, |_, _| {
-        Ok((candle_nn::loss::cross_entropy(&head.forward(&tx)?, &y)?, train_y.len()))
-    }, None)?;
+    fit(
+        &fit_cfg,
+        "linear probe",
+        train_y.len(),
+        map.all_vars(),
+        &map,
+        true,
+        |_, _| {
+            Ok((
+                candle_nn::loss::cross_entropy(&head.forward(&tx)?, &y)?,
+                train_y.len(),
+            ))
+        },
+        None,
+    )?;
     Ok(head.forward(&vx)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }
 
@@ -175,11 +243,19 @@ fn l2_normalise(x: &Tensor) -> Result<Tensor> {
 
 /// Votes of the `k` most similar references for each query (similarity-
 /// weighted); `exclude_self` skips the query's own index (leave-one-out).
-fn knn_vote(sim: &[Vec<f32>], ref_y: &[u32], k: usize, classes: usize, exclude_self: bool) -> Vec<u32> {
+fn knn_vote(
+    sim: &[Vec<f32>],
+    ref_y: &[u32],
+    k: usize,
+    classes: usize,
+    exclude_self: bool,
+) -> Vec<u32> {
     sim.iter()
         .enumerate()
         .map(|(q, row)| {
-            let mut order: Vec<usize> = (0..row.len()).filter(|&j| !(exclude_self && j == q)).collect();
+            let mut order: Vec<usize> = (0..row.len())
+                .filter(|&j| !(exclude_self && j == q))
+                .collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             let mut votes = vec![0f32; classes];
             for &j in order.iter().take(k) {
@@ -197,7 +273,13 @@ fn knn_vote(sim: &[Vec<f32>], ref_y: &[u32], k: usize, classes: usize, exclude_s
 /// Cosine kNN. Chooses k among `ks` by leave-one-out accuracy on the
 /// training features (ties go to the smaller k), then predicts `test_x`.
 /// Returns the predictions and the chosen k.
-pub fn knn(train_x: &Tensor, train_y: &[u32], test_x: &Tensor, classes: usize, ks: &[usize]) -> Result<(Vec<u32>, usize)> {
+pub fn knn(
+    train_x: &Tensor,
+    train_y: &[u32],
+    test_x: &Tensor,
+    classes: usize,
+    ks: &[usize],
+) -> Result<(Vec<u32>, usize)> {
     let tr = l2_normalise(train_x)?;
     let te = l2_normalise(test_x)?;
     let self_sim: Vec<Vec<f32>> = tr.matmul(&tr.t()?)?.to_vec2()?;
@@ -246,12 +328,23 @@ mod tests {
                 y.push(c);
             }
         }
-        (Tensor::from_vec(v, (3 * n_per, 4), &Device::Cpu).unwrap(), y)
+        (
+            Tensor::from_vec(v, (3 * n_per, 4), &Device::Cpu).unwrap(),
+            y,
+        )
     }
 
     fn cfg() -> TransferConfig {
         TransferConfig {
-            fit: FitConfig { epochs: 1, batch_size: 8, lr: 1e-3, weight_decay: 0.0, warmup_fraction: 0.0, patience: None, seed: 0 },
+            fit: FitConfig {
+                epochs: 1,
+                batch_size: 8,
+                lr: 1e-3,
+                weight_decay: 0.0,
+                warmup_fraction: 0.0,
+                patience: None,
+                seed: 0,
+            },
             augment: CropFlip::NONE,
             linear_steps: 100,
             linear_lr: 0.05,
@@ -288,7 +381,10 @@ mod tests {
 }
 
 /// Rebuilds a classifier (backbone + head) saved by a transfer stage.
-pub fn load_classifier(dir: &Path, device: &Device) -> Result<(Classifier, checkpoint::StageConfig)> {
+pub fn load_classifier(
+    dir: &Path,
+    device: &Device,
+) -> Result<(Classifier, checkpoint::StageConfig)> {
     let enc = checkpoint::load(dir, 0, device)?;
     let outputs = enc.config.head_outputs.ok_or_else(|| {
         Error::format(dir.join("config.json"), "not a classifier checkpoint (no head_outputs); evaluate it with --protocol linear or knn")
@@ -298,9 +394,19 @@ pub fn load_classifier(dir: &Path, device: &Device) -> Result<(Classifier, check
         outputs,
         params::seeded_var_builder(&enc.map, 0, device).pp(HEAD_PREFIX),
     )?;
-    selfsup_core::checkpoint::load_into(&enc.map, &dir.join(selfsup_core::checkpoint::WEIGHTS_FILE), HEAD_PREFIX, true)?;
+    selfsup_core::checkpoint::load_into(
+        &enc.map,
+        &dir.join(selfsup_core::checkpoint::WEIGHTS_FILE),
+        HEAD_PREFIX,
+        true,
+    )?;
     Ok((
-        Classifier { map: enc.map, backbone: enc.backbone, head, report: FitReport::default() },
+        Classifier {
+            map: enc.map,
+            backbone: enc.backbone,
+            head,
+            report: FitReport::default(),
+        },
         enc.config,
     ))
 }

@@ -49,7 +49,11 @@ pub trait Objective: Send + Sync {
 }
 
 /// Builds a named objective whose head reads `feature_dim` features.
-pub fn build_objective(name: &str, feature_dim: usize, vb: VarBuilder) -> Result<Box<dyn Objective>> {
+pub fn build_objective(
+    name: &str,
+    feature_dim: usize,
+    vb: VarBuilder,
+) -> Result<Box<dyn Objective>> {
     match name {
         "rotation" => Ok(Box::new(Rotation::new(feature_dim, vb)?)),
         other => Err(Error::invalid(
@@ -97,7 +101,11 @@ impl Rotation {
 pub fn classification_loss(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, f64)> {
     let loss = candle_nn::loss::cross_entropy(logits, labels)?;
     let pred = logits.argmax(D::Minus1)?;
-    let correct = pred.eq(labels)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    let correct = pred
+        .eq(labels)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
     Ok((loss, f64::from(correct) / labels.dim(0)? as f64))
 }
 
@@ -168,7 +176,10 @@ pub fn evaluate_objective(
 ) -> Result<(f64, f64)> {
     let (mut loss, mut acc, mut n) = (0.0, 0.0, 0usize);
     for chunk in indices.chunks(batch_size.max(1)) {
-        let px: Vec<u8> = chunk.iter().flat_map(|&i| ds.image(i).iter().copied()).collect();
+        let px: Vec<u8> = chunk
+            .iter()
+            .flat_map(|&i| ds.image(i).iter().copied())
+            .collect();
         let (l, a, _) = objective.loss(backbone, &px, ds.image_shape(), norm, false)?;
         loss += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
         acc += a * chunk.len() as f64;
@@ -189,7 +200,10 @@ pub fn pretrain(
     quiet: bool,
 ) -> Result<Pretrained> {
     if pool.len() < 2 {
-        return Err(Error::invalid("unlabeled pool", "pretraining needs at least 2 unlabeled images"));
+        return Err(Error::invalid(
+            "unlabeled pool",
+            "pretraining needs at least 2 unlabeled images",
+        ));
     }
     let seed = cfg.fit.seed;
     let map = VarMap::new();
@@ -201,13 +215,24 @@ pub fn pretrain(
     let shape = ds.image_shape();
     let eval_batch = cfg.fit.batch_size.max(64);
     let mut validate = || -> Result<f64> {
-        Ok(evaluate_objective(objective.as_ref(), backbone.as_ref(), ds, &val_idx, norm, eval_batch)?.0)
+        Ok(evaluate_objective(
+            objective.as_ref(),
+            backbone.as_ref(),
+            ds,
+            &val_idx,
+            norm,
+            eval_batch,
+        )?
+        .0)
     };
     let report = fit(
         &cfg.fit,
         &format!("pretrain/{}", cfg.method),
         train_idx.len(),
-        params::trainable_vars(&map).into_iter().map(|(_, v)| v).collect(),
+        params::trainable_vars(&map)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect(),
         &map,
         quiet,
         |batch_items, step| {
@@ -221,9 +246,20 @@ pub fn pretrain(
         },
         Some(&mut validate),
     )?;
-    let (val_loss, val_accuracy) =
-        evaluate_objective(objective.as_ref(), backbone.as_ref(), ds, &val_idx, norm, eval_batch)?;
-    tracing::info!(method = cfg.method, val_loss, val_accuracy, "pretraining done");
+    let (val_loss, val_accuracy) = evaluate_objective(
+        objective.as_ref(),
+        backbone.as_ref(),
+        ds,
+        &val_idx,
+        norm,
+        eval_batch,
+    )?;
+    tracing::info!(
+        method = cfg.method,
+        val_loss,
+        val_accuracy,
+        "pretraining done"
+    );
     Ok(Pretrained {
         map,
         backbone,
@@ -232,4 +268,82 @@ pub fn pretrain(
         val_accuracy,
         val_loss,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfsup_core::train::LrSchedule;
+    use selfsup_core::train::Trainer;
+
+    #[test]
+    fn rotation_batch_layout_and_labels() {
+        let img: Vec<u8> = (0..9).collect();
+        let two: Vec<u8> = img
+            .iter()
+            .chain(img.iter().map(|v| v + 100).collect::<Vec<_>>().iter())
+            .copied()
+            .collect();
+        let (px, y) = rotation_batch(&two, (1, 3, 3));
+        assert_eq!(y, vec![0, 1, 2, 3, 0, 1, 2, 3]);
+        assert_eq!(&px[..9], &img[..], "label 0 is the original");
+        let src = Image::new(1, 3, 3, img.clone());
+        for k in 0..4 {
+            assert_eq!(&px[9 * k..9 * (k + 1)], &rotate90(&src, k).data[..]);
+        }
+        assert_eq!(px[36], 100, "second image follows the first's four views");
+    }
+
+    #[test]
+    fn loss_falls_on_a_tiny_batch() {
+        let pair = selfsup_data::load("fashion-mnist").unwrap();
+        let ds = pair.train.take(8);
+        let norm = selfsup_data::batch::fit_normalization(&ds, &(0..8).collect::<Vec<_>>());
+        let map = VarMap::new();
+        let vb = params::seeded_var_builder(&map, 0, &Device::Cpu);
+        let cfg = BackboneConfig::ConvNet {
+            in_channels: 1,
+            widths: vec![16, 32],
+        };
+        let backbone = cfg.build(vb.pp(BACKBONE_PREFIX)).unwrap();
+        let obj = build_objective("rotation", backbone.feature_dim(), vb.pp(HEAD_PREFIX)).unwrap();
+        let mut tr =
+            Trainer::new(map.all_vars(), LrSchedule::new(1e-2, 0, 60), 0.0, "test").unwrap();
+        let (first, _, seen) = obj
+            .loss(
+                backbone.as_ref(),
+                ds.pixels(),
+                ds.image_shape(),
+                &norm,
+                true,
+            )
+            .unwrap();
+        assert_eq!(seen, 32);
+        let first = first.to_scalar::<f32>().unwrap();
+        for _ in 0..60 {
+            let (l, _, _) = obj
+                .loss(
+                    backbone.as_ref(),
+                    ds.pixels(),
+                    ds.image_shape(),
+                    &norm,
+                    true,
+                )
+                .unwrap();
+            tr.step(&l).unwrap();
+        }
+        let (last, acc, _) = obj
+            .loss(
+                backbone.as_ref(),
+                ds.pixels(),
+                ds.image_shape(),
+                &norm,
+                true,
+            )
+            .unwrap();
+        let last = last.to_scalar::<f32>().unwrap();
+        assert!(last < first * 0.7, "loss {first} -> {last}");
+        assert!(acc > 0.5, "rotation accuracy on the memorised batch {acc}");
+        assert!(build_objective("jigsaw", 4, vb.pp("x")).is_err());
+    }
 }

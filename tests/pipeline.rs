@@ -1,0 +1,228 @@
+//! End-to-end tests of the pipeline on tiny slices of the embedded data.
+
+use candle_core::Device;
+use selfsup::data::idx;
+use selfsup::pipeline::{run, PipelineOptions, Recipe};
+use std::path::Path;
+
+fn tiny_recipe() -> Recipe {
+    Recipe {
+        convnet_widths: vec![4, 8],
+        pretrain_epochs: 1,
+        pretrain_batch: 32,
+        unlabeled: Some(128),
+        max_val: 32,
+        transfer_epochs: 2,
+        transfer_batch: 16,
+        linear_steps: 20,
+        eval_batch: 100,
+        ..Recipe::default()
+    }
+}
+
+fn options(dataset: &str, out: &Path) -> PipelineOptions {
+    PipelineOptions {
+        dataset: dataset.to_string(),
+        backbone: "convnet".into(),
+        pretext: vec!["rotation".into()],
+        labels_per_class: vec![2],
+        seeds: vec![0],
+        recipe: tiny_recipe(),
+        out: out.to_path_buf(),
+        device: Device::Cpu,
+        quiet: true,
+        max_train: Some(400),
+        max_test: Some(100),
+    }
+}
+
+#[test]
+fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let report = run(&options("fashion-mnist", &out)).unwrap();
+
+    // 2 methods x 3 protocols x 1 K x 1 seed
+    assert_eq!(report.results.len(), 6);
+    for r in &report.results {
+        assert!((0.0..=1.0).contains(&r.test_accuracy), "{r:?}");
+        assert_eq!(r.labels_per_class, 2);
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["dataset"], "fashion-mnist");
+    assert_eq!(json["backbone"], "convnet");
+    assert_eq!(json["seeds"], serde_json::json!([0]));
+    let methods: Vec<&str> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert!(methods.contains(&"scratch") && methods.contains(&"rotation"));
+    let protocols: Vec<&str> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["protocol"].as_str().unwrap())
+        .collect();
+    for p in ["finetune", "linear", "knn"] {
+        assert!(protocols.contains(&p));
+    }
+    let stages: Vec<&str> = json["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(stages.contains(&"pretrain") && stages.contains(&"transfer"));
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("| rotation | finetune | 2 |"));
+    for stage in [
+        "seed0/pretrain-rotation",
+        "seed0/k2/scratch-finetune",
+        "seed0/k2/rotation-finetune",
+    ] {
+        assert!(
+            out.join(stage).join("model.safetensors").is_file(),
+            "{stage}"
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(stage).join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["backbone"]["kind"], "convnet");
+        assert_eq!(cfg["input_shape"], serde_json::json!([1, 28, 28]));
+        assert_eq!(cfg["seed"], 0);
+        assert!(cfg["normalization"]["mean"][0].as_f64().unwrap() > 0.0);
+    }
+    // A pretrained checkpoint carries the rotation head, a transfer one the class head.
+    let pre: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("seed0/pretrain-rotation/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pre["head_outputs"], 4);
+    // No temporary files are left behind.
+    for e in std::fs::read_dir(out.join("seed0")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "leftover {name}");
+    }
+}
+
+#[test]
+fn same_seed_gives_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options("fashion-mnist", &dir.path().join("a"));
+    o.max_train = Some(200);
+    o.recipe.unlabeled = Some(64);
+    let a = run(&o).unwrap();
+    o.out = dir.path().join("b");
+    let b = run(&o).unwrap();
+    let acc = |r: &selfsup::core::report::Report| {
+        r.results
+            .iter()
+            .map(|x| x.test_accuracy)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(acc(&a), acc(&b));
+}
+
+/// Writes an uncompressed MNIST-format directory made from real embedded
+/// images: 16x16 centre crops, 4 classes relabelled 0..3.
+fn write_other_idx_dir(dir: &Path) {
+    let pair = selfsup::data::load("fashion-mnist").unwrap();
+    let classes = [1u32, 5, 8, 9]; // trouser, sandal, bag, ankle boot
+    for (split, ds, n) in [("train", &pair.train, 600), ("t10k", &pair.test, 120)] {
+        let y = ds.labels().unwrap();
+        let mut px = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..ds.len() {
+            if labels.len() == n {
+                break;
+            }
+            if let Some(c) = classes.iter().position(|&c| c == y[i]) {
+                let img = ds.image(i);
+                for r in 6..22 {
+                    px.extend_from_slice(&img[r * 28 + 6..r * 28 + 22]);
+                }
+                labels.push(c as u8);
+            }
+        }
+        std::fs::write(
+            dir.join(format!("{split}-images-idx3-ubyte")),
+            idx::encode_images(labels.len(), 16, 16, &px),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{split}-labels-idx1-ubyte")),
+            idx::encode_labels(&labels),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn works_on_another_idx_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("digits");
+    std::fs::create_dir(&data).unwrap();
+    write_other_idx_dir(&data);
+    let out = dir.path().join("run");
+    let mut o = options(data.to_str().unwrap(), &out);
+    o.max_train = None;
+    o.max_test = None;
+    let report = run(&o).unwrap();
+    assert_eq!(report.results.len(), 6);
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("seed0/k2/scratch-finetune/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["input_shape"], serde_json::json!([1, 16, 16]));
+    assert_eq!(cfg["head_outputs"], 4);
+}
+
+#[test]
+fn bad_input_fails_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let err = |o: PipelineOptions| run(&o).err().expect("must fail").to_string();
+
+    let e = err(options("/no/such/dataset", &out));
+    assert!(
+        e.contains("/no/such/dataset") && e.contains("does not exist"),
+        "{e}"
+    );
+
+    let mut o = options("fashion-mnist", &out);
+    o.backbone = "vgg".into();
+    let e = err(o);
+    assert!(e.contains("--backbone") && e.contains("vgg"), "{e}");
+
+    let mut o = options("fashion-mnist", &out);
+    o.labels_per_class = vec![2, 500];
+    let e = err(o);
+    assert!(
+        e.contains("--labels-per-class") && e.contains("smallest class"),
+        "{e}"
+    );
+
+    let mut o = options("fashion-mnist", &out);
+    o.pretext = vec!["jigsaw".into()];
+    let e = err(o);
+    assert!(e.contains("--pretext") && e.contains("jigsaw"), "{e}");
+
+    // A truncated IDX file in a user directory.
+    let data = dir.path().join("broken");
+    std::fs::create_dir(&data).unwrap();
+    write_other_idx_dir(&data);
+    let f = data.join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let e = err(options(data.to_str().unwrap(), &out));
+    assert!(
+        e.contains("train-images-idx3-ubyte") && e.contains("truncated"),
+        "{e}"
+    );
+
+    assert!(!out.exists(), "a failed run must not write output");
+}

@@ -1,0 +1,96 @@
+//! The command line's contract: bad input exits non-zero with a message that
+//! names the flag or file, and writes nothing.
+
+use std::process::Command;
+
+fn xtask(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("run xtask");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--dataset",
+                "/nonexistent/data",
+                "--out",
+                o,
+            ],
+            &["/nonexistent/data", "does not exist"],
+        ),
+        (
+            &["pipeline", "--quiet", "--backbone", "alexnet", "--out", o],
+            &["--backbone", "alexnet"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--labels-per-class",
+                "2000",
+                "--out",
+                o,
+            ],
+            &["--labels-per-class", "smallest class"],
+        ),
+        (
+            &["pipeline", "--quiet", "--device", "tpu", "--out", o],
+            &["--device", "tpu"],
+        ),
+        (
+            &[
+                "evaluate",
+                "--quiet",
+                "--checkpoint",
+                "/nonexistent/ckpt",
+                "--max-train",
+                "50",
+                "--max-test",
+                "10",
+            ],
+            &["/nonexistent/ckpt"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (ok, stderr) = xtask(args);
+        assert!(!ok, "{args:?} should fail");
+        for n in needles {
+            assert!(stderr.contains(n), "{args:?}: {n:?} not in {stderr:?}");
+        }
+    }
+    assert!(!out.exists(), "failed runs must not write output");
+}
+
+#[test]
+fn help_documents_the_pipeline_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["pipeline", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--dataset",
+        "--backbone",
+        "--pretext",
+        "--labels-per-class",
+        "--seeds",
+        "--epochs",
+        "--out",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
