@@ -56,7 +56,9 @@ pub fn extract_features(
     let mut parts = Vec::new();
     for chunk in indices.chunks(batch_size.max(1)) {
         let x = batch::gather(ds, chunk, norm, device)?;
-        parts.push(backbone.forward_t(&x, false)?);
+        // Detach: the parameters are variables, so each output would keep its
+        // whole autograd graph (every activation) alive until the end.
+        parts.push(backbone.forward_t(&x, false)?.detach());
     }
     Ok(Tensor::cat(&parts, 0)?)
 }
@@ -286,7 +288,7 @@ pub fn knn(
     let n = train_y.len();
     let mut candidates: Vec<usize> = ks.iter().copied().filter(|&k| k >= 1 && k < n).collect();
     if candidates.is_empty() {
-        candidates.push(1.min(n.saturating_sub(1)).max(1));
+        candidates.push(1);
     }
     let mut best = (f64::NEG_INFINITY, candidates[0]);
     for &k in &candidates {
@@ -310,6 +312,37 @@ pub fn knn(
 /// Converts a tensor of features to f32 on the CPU (for reports and tests).
 pub fn to_cpu_f32(x: &Tensor) -> Result<Tensor> {
     Ok(x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
+}
+
+/// Rebuilds a classifier (backbone + head) saved by a transfer stage.
+pub fn load_classifier(
+    dir: &Path,
+    device: &Device,
+) -> Result<(Classifier, checkpoint::StageConfig)> {
+    let enc = checkpoint::load(dir, 0, device)?;
+    let outputs = enc.config.head_outputs.ok_or_else(|| {
+        Error::format(dir.join("config.json"), "not a classifier checkpoint (no head_outputs); evaluate it with --protocol linear or knn")
+    })?;
+    let head = candle_nn::linear(
+        enc.backbone.feature_dim(),
+        outputs,
+        params::seeded_var_builder(&enc.map, 0, device).pp(HEAD_PREFIX),
+    )?;
+    selfsup_core::checkpoint::load_into(
+        &enc.map,
+        &dir.join(selfsup_core::checkpoint::WEIGHTS_FILE),
+        HEAD_PREFIX,
+        true,
+    )?;
+    Ok((
+        Classifier {
+            map: enc.map,
+            backbone: enc.backbone,
+            head,
+            report: FitReport::default(),
+        },
+        enc.config,
+    ))
 }
 
 #[cfg(test)]
@@ -378,35 +411,4 @@ mod tests {
         let pred = linear_probe(&cfg(), &tr, &ty, &te, 3).unwrap();
         assert_eq!(selfsup_core::metrics::accuracy(&pred, &ey), 1.0);
     }
-}
-
-/// Rebuilds a classifier (backbone + head) saved by a transfer stage.
-pub fn load_classifier(
-    dir: &Path,
-    device: &Device,
-) -> Result<(Classifier, checkpoint::StageConfig)> {
-    let enc = checkpoint::load(dir, 0, device)?;
-    let outputs = enc.config.head_outputs.ok_or_else(|| {
-        Error::format(dir.join("config.json"), "not a classifier checkpoint (no head_outputs); evaluate it with --protocol linear or knn")
-    })?;
-    let head = candle_nn::linear(
-        enc.backbone.feature_dim(),
-        outputs,
-        params::seeded_var_builder(&enc.map, 0, device).pp(HEAD_PREFIX),
-    )?;
-    selfsup_core::checkpoint::load_into(
-        &enc.map,
-        &dir.join(selfsup_core::checkpoint::WEIGHTS_FILE),
-        HEAD_PREFIX,
-        true,
-    )?;
-    Ok((
-        Classifier {
-            map: enc.map,
-            backbone: enc.backbone,
-            head,
-            report: FitReport::default(),
-        },
-        enc.config,
-    ))
 }
