@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! report.json, report.md
-//! seed<s>/pretrain-<method>/{model.safetensors, config.json}
+//! pretrain-<method>/{model.safetensors, config.json}        (seed<s>/pretrain-<method> with pretrain_per_seed)
 //! seed<s>/k<K>/<method>-finetune/{model.safetensors, config.json}
 //! ```
 //!
@@ -38,6 +38,8 @@ use std::time::Instant;
 pub struct Recipe {
     /// Convnet stage widths (ignored by other backbones).
     pub convnet_widths: Vec<usize>,
+    /// Convnet 3x3 conv layers per stage.
+    pub convnet_depth: usize,
     /// ResNet-18 base width (64 is the standard network).
     pub resnet_width: usize,
     /// Maximum pretraining epochs (early stopping may end sooner).
@@ -77,21 +79,27 @@ pub struct Recipe {
     pub flip: bool,
     /// Inference batch size.
     pub eval_batch: usize,
+    /// Pretrain separately for every seed (independent runs, 3x the cost
+    /// for 3 seeds) instead of once per run. When shared, the pretraining
+    /// pool excludes every seed's labeled images and the seeds vary the
+    /// split, the transfer initialisation and training.
+    pub pretrain_per_seed: bool,
 }
 
 impl Default for Recipe {
     fn default() -> Self {
         Self {
-            convnet_widths: vec![32, 64, 128],
+            convnet_widths: vec![16, 32, 64],
+            convnet_depth: 2,
             resnet_width: 64,
-            pretrain_epochs: 4,
+            pretrain_epochs: 3,
             pretrain_batch: 64,
-            pretrain_lr: 2e-3,
+            pretrain_lr: 1e-3,
             pretrain_patience: 2,
-            unlabeled: Some(6000),
+            unlabeled: Some(4500),
             val_fraction: 0.05,
             max_val: 500,
-            transfer_epochs: 30,
+            transfer_epochs: 60,
             transfer_batch: 32,
             transfer_lr: 1e-3,
             weight_decay: 5e-4,
@@ -101,7 +109,8 @@ impl Default for Recipe {
             knn_ks: vec![1, 3, 5, 10, 20],
             crop_pad: 2,
             flip: true,
-            eval_batch: 500,
+            eval_batch: 128,
+            pretrain_per_seed: false,
         }
     }
 }
@@ -120,6 +129,7 @@ impl Recipe {
             BackboneConfig::ConvNet { in_channels, .. } => BackboneConfig::ConvNet {
                 in_channels,
                 widths: self.convnet_widths.clone(),
+                convs_per_stage: self.convnet_depth,
             },
             BackboneConfig::ResNet18 { in_channels, .. } => BackboneConfig::ResNet18 {
                 in_channels,
@@ -234,18 +244,26 @@ pub fn prepare(
     Ok(Prepared { pair, norm })
 }
 
-/// The pretraining pool of a seed: training images outside the seed's
-/// labeled split (for the largest K), capped at `cap` by a seeded draw.
+/// The pretraining pool: training images outside the labeled split (for
+/// the largest K) of every seed in `exclude_seeds`, capped at `cap` by a
+/// draw seeded with `seed`. No label is read except to build those splits.
 pub fn unlabeled_pool(
     train: &Dataset,
     max_k: usize,
+    exclude_seeds: &[u64],
     seed: u64,
     cap: Option<usize>,
 ) -> Result<Vec<usize>> {
     let labels = train
         .labels()
         .ok_or_else(|| Error::invalid("dataset", "no labels"))?;
-    let mut pool = split::stratified(labels, max_k, seed)?.unlabeled;
+    let mut labeled = vec![false; train.len()];
+    for &s in exclude_seeds {
+        for i in split::stratified(labels, max_k, s)?.labeled {
+            labeled[i] = true;
+        }
+    }
+    let mut pool: Vec<usize> = (0..train.len()).filter(|&i| !labeled[i]).collect();
     if let Some(cap) = cap.filter(|&c| c < pool.len()) {
         pool.shuffle(&mut rng::stream(seed, "pool"));
         pool.truncate(cap);
@@ -254,6 +272,7 @@ pub fn unlabeled_pool(
     Ok(pool)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stage_config(
     stage: &str,
     method: &str,
@@ -279,7 +298,9 @@ fn stage_config(
     }
 }
 
-/// Pretrains `method` for one seed and writes the stage directory `dir`.
+/// Pretrains `method` under `seed` on the pool that excludes the labeled
+/// images of every seed in `exclude_seeds`, and writes the stage directory
+/// `dir`.
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain_stage(
     prep: &Prepared,
@@ -287,12 +308,19 @@ pub fn pretrain_stage(
     method: &str,
     recipe: &Recipe,
     max_k: usize,
+    exclude_seeds: &[u64],
     seed: u64,
     dir: &Path,
     device: &Device,
     quiet: bool,
 ) -> Result<()> {
-    let pool = unlabeled_pool(&prep.pair.train, max_k, seed, recipe.unlabeled)?;
+    let pool = unlabeled_pool(
+        &prep.pair.train,
+        max_k,
+        exclude_seeds,
+        seed,
+        recipe.unlabeled,
+    )?;
     let cfg = recipe.pretrain_config(method, seed);
     let pre = pretext::pretrain(
         &cfg,
@@ -314,7 +342,11 @@ pub fn pretrain_stage(
         "seconds": pre.report.seconds,
         "unlabeled_images": pool.len(),
     });
-    let recipe_json = serde_json::json!({"pretrain": cfg, "labels_excluded_per_class": max_k});
+    let recipe_json = serde_json::json!({
+        "pretrain": cfg,
+        "labels_excluded_per_class": max_k,
+        "labels_excluded_for_seeds": exclude_seeds,
+    });
     let sc = stage_config(
         "pretrain",
         method,
@@ -520,22 +552,37 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             test_accuracy: acc,
         });
     };
-    for &seed in &opts.seeds {
+    let pretrain_dir = |seed: u64, method: &str| -> PathBuf {
+        if opts.recipe.pretrain_per_seed {
+            opts.out.join(format!("seed{seed}/pretrain-{method}"))
+        } else {
+            opts.out.join(format!("pretrain-{method}"))
+        }
+    };
+    for (si, &seed) in opts.seeds.iter().enumerate() {
         let seed_dir = opts.out.join(format!("seed{seed}"));
-        for method in &opts.pretext {
-            let t = Instant::now();
-            pretrain_stage(
-                &prep,
-                &backbone,
-                method,
-                &opts.recipe,
-                max_k,
-                seed,
-                &seed_dir.join(format!("pretrain-{method}")),
-                &opts.device,
-                opts.quiet,
-            )?;
-            *times.entry("pretrain").or_default() += t.elapsed().as_secs_f64();
+        if opts.recipe.pretrain_per_seed || si == 0 {
+            let exclude: &[u64] = if opts.recipe.pretrain_per_seed {
+                std::slice::from_ref(&opts.seeds[si])
+            } else {
+                &opts.seeds
+            };
+            for method in &opts.pretext {
+                let t = Instant::now();
+                pretrain_stage(
+                    &prep,
+                    &backbone,
+                    method,
+                    &opts.recipe,
+                    max_k,
+                    exclude,
+                    seed,
+                    &pretrain_dir(seed, method),
+                    &opts.device,
+                    opts.quiet,
+                )?;
+                *times.entry("pretrain").or_default() += t.elapsed().as_secs_f64();
+            }
         }
         for &k in &opts.labels_per_class {
             let k_dir = seed_dir.join(format!("k{k}"));
@@ -543,7 +590,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             inits.extend(
                 opts.pretext
                     .iter()
-                    .map(|m| (m.clone(), Some(seed_dir.join(format!("pretrain-{m}"))))),
+                    .map(|m| (m.clone(), Some(pretrain_dir(seed, m)))),
             );
             for (method, init) in inits {
                 let t = Instant::now();
@@ -588,7 +635,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
         }
     }
     let summary = Report::summarise(&results);
-    let report = Report {
+    let mut report = Report {
         dataset: prep.pair.name.clone(),
         backbone: backbone.name().to_string(),
         seeds: opts.seeds.clone(),
@@ -596,6 +643,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
         pretext: opts.pretext.clone(),
         results,
         summary,
+        gains: Vec::new(),
         stages: times
             .into_iter()
             .map(|(name, seconds)| StageTime {
@@ -615,6 +663,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             "test_images": prep.pair.test.len(),
         }),
     };
+    report.gains = report.gains();
     fsutil::write_json_atomic(&opts.out.join("report.json"), &report)?;
     fsutil::write_atomic(&opts.out.join("report.md"), report.to_markdown().as_bytes())?;
     Ok(report)

@@ -8,6 +8,7 @@ use std::path::Path;
 fn tiny_recipe() -> Recipe {
     Recipe {
         convnet_widths: vec![4, 8],
+        convnet_depth: 1,
         pretrain_epochs: 1,
         pretrain_batch: 32,
         unlabeled: Some(128),
@@ -80,7 +81,7 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
         .unwrap()
         .contains("| rotation | finetune | 2 |"));
     for stage in [
-        "seed0/pretrain-rotation",
+        "pretrain-rotation",
         "seed0/k2/scratch-finetune",
         "seed0/k2/rotation-finetune",
     ] {
@@ -97,15 +98,16 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
         assert!(cfg["normalization"]["mean"][0].as_f64().unwrap() > 0.0);
     }
     // A pretrained checkpoint carries the rotation head, a transfer one the class head.
-    let pre: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("seed0/pretrain-rotation/config.json")).unwrap(),
-    )
-    .unwrap();
+    let pre: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pretrain-rotation/config.json")).unwrap())
+            .unwrap();
     assert_eq!(pre["head_outputs"], 4);
     // No temporary files are left behind.
-    for e in std::fs::read_dir(out.join("seed0")).unwrap() {
-        let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(!name.starts_with('.'), "leftover {name}");
+    for d in [out.clone(), out.join("seed0")] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with('.'), "leftover {name}");
+        }
     }
 }
 
@@ -136,11 +138,11 @@ fn write_other_idx_dir(dir: &Path) {
         let y = ds.labels().unwrap();
         let mut px = Vec::new();
         let mut labels = Vec::new();
-        for i in 0..ds.len() {
+        for (i, label) in y.iter().enumerate() {
             if labels.len() == n {
                 break;
             }
-            if let Some(c) = classes.iter().position(|&c| c == y[i]) {
+            if let Some(c) = classes.iter().position(|&c| c == *label) {
                 let img = ds.image(i);
                 for r in 6..22 {
                     px.extend_from_slice(&img[r * 28 + 6..r * 28 + 22]);
@@ -185,7 +187,7 @@ fn works_on_another_idx_directory() {
 fn bad_input_fails_clearly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let err = |o: PipelineOptions| run(&o).err().expect("must fail").to_string();
+    let err = |o: PipelineOptions| run(&o).expect_err("must fail").to_string();
 
     let e = err(options("/no/such/dataset", &out));
     assert!(
@@ -225,4 +227,55 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     );
 
     assert!(!out.exists(), "a failed run must not write output");
+}
+
+#[test]
+fn per_seed_pretraining_writes_one_checkpoint_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = options("fashion-mnist", &out);
+    o.seeds = vec![3, 4];
+    o.max_train = Some(200);
+    o.recipe.unlabeled = Some(64);
+    o.recipe.pretrain_per_seed = true;
+    let report = run(&o).unwrap();
+    assert_eq!(report.results.len(), 12);
+    assert!(out
+        .join("seed3/pretrain-rotation/model.safetensors")
+        .is_file());
+    assert!(out
+        .join("seed4/pretrain-rotation/model.safetensors")
+        .is_file());
+    assert!(!out.join("pretrain-rotation").exists());
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("seed4/pretrain-rotation/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["seed"], 4);
+    assert_eq!(
+        cfg["recipe"]["labels_excluded_for_seeds"],
+        serde_json::json!([4])
+    );
+    assert_eq!(report.summary.iter().map(|s| s.n).max(), Some(2));
+}
+
+#[test]
+fn pretraining_pool_excludes_every_seeds_labeled_images() {
+    let pair = selfsup::data::load("fashion-mnist").unwrap();
+    let train = pair.train.take(1000);
+    let labels = train.labels().unwrap();
+    let pool = selfsup::pipeline::unlabeled_pool(&train, 5, &[0, 1, 2], 0, None).unwrap();
+    for s in [0, 1, 2] {
+        let labeled = selfsup::data::split::stratified(labels, 5, s)
+            .unwrap()
+            .labeled;
+        assert!(labeled.iter().all(|i| !pool.contains(i)), "seed {s}");
+    }
+    assert!(pool.len() >= 1000 - 150 && pool.len() < 1000 - 50);
+    let capped = selfsup::pipeline::unlabeled_pool(&train, 5, &[0], 7, Some(100)).unwrap();
+    assert_eq!(capped.len(), 100);
+    assert_eq!(
+        capped,
+        selfsup::pipeline::unlabeled_pool(&train, 5, &[0], 7, Some(100)).unwrap()
+    );
 }

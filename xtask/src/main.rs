@@ -63,6 +63,9 @@ struct Common {
     /// Convnet stage widths, comma-separated.
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
+    /// Convnet 3x3 conv layers per stage.
+    #[arg(long)]
+    depth: Option<usize>,
     /// ResNet-18 base width (64 = the standard network).
     #[arg(long)]
     resnet_width: Option<usize>,
@@ -81,6 +84,9 @@ struct Common {
     /// Fine-tune / scratch learning rate.
     #[arg(long)]
     transfer_lr: Option<f64>,
+    /// Images per inference batch (features, test predictions).
+    #[arg(long)]
+    eval_batch: Option<usize>,
 }
 
 #[derive(Args)]
@@ -99,6 +105,11 @@ struct PipelineArgs {
     /// Maximum pretraining epochs (early stopping on the held-out pretext loss may stop sooner).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Pretrain separately for every seed (independent runs; N seeds cost N
+    /// pretrainings). By default one pretraining serves all seeds, on a pool
+    /// that excludes every seed's labeled images.
+    #[arg(long)]
+    pretrain_per_seed: bool,
     /// Output directory (report.json, report.md, checkpoints).
     #[arg(long, default_value = "models/pipeline")]
     out: PathBuf,
@@ -169,6 +180,9 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Recipe {
     if let Some(w) = &c.widths {
         r.convnet_widths = w.clone();
     }
+    if let Some(d) = c.depth {
+        r.convnet_depth = d;
+    }
     if let Some(w) = c.resnet_width {
         r.resnet_width = w;
     }
@@ -190,6 +204,9 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Recipe {
     if let Some(lr) = c.transfer_lr {
         r.transfer_lr = lr;
     }
+    if let Some(b) = c.eval_batch {
+        r.eval_batch = b;
+    }
     r
 }
 
@@ -200,6 +217,7 @@ fn init_logging(quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -210,7 +228,10 @@ fn run_pipeline(a: PipelineArgs) -> Result<()> {
         pretext: a.pretext,
         labels_per_class: a.labels_per_class,
         seeds: a.seeds,
-        recipe: recipe(&a.common, a.epochs),
+        recipe: Recipe {
+            pretrain_per_seed: a.pretrain_per_seed,
+            ..recipe(&a.common, a.epochs)
+        },
         out: a.out.clone(),
         device: parse_device(&a.common.device)?,
         quiet: a.common.quiet,
@@ -245,6 +266,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         &a.pretext,
         &r,
         a.labels_per_class,
+        &[a.seed],
         a.seed,
         &a.out,
         &device,

@@ -20,7 +20,7 @@
 //! use selfsup_backbones::BackboneConfig;
 //! let map = candle_nn::VarMap::new();
 //! let vb = selfsup_core::params::seeded_var_builder(&map, 0, &Device::Cpu);
-//! let cfg = BackboneConfig::ConvNet { in_channels: 1, widths: vec![4, 8] };
+//! let cfg = BackboneConfig::ConvNet { in_channels: 1, widths: vec![4, 8], convs_per_stage: 1 };
 //! let net = cfg.build(vb.pp("backbone")).unwrap();
 //! let x = Tensor::zeros((2, 1, 12, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
 //! assert_eq!(net.forward_t(&x, false).unwrap().dims(), &[2, 12]);
@@ -51,6 +51,9 @@ pub enum BackboneConfig {
         in_channels: usize,
         /// Output channels of each stage (a 2x2 max-pool sits between stages).
         widths: Vec<usize>,
+        /// 3x3 conv + BatchNorm + ReLU layers per stage.
+        #[serde(default = "one")]
+        convs_per_stage: usize,
     },
     /// See [`ResNet18`].
     ResNet18 {
@@ -71,7 +74,8 @@ impl BackboneConfig {
         match name {
             "convnet" => Ok(Self::ConvNet {
                 in_channels,
-                widths: vec![32, 64, 128],
+                widths: vec![16, 32, 64],
+                convs_per_stage: 2,
             }),
             "resnet18" => Ok(Self::ResNet18 {
                 in_channels,
@@ -108,13 +112,23 @@ impl BackboneConfig {
             Self::ConvNet {
                 in_channels,
                 widths,
-            } => Ok(Box::new(ConvNet::new(*in_channels, widths, vb)?)),
+                convs_per_stage,
+            } => Ok(Box::new(ConvNet::new(
+                *in_channels,
+                widths,
+                *convs_per_stage,
+                vb,
+            )?)),
             Self::ResNet18 {
                 in_channels,
                 base_width,
             } => Ok(Box::new(ResNet18::new(*in_channels, *base_width, vb)?)),
         }
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 fn check_input(x: &Tensor, in_channels: usize) -> Result<()> {
@@ -186,33 +200,36 @@ fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// the pretext, while the middle stages carry the transferable features
 /// (Gidaris et al., 2018; Kolesnikov et al., 2019).
 pub struct ConvNet {
-    stages: Vec<ConvBn>,
+    stages: Vec<Vec<ConvBn>>,
     in_channels: usize,
     dim: usize,
 }
 
 impl ConvNet {
-    /// Builds the network; parameters are `stages.{i}.conv.weight`, `stages.{i}.bn.*`.
-    pub fn new(in_channels: usize, widths: &[usize], vb: VarBuilder) -> Result<Self> {
-        if widths.is_empty() {
+    /// Builds the network; parameters are `stages.{i}.{j}.conv.weight`,
+    /// `stages.{i}.{j}.bn.*` for layer j of stage i.
+    pub fn new(
+        in_channels: usize,
+        widths: &[usize],
+        convs_per_stage: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        if widths.is_empty() || convs_per_stage == 0 {
             return Err(Error::invalid(
                 "backbone",
-                "convnet needs at least one stage width",
+                "convnet needs at least one stage width and one conv per stage",
             ));
         }
         let mut stages = Vec::new();
         let mut cin = in_channels;
         for (i, &w) in widths.iter().enumerate() {
-            stages.push(ConvBn::new(
-                cin,
-                w,
-                3,
-                1,
-                vb.pp(format!("stages.{i}")),
-                "conv",
-                "bn",
-            )?);
-            cin = w;
+            let mut layers = Vec::new();
+            for j in 0..convs_per_stage {
+                let vb = vb.pp(format!("stages.{i}.{j}"));
+                layers.push(ConvBn::new(cin, w, 3, 1, vb, "conv", "bn")?);
+                cin = w;
+            }
+            stages.push(layers);
         }
         Ok(Self {
             stages,
@@ -227,8 +244,10 @@ impl Backbone for ConvNet {
         check_input(x, self.in_channels)?;
         let mut h = x.clone();
         let mut pooled = Vec::with_capacity(self.stages.len());
-        for (i, s) in self.stages.iter().enumerate() {
-            h = s.forward(&h, train)?.relu()?;
+        for (i, layers) in self.stages.iter().enumerate() {
+            for l in layers {
+                h = l.forward(&h, train)?.relu()?;
+            }
             pooled.push(global_avg_pool(&h)?);
             if i + 1 < self.stages.len() && h.dim(2)? >= 2 {
                 h = max_pool2(&h)?;
@@ -361,6 +380,7 @@ mod tests {
             BackboneConfig::ConvNet {
                 in_channels: c,
                 widths: vec![4, 6, 8],
+                convs_per_stage: 2,
             },
             BackboneConfig::ResNet18 {
                 in_channels: c,
@@ -435,6 +455,7 @@ mod tests {
         let cfg = BackboneConfig::ConvNet {
             in_channels: 1,
             widths: vec![4, 4],
+            convs_per_stage: 1,
         };
         let net = cfg
             .build(seeded_var_builder(&map, 2, &Device::Cpu))
@@ -442,7 +463,7 @@ mod tests {
         let x = input(4, 1, 8).affine(3.0, 2.0).unwrap();
         let rm = |m: &VarMap| -> Vec<f32> {
             let d = m.data().lock().unwrap();
-            let v: &Var = &d["stages.0.bn.running_mean"];
+            let v: &Var = &d["stages.0.0.bn.running_mean"];
             v.as_tensor().to_vec1::<f32>().unwrap()
         };
         assert!(rm(&map).iter().all(|&v| v == 0.0));

@@ -66,6 +66,8 @@ pub struct Report {
     pub results: Vec<ResultRow>,
     /// Mean and spread per (method, protocol, labels).
     pub summary: Vec<SummaryRow>,
+    /// What each pretext bought (see [`Report::gains`]).
+    pub gains: Vec<Gain>,
     /// Wall time per stage.
     pub stages: Vec<StageTime>,
     /// Total wall time in seconds.
@@ -110,21 +112,31 @@ impl Report {
             .collect()
     }
 
-    /// For each label budget and pretext: the best protocol of the pretext
-    /// and of scratch (by mean), and the gain in accuracy points.
+    /// For each label budget and pretext: its best protocol (by mean)
+    /// against from-scratch training (`scratch`/`finetune`) and against the
+    /// best scratch protocol of all (random-feature probes included).
     pub fn gains(&self) -> Vec<Gain> {
         let mut out = Vec::new();
         for &k in &self.labels_per_class {
-            let best = |method: &str| {
+            let cells = |method: &str| -> Vec<&SummaryRow> {
                 self.summary
                     .iter()
                     .filter(|s| s.method == method && s.labels_per_class == k)
+                    .collect()
+            };
+            let best = |method: &str| {
+                cells(method)
+                    .into_iter()
                     .max_by(|a, b| a.mean.total_cmp(&b.mean))
                     .cloned()
             };
-            let Some(scratch) = best("scratch") else {
+            let Some(best_scratch) = best("scratch") else {
                 continue;
             };
+            let scratch_ft = cells("scratch")
+                .into_iter()
+                .find(|s| s.protocol == "finetune")
+                .cloned();
             for p in &self.pretext {
                 if let Some(pre) = best(p) {
                     out.push(Gain {
@@ -132,9 +144,14 @@ impl Report {
                         method: p.clone(),
                         best_protocol: pre.protocol.clone(),
                         mean: pre.mean,
-                        scratch_protocol: scratch.protocol.clone(),
-                        scratch_mean: scratch.mean,
-                        gain_points: 100.0 * (pre.mean - scratch.mean),
+                        std: pre.std,
+                        scratch_finetune_mean: scratch_ft.as_ref().map(|s| s.mean),
+                        gain_vs_scratch_points: scratch_ft
+                            .as_ref()
+                            .map(|s| 100.0 * (pre.mean - s.mean)),
+                        best_scratch_protocol: best_scratch.protocol.clone(),
+                        best_scratch_mean: best_scratch.mean,
+                        gain_vs_best_scratch_points: 100.0 * (pre.mean - best_scratch.mean),
                     });
                 }
             }
@@ -174,18 +191,23 @@ impl Report {
         let gains = self.gains();
         if !gains.is_empty() {
             s.push_str("\n## What self-supervision bought\n\n");
-            s.push_str("Best protocol of each pretext against the best from-scratch protocol (means over seeds).\n\n");
-            s.push_str("| labels/class | pretext | best protocol | accuracy | scratch (protocol) | gain (points) |\n|---|---|---|---|---|---|\n");
+            s.push_str("The best protocol of each pretext (mean ± std over seeds) against training the same network from scratch on the same labels, and against the best scratch protocol of all, random-feature probes included.\n\n");
+            s.push_str("| labels/class | pretext | best protocol | accuracy | scratch finetune | gain | best scratch (protocol) | gain |\n|---|---|---|---|---|---|---|---|\n");
             for g in gains {
+                let (sf, gs) = match (g.scratch_finetune_mean, g.gain_vs_scratch_points) {
+                    (Some(m), Some(d)) => (format!("{:.2}%", 100.0 * m), format!("{d:+.2}")),
+                    _ => ("n/a".into(), "n/a".into()),
+                };
                 s.push_str(&format!(
-                    "| {} | {} | {} | {:.2}% | {:.2}% ({}) | {:+.2} |\n",
+                    "| {} | {} | {} | {:.2}% ± {:.2} | {sf} | {gs} | {:.2}% ({}) | {:+.2} |\n",
                     g.labels_per_class,
                     g.method,
                     g.best_protocol,
                     100.0 * g.mean,
-                    100.0 * g.scratch_mean,
-                    g.scratch_protocol,
-                    g.gain_points
+                    100.0 * g.std,
+                    100.0 * g.best_scratch_mean,
+                    g.best_scratch_protocol,
+                    g.gain_vs_best_scratch_points
                 ));
             }
         }
@@ -209,7 +231,7 @@ impl Report {
 }
 
 /// One line of [`Report::gains`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gain {
     /// Label budget.
     pub labels_per_class: usize,
@@ -217,14 +239,20 @@ pub struct Gain {
     pub method: String,
     /// Its best protocol.
     pub best_protocol: String,
-    /// That protocol's mean accuracy.
+    /// That protocol's mean accuracy over seeds.
     pub mean: f64,
-    /// Best from-scratch protocol.
-    pub scratch_protocol: String,
+    /// Its standard deviation over seeds.
+    pub std: f64,
+    /// Mean accuracy of from-scratch training (`scratch`/`finetune`).
+    pub scratch_finetune_mean: Option<f64>,
+    /// `mean` minus that, in accuracy points.
+    pub gain_vs_scratch_points: Option<f64>,
+    /// The best scratch protocol (random-feature probes included).
+    pub best_scratch_protocol: String,
     /// Its mean accuracy.
-    pub scratch_mean: f64,
-    /// Difference in accuracy points (×100).
-    pub gain_points: f64,
+    pub best_scratch_mean: f64,
+    /// `mean` minus that, in accuracy points.
+    pub gain_vs_best_scratch_points: f64,
 }
 
 #[cfg(test)]
@@ -263,6 +291,7 @@ mod tests {
             pretext: vec!["rotation".into()],
             results,
             summary,
+            gains: vec![],
             stages: vec![],
             total_seconds: 1.0,
             threads: 2,
@@ -271,9 +300,11 @@ mod tests {
         let g = rep.gains();
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].best_protocol, "linear");
-        assert!((g[0].gain_points - 10.0).abs() < 1e-9);
+        assert!((g[0].gain_vs_scratch_points.unwrap() - 10.0).abs() < 1e-9);
+        assert!((g[0].gain_vs_best_scratch_points - 10.0).abs() < 1e-9);
+        assert_eq!(g[0].best_scratch_protocol, "finetune");
         let md = rep.to_markdown();
         assert!(md.contains("| rotation | linear | 10 | 71.00% |"), "{md}");
-        assert!(md.contains("+10.00"));
+        assert!(md.contains("| 10 | rotation | linear | 71.00% ± 1.41 | 61.00% | +10.00 | 61.00% (finetune) | +10.00 |"), "{md}");
     }
 }

@@ -397,7 +397,7 @@ pub fn fit(
             check_finite(vl as f32, stage, trainer.steps())?;
             report.val_loss.push(vl);
             let decision = stopper.update(vl);
-            tracing::info!(
+            tracing::debug!(
                 stage,
                 epoch = epoch + 1,
                 train_loss = sum / steps_per_epoch as f64,

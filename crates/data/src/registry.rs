@@ -117,6 +117,25 @@ mod tests {
     }
 
     #[test]
+    fn full_fashion_mnist_resolves_its_directory() {
+        // One test owns the variable, so no other test races on it.
+        std::env::set_var(
+            "SELFSUP_FASHION_MNIST_FULL",
+            data_dir().join("fashion-mnist"),
+        );
+        let pair = load("fashion-mnist-full").unwrap();
+        assert_eq!(pair.name, "fashion-mnist-full");
+        assert_eq!(pair.train.class_names()[0], "T-shirt/top");
+        std::env::set_var("SELFSUP_FASHION_MNIST_FULL", "/no/such/fashion");
+        let e = load("fashion-mnist-full").unwrap_err().to_string();
+        assert!(
+            e.contains("/no/such/fashion") && e.contains("apt-get install dataset-fashion-mnist"),
+            "{e}"
+        );
+        std::env::remove_var("SELFSUP_FASHION_MNIST_FULL");
+    }
+
+    #[test]
     fn bad_paths_are_named() {
         let e = load("/no/such/dir").unwrap_err().to_string();
         assert!(

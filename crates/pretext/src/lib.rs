@@ -304,43 +304,29 @@ mod tests {
         let cfg = BackboneConfig::ConvNet {
             in_channels: 1,
             widths: vec![16, 32],
+            convs_per_stage: 1,
         };
         let backbone = cfg.build(vb.pp(BACKBONE_PREFIX)).unwrap();
         let obj = build_objective("rotation", backbone.feature_dim(), vb.pp(HEAD_PREFIX)).unwrap();
         let mut tr =
             Trainer::new(map.all_vars(), LrSchedule::new(1e-2, 0, 60), 0.0, "test").unwrap();
-        let (first, _, seen) = obj
-            .loss(
+        let loss = || {
+            obj.loss(
                 backbone.as_ref(),
                 ds.pixels(),
                 ds.image_shape(),
                 &norm,
                 true,
             )
-            .unwrap();
+            .unwrap()
+        };
+        let (first, _, seen) = loss();
         assert_eq!(seen, 32);
         let first = first.to_scalar::<f32>().unwrap();
         for _ in 0..60 {
-            let (l, _, _) = obj
-                .loss(
-                    backbone.as_ref(),
-                    ds.pixels(),
-                    ds.image_shape(),
-                    &norm,
-                    true,
-                )
-                .unwrap();
-            tr.step(&l).unwrap();
+            tr.step(&loss().0).unwrap();
         }
-        let (last, acc, _) = obj
-            .loss(
-                backbone.as_ref(),
-                ds.pixels(),
-                ds.image_shape(),
-                &norm,
-                true,
-            )
-            .unwrap();
+        let (last, acc, _) = loss();
         let last = last.to_scalar::<f32>().unwrap();
         assert!(last < first * 0.7, "loss {first} -> {last}");
         assert!(acc > 0.5, "rotation accuracy on the memorised batch {acc}");
