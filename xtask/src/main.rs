@@ -312,7 +312,7 @@ fn run_evaluate(a: EvaluateArgs) -> Result<()> {
             let (cls, _) = selfsup::finetune::load_classifier(&a.checkpoint, &device)?;
             if cls.head.weight().dim(0)? != prep.pair.test.num_classes() {
                 bail!(
-                    "{}: the head has {} outputs but {} has {} classes",
+                    "{}: the head has {} outputs but {} has {} classes (a pretext checkpoint? evaluate it with --protocol linear or knn)",
                     a.checkpoint.display(),
                     cls.head.weight().dim(0)?,
                     a.common.dataset,
