@@ -214,17 +214,18 @@ pub fn pretrain(
     val_idx.truncate(cfg.max_val.max(1));
     let shape = ds.image_shape();
     let eval_batch = cfg.fit.batch_size.max(64);
-    let mut validate = || -> Result<f64> {
-        Ok(evaluate_objective(
+    // (loss, accuracy) of the objective on the held-out unlabeled images.
+    let held_out = || {
+        evaluate_objective(
             objective.as_ref(),
             backbone.as_ref(),
             ds,
             &val_idx,
             norm,
             eval_batch,
-        )?
-        .0)
+        )
     };
+    let mut validate = || -> Result<f64> { Ok(held_out()?.0) };
     let report = fit(
         &cfg.fit,
         &format!("pretrain/{}", cfg.method),
@@ -246,14 +247,7 @@ pub fn pretrain(
         },
         Some(&mut validate),
     )?;
-    let (val_loss, val_accuracy) = evaluate_objective(
-        objective.as_ref(),
-        backbone.as_ref(),
-        ds,
-        &val_idx,
-        norm,
-        eval_batch,
-    )?;
+    let (val_loss, val_accuracy) = held_out()?;
     tracing::info!(
         method = cfg.method,
         val_loss,
