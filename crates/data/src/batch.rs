@@ -69,11 +69,7 @@ pub fn gather(
     norm: &Normalization,
     device: &Device,
 ) -> Result<Tensor> {
-    let mut px = Vec::with_capacity(indices.len() * ds.image_len());
-    for &i in indices {
-        px.extend_from_slice(ds.image(i));
-    }
-    to_tensor(&px, ds.image_shape(), norm, device)
+    to_tensor(&ds.pixels_of(indices), ds.image_shape(), norm, device)
 }
 
 /// The labels at `indices` as a `u32` tensor. Panics if `ds` is unlabeled.

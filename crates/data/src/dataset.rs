@@ -96,15 +96,20 @@ impl Dataset {
         self.class_names.len()
     }
 
+    /// The pixels of the images at `indices`, in that order, in one
+    /// contiguous (n, C, H, W) buffer.
+    pub fn pixels_of(&self, indices: &[usize]) -> Vec<u8> {
+        let mut px = Vec::with_capacity(indices.len() * self.image_len());
+        for &i in indices {
+            px.extend_from_slice(self.image(i));
+        }
+        px
+    }
+
     /// A new dataset holding the images at `indices`, in that order.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
-        let l = self.image_len();
-        let mut images = Vec::with_capacity(indices.len() * l);
-        for &i in indices {
-            images.extend_from_slice(self.image(i));
-        }
         Dataset {
-            images,
+            images: self.pixels_of(indices),
             n: indices.len(),
             channels: self.channels,
             height: self.height,

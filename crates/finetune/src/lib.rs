@@ -160,13 +160,10 @@ pub fn train_classifier(
         &map,
         quiet,
         |items, step| {
-            let px: Vec<u8> = items
-                .iter()
-                .flat_map(|&i| train.image(labeled[i]).iter().copied())
-                .collect();
-            let px = apply_batch(&cfg.augment, &px, shape, seed, step);
+            let idx: Vec<usize> = items.iter().map(|&i| labeled[i]).collect();
+            let px = apply_batch(&cfg.augment, &train.pixels_of(&idx), shape, seed, step);
             let x = batch::to_tensor(&px, shape, norm, device)?;
-            let y: Vec<u32> = items.iter().map(|&i| labels[labeled[i]]).collect();
+            let y: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
             let y = Tensor::from_vec(y, items.len(), device)?;
             let logits = head.forward(&backbone.forward_t(&x, true)?)?;
             Ok((candle_nn::loss::cross_entropy(&logits, &y)?, items.len()))

@@ -176,10 +176,7 @@ pub fn evaluate_objective(
 ) -> Result<(f64, f64)> {
     let (mut loss, mut acc, mut n) = (0.0, 0.0, 0usize);
     for chunk in indices.chunks(batch_size.max(1)) {
-        let px: Vec<u8> = chunk
-            .iter()
-            .flat_map(|&i| ds.image(i).iter().copied())
-            .collect();
+        let px = ds.pixels_of(chunk);
         let (l, a, _) = objective.loss(backbone, &px, ds.image_shape(), norm, false)?;
         loss += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
         acc += a * chunk.len() as f64;
@@ -237,11 +234,8 @@ pub fn pretrain(
         &map,
         quiet,
         |batch_items, step| {
-            let px: Vec<u8> = batch_items
-                .iter()
-                .flat_map(|&i| ds.image(train_idx[i]).iter().copied())
-                .collect();
-            let px = apply_batch(&cfg.augment, &px, shape, seed, step);
+            let idx: Vec<usize> = batch_items.iter().map(|&i| train_idx[i]).collect();
+            let px = apply_batch(&cfg.augment, &ds.pixels_of(&idx), shape, seed, step);
             let (loss, _, images) = objective.loss(backbone.as_ref(), &px, shape, norm, true)?;
             Ok((loss, images))
         },
