@@ -5,6 +5,19 @@ use selfsup::data::idx;
 use selfsup::pipeline::{run, PipelineOptions, Recipe};
 use std::path::Path;
 
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The string `field` of every object in the JSON array `list`.
+fn field_values<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[field].as_str().unwrap())
+        .collect()
+}
+
 fn tiny_recipe() -> Recipe {
     Recipe {
         convnet_widths: vec![4, 8],
@@ -49,33 +62,17 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
         assert!((0.0..=1.0).contains(&r.test_accuracy), "{r:?}");
         assert_eq!(r.labels_per_class, 2);
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value = read_json(&out.join("report.json"));
     assert_eq!(json["dataset"], "fashion-mnist");
     assert_eq!(json["backbone"], "convnet");
     assert_eq!(json["seeds"], serde_json::json!([0]));
-    let methods: Vec<&str> = json["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["method"].as_str().unwrap())
-        .collect();
+    let methods: Vec<&str> = field_values(&json["results"], "method");
     assert!(methods.contains(&"scratch") && methods.contains(&"rotation"));
-    let protocols: Vec<&str> = json["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["protocol"].as_str().unwrap())
-        .collect();
+    let protocols: Vec<&str> = field_values(&json["results"], "protocol");
     for p in ["finetune", "linear", "knn"] {
         assert!(protocols.contains(&p));
     }
-    let stages: Vec<&str> = json["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    let stages: Vec<&str> = field_values(&json["stages"], "name");
     assert!(stages.contains(&"pretrain") && stages.contains(&"transfer"));
     assert!(std::fs::read_to_string(out.join("report.md"))
         .unwrap()
@@ -89,18 +86,14 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
             out.join(stage).join("model.safetensors").is_file(),
             "{stage}"
         );
-        let cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join(stage).join("config.json")).unwrap())
-                .unwrap();
+        let cfg: serde_json::Value = read_json(&out.join(stage).join("config.json"));
         assert_eq!(cfg["backbone"]["kind"], "convnet");
         assert_eq!(cfg["input_shape"], serde_json::json!([1, 28, 28]));
         assert_eq!(cfg["seed"], 0);
         assert!(cfg["normalization"]["mean"][0].as_f64().unwrap() > 0.0);
     }
     // A pretrained checkpoint carries the rotation head, a transfer one the class head.
-    let pre: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("pretrain-rotation/config.json")).unwrap())
-            .unwrap();
+    let pre: serde_json::Value = read_json(&out.join("pretrain-rotation/config.json"));
     assert_eq!(pre["head_outputs"], 4);
     // No temporary files are left behind.
     for d in [out.clone(), out.join("seed0")] {
@@ -175,10 +168,7 @@ fn works_on_another_idx_directory() {
     o.max_test = None;
     let report = run(&o).unwrap();
     assert_eq!(report.results.len(), 6);
-    let cfg: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("seed0/k2/scratch-finetune/config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value = read_json(&out.join("seed0/k2/scratch-finetune/config.json"));
     assert_eq!(cfg["input_shape"], serde_json::json!([1, 16, 16]));
     assert_eq!(cfg["head_outputs"], 4);
 }
@@ -247,10 +237,7 @@ fn per_seed_pretraining_writes_one_checkpoint_per_seed() {
         .join("seed4/pretrain-rotation/model.safetensors")
         .is_file());
     assert!(!out.join("pretrain-rotation").exists());
-    let cfg: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("seed4/pretrain-rotation/config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value = read_json(&out.join("seed4/pretrain-rotation/config.json"));
     assert_eq!(cfg["seed"], 4);
     assert_eq!(
         cfg["recipe"]["labels_excluded_for_seeds"],
