@@ -12,7 +12,8 @@
 //! | [`core`] | errors, seeding, checkpoints, training loop, reports |
 //! | [`data`] | IDX / CIFAR loaders, splits, batches |
 //! | [`augment`] | seeded `u8` image transforms |
-//! | [`backbones`] | ConvNet, ResNet-18 (CIFAR stem) |
+//! | [`kernels`] | convolution with fast gradients, depthwise conv |
+//! | [`backbones`] | ConvNet, ResNet-18 (CIFAR stem), MobileNetV2 |
 //! | [`pretext`] | rotation prediction and the pretraining loop |
 //! | [`finetune`] | scratch, fine-tune, linear probe, kNN |
 
@@ -21,6 +22,8 @@ pub use selfsup_backbones as backbones;
 pub use selfsup_core as core;
 pub use selfsup_data as data;
 pub use selfsup_finetune as finetune;
+pub use selfsup_kernels as kernels;
 pub use selfsup_pretext as pretext;
 
+pub mod bench;
 pub mod pipeline;

@@ -42,6 +42,9 @@ pub struct Recipe {
     pub convnet_depth: usize,
     /// ResNet-18 base width (64 is the standard network).
     pub resnet_width: usize,
+    /// MobileNetV2 width multiplier (1.0 is the standard network).
+    #[serde(default = "one_f64")]
+    pub mobilenet_width: f64,
     /// Maximum pretraining epochs (early stopping may end sooner).
     pub pretrain_epochs: usize,
     /// Source images per pretraining step (rotation shows each 4 times).
@@ -92,6 +95,7 @@ impl Default for Recipe {
             convnet_widths: vec![16, 32, 64],
             convnet_depth: 2,
             resnet_width: 64,
+            mobilenet_width: 1.0,
             pretrain_epochs: 3,
             pretrain_batch: 64,
             pretrain_lr: 1e-3,
@@ -115,6 +119,10 @@ impl Default for Recipe {
     }
 }
 
+fn one_f64() -> f64 {
+    1.0
+}
+
 impl Recipe {
     fn augment(&self) -> CropFlip {
         CropFlip {
@@ -134,6 +142,10 @@ impl Recipe {
             BackboneConfig::ResNet18 { in_channels, .. } => BackboneConfig::ResNet18 {
                 in_channels,
                 base_width: self.resnet_width,
+            },
+            BackboneConfig::MobileNetV2 { in_channels, .. } => BackboneConfig::MobileNetV2 {
+                in_channels,
+                width_multiplier: self.mobilenet_width,
             },
         })
     }

@@ -8,6 +8,8 @@ use selfsup::core::device::parse_device;
 use selfsup::pipeline::{self, PipelineOptions, Recipe};
 use std::path::PathBuf;
 
+mod bench;
+
 // Candle allocates and frees many large temporary buffers per step; with
 // glibc's default malloc each one is a fresh mmap whose pages fault in again,
 // which measured as more kernel than user time. mimalloc reuses them: about
@@ -35,6 +37,8 @@ enum Command {
     Transfer(TransferArgs),
     /// Test accuracy of a checkpoint (classifier head, linear probe or kNN).
     Evaluate(EvaluateArgs),
+    /// Training-step throughput: our kernels vs Candle's stock ops vs PyTorch.
+    Bench(bench::BenchArgs),
 }
 
 /// Flags shared by every command.
@@ -45,12 +49,16 @@ struct Common {
     /// files or CIFAR-10/100 binaries.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
-    /// Encoder: convnet or resnet18 (CIFAR stem).
+    /// Encoder: convnet, resnet18 (CIFAR stem) or mobilenetv2.
     #[arg(long, default_value = "convnet")]
     backbone: String,
-    /// Compute device: cpu, cuda, cuda:N or auto.
+    /// Compute device: cpu, cuda, cuda:N or auto (CUDA when this binary has
+    /// it and a GPU is present).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Convolution implementation: fast (selfsup-kernels) or stock (Candle's own ops).
+    #[arg(long, default_value = "fast")]
+    kernels: selfsup::kernels::Kernels,
     /// No progress bars or per-result lines (errors and the final table still print).
     #[arg(long)]
     quiet: bool,
@@ -69,6 +77,9 @@ struct Common {
     /// ResNet-18 base width (64 = the standard network).
     #[arg(long)]
     resnet_width: Option<usize>,
+    /// MobileNetV2 width multiplier (1.0 = the standard network).
+    #[arg(long)]
+    width_multiplier: Option<f64>,
     /// Cap on the unlabeled images used for pretraining (0 = the whole pool).
     #[arg(long)]
     unlabeled: Option<usize>,
@@ -185,6 +196,9 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Recipe {
     }
     if let Some(w) = c.resnet_width {
         r.resnet_width = w;
+    }
+    if let Some(w) = c.width_multiplier {
+        r.mobilenet_width = w;
     }
     if let Some(u) = c.unlabeled {
         r.unlabeled = (u > 0).then_some(u);
@@ -367,13 +381,23 @@ fn main() {
         Command::Pretrain(a) => a.common.quiet,
         Command::Transfer(a) => a.common.quiet,
         Command::Evaluate(a) => a.common.quiet,
+        Command::Bench(_) => false,
     };
     init_logging(quiet);
+    let kernels = match &cli.command {
+        Command::Pipeline(a) => a.common.kernels,
+        Command::Pretrain(a) => a.common.kernels,
+        Command::Transfer(a) => a.common.kernels,
+        Command::Evaluate(a) => a.common.kernels,
+        Command::Bench(_) => selfsup::kernels::Kernels::Fast,
+    };
+    selfsup::kernels::set_default(kernels);
     let res = match cli.command {
         Command::Pipeline(a) => run_pipeline(a),
         Command::Pretrain(a) => run_pretrain(a),
         Command::Transfer(a) => run_transfer(a),
         Command::Evaluate(a) => run_evaluate(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -8,6 +8,12 @@
 //!   for CPU runs.
 //! - [`ResNet18`]: ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no
 //!   max-pool).
+//! - [`MobileNetV2`]: inverted residuals with depthwise convolutions and a
+//!   width multiplier, CIFAR strides (stride 1 stem, first downsampling in
+//!   the 32-channel stage).
+//!
+//! Every convolution goes through [`selfsup_kernels`], so the backbones train
+//! with its fast gradients and depthwise kernel unless `--kernels stock`.
 //!
 //! BatchNorm uses batch statistics and updates its running averages when
 //! `train` is true, and the running averages when it is false. Inputs may have
@@ -28,9 +34,10 @@
 
 pub mod checkpoint;
 
-use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{batch_norm, conv2d_no_bias, BatchNorm, Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{ModuleT, Tensor};
+use candle_nn::{batch_norm, BatchNorm, VarBuilder};
 use selfsup_core::{Error, Result};
+use selfsup_kernels::{conv2d_default, Conv2dParams};
 use serde::{Deserialize, Serialize};
 
 /// An encoder from images (B, C, H, W) to features (B, D).
@@ -63,10 +70,18 @@ pub enum BackboneConfig {
         /// stages use 1x, 2x, 4x, 8x this.
         base_width: usize,
     },
+    /// See [`MobileNetV2`].
+    #[serde(rename = "mobilenetv2")]
+    MobileNetV2 {
+        /// Input channels.
+        in_channels: usize,
+        /// Scales every layer's channels (1.0 is the standard network).
+        width_multiplier: f64,
+    },
 }
 
 /// Backbone names accepted by [`BackboneConfig::from_name`].
-pub const NAMES: [&str; 2] = ["convnet", "resnet18"];
+pub const NAMES: [&str; 3] = ["convnet", "resnet18", "mobilenetv2"];
 
 impl BackboneConfig {
     /// The default configuration of a named backbone.
@@ -81,6 +96,10 @@ impl BackboneConfig {
                 in_channels,
                 base_width: 64,
             }),
+            "mobilenetv2" => Ok(Self::MobileNetV2 {
+                in_channels,
+                width_multiplier: 1.0,
+            }),
             other => Err(Error::invalid(
                 "--backbone",
                 format!(
@@ -91,18 +110,21 @@ impl BackboneConfig {
         }
     }
 
-    /// Short name (`convnet`, `resnet18`).
+    /// Short name (`convnet`, `resnet18`, `mobilenetv2`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::ConvNet { .. } => "convnet",
             Self::ResNet18 { .. } => "resnet18",
+            Self::MobileNetV2 { .. } => "mobilenetv2",
         }
     }
 
     /// Input channels.
     pub fn in_channels(&self) -> usize {
         match self {
-            Self::ConvNet { in_channels, .. } | Self::ResNet18 { in_channels, .. } => *in_channels,
+            Self::ConvNet { in_channels, .. }
+            | Self::ResNet18 { in_channels, .. }
+            | Self::MobileNetV2 { in_channels, .. } => *in_channels,
         }
     }
 
@@ -123,6 +145,14 @@ impl BackboneConfig {
                 in_channels,
                 base_width,
             } => Ok(Box::new(ResNet18::new(*in_channels, *base_width, vb)?)),
+            Self::MobileNetV2 {
+                in_channels,
+                width_multiplier,
+            } => Ok(Box::new(MobileNetV2::new(
+                *in_channels,
+                *width_multiplier,
+                vb,
+            )?)),
         }
     }
 }
@@ -144,9 +174,32 @@ fn check_input(x: &Tensor, in_channels: usize) -> Result<()> {
     }
 }
 
-/// 3x3 convolution + BatchNorm (+ optional ReLU).
+/// A bias-free convolution through [`selfsup_kernels`] (fast gradients and
+/// depthwise kernels unless `--kernels stock`). Its weight is `weight`,
+/// Kaiming-normal initialised like `candle_nn::conv2d_no_bias`.
+struct Conv {
+    weight: Tensor,
+    params: Conv2dParams,
+}
+
+impl Conv {
+    fn new(cin: usize, cout: usize, k: usize, p: Conv2dParams, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cout, cin / p.groups, k, k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        Ok(Self { weight, params: p })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(conv2d_default(x, &self.weight, self.params)?)
+    }
+}
+
+/// Convolution (padding k / 2) + BatchNorm; the caller applies the activation.
 struct ConvBn {
-    conv: Conv2d,
+    conv: Conv,
     bn: BatchNorm,
 }
 
@@ -160,13 +213,27 @@ impl ConvBn {
         conv: &str,
         bn: &str,
     ) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: k / 2,
+        Self::grouped(cin, cout, k, stride, 1, vb, conv, bn)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grouped(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        groups: usize,
+        vb: VarBuilder,
+        conv: &str,
+        bn: &str,
+    ) -> Result<Self> {
+        let p = Conv2dParams {
             stride,
-            ..Default::default()
+            padding: k / 2,
+            groups,
         };
         Ok(Self {
-            conv: conv2d_no_bias(cin, cout, k, cfg, vb.pp(conv))?,
+            conv: Conv::new(cin, cout, k, p, vb.pp(conv))?,
             bn: batch_norm(cout, 1e-5, vb.pp(bn))?,
         })
     }
@@ -360,6 +427,143 @@ impl Backbone for ResNet18 {
     }
 }
 
+/// Rounds `v` to a multiple of 8 no more than 10 % below it (the channel
+/// rounding of the MobileNet papers).
+fn make_divisible(v: f64) -> usize {
+    let r = ((v + 4.0) as usize / 8 * 8).max(8);
+    if (r as f64) < 0.9 * v {
+        r + 8
+    } else {
+        r
+    }
+}
+
+fn relu6(x: &Tensor) -> Result<Tensor> {
+    Ok(x.relu()?.minimum(6f32)?)
+}
+
+/// MobileNetV2's inverted residual: 1x1 expansion (ReLU6), 3x3 depthwise
+/// (ReLU6), linear 1x1 projection; identity skip when shapes allow.
+struct InvertedResidual {
+    expand: Option<ConvBn>,
+    dw: ConvBn,
+    project: ConvBn,
+    skip: bool,
+}
+
+impl InvertedResidual {
+    fn new(cin: usize, cout: usize, stride: usize, t: usize, vb: VarBuilder) -> Result<Self> {
+        let hidden = cin * t;
+        let expand = if t == 1 {
+            None
+        } else {
+            Some(ConvBn::new(
+                cin,
+                hidden,
+                1,
+                1,
+                vb.pp("expand"),
+                "conv",
+                "bn",
+            )?)
+        };
+        Ok(Self {
+            expand,
+            dw: ConvBn::grouped(hidden, hidden, 3, stride, hidden, vb.pp("dw"), "conv", "bn")?,
+            project: ConvBn::new(hidden, cout, 1, 1, vb.pp("project"), "conv", "bn")?,
+            skip: stride == 1 && cin == cout,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = match &self.expand {
+            Some(e) => relu6(&e.forward(x, train)?)?,
+            None => x.clone(),
+        };
+        let h = relu6(&self.dw.forward(&h, train)?)?;
+        let h = self.project.forward(&h, train)?;
+        if self.skip {
+            Ok((h + x)?)
+        } else {
+            Ok(h)
+        }
+    }
+}
+
+/// MobileNetV2 (Sandler et al., 2018) for small images: a 3x3 stride-1 stem,
+/// seventeen inverted residual blocks (expansion 6, strides 2 at the 32-,
+/// 64- and 160-channel stages, so 32x32 inputs end at 4x4), a 1x1 conv to
+/// 1280 channels and global average pooling. `width_multiplier` scales the
+/// channels (rounded to multiples of 8; the last layer never shrinks below
+/// 1280). Parameters: `stem.*`, `blocks.{i}.{expand,dw,project}.*`, `last.*`.
+pub struct MobileNetV2 {
+    stem: ConvBn,
+    blocks: Vec<InvertedResidual>,
+    last: ConvBn,
+    in_channels: usize,
+    dim: usize,
+}
+
+impl MobileNetV2 {
+    /// (expansion t, channels c, repeats n, first stride s) per stage.
+    const STAGES: [(usize, usize, usize, usize); 7] = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 1),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ];
+
+    /// Builds the network.
+    pub fn new(in_channels: usize, width_multiplier: f64, vb: VarBuilder) -> Result<Self> {
+        if !(width_multiplier.is_finite() && width_multiplier > 0.0) {
+            return Err(Error::invalid(
+                "backbone",
+                format!("mobilenetv2 width multiplier must be positive, got {width_multiplier}"),
+            ));
+        }
+        let stem_c = make_divisible(32.0 * width_multiplier);
+        let stem = ConvBn::new(in_channels, stem_c, 3, 1, vb.pp("stem"), "conv", "bn")?;
+        let mut blocks = Vec::new();
+        let mut cin = stem_c;
+        for (t, c, n, s) in Self::STAGES {
+            let cout = make_divisible(c as f64 * width_multiplier);
+            for r in 0..n {
+                let stride = if r == 0 { s } else { 1 };
+                let vb = vb.pp(format!("blocks.{}", blocks.len()));
+                blocks.push(InvertedResidual::new(cin, cout, stride, t, vb)?);
+                cin = cout;
+            }
+        }
+        let dim = make_divisible(1280.0 * width_multiplier.max(1.0));
+        let last = ConvBn::new(cin, dim, 1, 1, vb.pp("last"), "conv", "bn")?;
+        Ok(Self {
+            stem,
+            blocks,
+            last,
+            in_channels,
+            dim,
+        })
+    }
+}
+
+impl Backbone for MobileNetV2 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        check_input(x, self.in_channels)?;
+        let mut h = relu6(&self.stem.forward(x, train)?)?;
+        for b in &self.blocks {
+            h = b.forward(&h, train)?;
+        }
+        global_avg_pool(&relu6(&self.last.forward(&h, train)?)?)
+    }
+
+    fn feature_dim(&self) -> usize {
+        self.dim
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +589,10 @@ mod tests {
             BackboneConfig::ResNet18 {
                 in_channels: c,
                 base_width: 4,
+            },
+            BackboneConfig::MobileNetV2 {
+                in_channels: c,
+                width_multiplier: 0.25,
             },
         ]
     }

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""PyTorch side of `cargo xtask bench`: the same training step, same models.
+
+Times the rotation pretext's training step (backbone + 4-way linear head,
+cross-entropy, backward, AdamW) on a device-resident batch of 3x32x32 images
+for the backbones selfsup implements, built here layer for layer like
+crates/backbones (ConvNet 16-32-64 x2, ResNet-18 with the CIFAR stem,
+MobileNetV2 with CIFAR strides). Prints one JSON object:
+{"rows": [{"model", "impl", "objective", "batch", "images_per_s", "spread",
+"step_ms", "gpu_mem_mb"}], "torch": version}. `cargo xtask bench` runs it; it
+can also be run by hand (see --help).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvNet(nn.Module):
+    def __init__(self, cin=3, widths=(16, 32, 64), depth=2):
+        super().__init__()
+        self.stages = nn.ModuleList()
+        for w in widths:
+            layers = []
+            for _ in range(depth):
+                layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+                cin = w
+            self.stages.append(nn.Sequential(*layers))
+        self.dim = sum(widths)
+
+    def forward(self, x):
+        pooled = []
+        for i, s in enumerate(self.stages):
+            x = s(x)
+            pooled.append(x.mean((2, 3)))
+            if i + 1 < len(self.stages):
+                x = F.max_pool2d(x, 2)
+        return torch.cat(pooled, 1)
+
+
+class Basic(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        h = F.relu(self.b1(self.c1(x)))
+        h = self.b2(self.c2(h))
+        return F.relu(h + (x if self.short is None else self.short(x)))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, cin=3, width=64):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(cin, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        blocks, c = [], width
+        for stage in range(4):
+            cout = width << stage
+            for b in range(2):
+                blocks.append(Basic(c, cout, 2 if stage > 0 and b == 0 else 1))
+                c = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.dim = c
+
+    def forward(self, x):
+        return self.blocks(self.stem(x)).mean((2, 3))
+
+
+def make_divisible(v):
+    r = max(8, int(v + 4) // 8 * 8)
+    return r + 8 if r < 0.9 * v else r
+
+
+class Inverted(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        hid = cin * t
+        layers = []
+        if t != 1:
+            layers += [nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6()]
+        layers += [nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+                   nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x):
+        h = self.body(x)
+        return h + x if self.skip else h
+
+
+class MobileNetV2(nn.Module):
+    STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, cin=3, wm=1.0):
+        super().__init__()
+        c = make_divisible(32 * wm)
+        layers = [nn.Conv2d(cin, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6()]
+        for t, ch, n, s in self.STAGES:
+            cout = make_divisible(ch * wm)
+            for r in range(n):
+                layers.append(Inverted(c, cout, s if r == 0 else 1, t))
+                c = cout
+        self.dim = make_divisible(1280 * max(1.0, wm))
+        layers += [nn.Conv2d(c, self.dim, 1, bias=False), nn.BatchNorm2d(self.dim), nn.ReLU6()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
+MODELS = {"convnet": ConvNet, "resnet18": ResNet18, "mobilenetv2": MobileNetV2}
+
+
+def gpu_mem_mb(device):
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    return (total - free) / 2**20
+
+
+def row(name, args, device, impl):
+    torch.manual_seed(args.seed)
+    backbone = MODELS[name]().to(device)
+    head = nn.Linear(backbone.dim, 4).to(device)
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=5e-4)
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    y = torch.arange(args.batch, device=device) % 4
+    backbone.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(head(backbone(x)), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(args.warmup):
+        step().item()
+    rates = []
+    for _ in range(args.reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(args.batch * args.steps / (time.perf_counter() - t))
+    med = statistics.median(rates)
+    return {"model": name, "impl": impl, "objective": "rotation", "batch": args.batch,
+            "images_per_s": med, "spread": (max(rates) - min(rates)) / 2, "step_ms": 1e3 * args.batch / med,
+            "gflops": None, "gpu_mem_mb": gpu_mem_mb(device)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--models", default="convnet,resnet18,mobilenetv2")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fp32", action="store_true",
+                   help="also time with TF32 convolutions off (PyTorch enables TF32 for cuDNN convs by default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for name in args.models.split(","):
+        rows.append(row(name, args, device, "pytorch"))
+        print(f"pytorch {name}: {rows[-1]['images_per_s']:.1f} img/s", file=sys.stderr)
+        if args.fp32 and device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = False
+            rows.append(row(name, args, device, "pytorch-fp32"))
+            torch.backends.cudnn.allow_tf32 = True
+    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+//! selfsup-kernels: the convolution every selfsup backbone trains with.
+//!
+//! Candle 0.11.1's own `conv2d` is correct in the forward pass but slow or
+//! wrong to train with in three places (see `../shared/CANDLE-NOTES.md`):
+//!
+//! - the input gradient goes through `conv_transpose2d`, a direct loop on the
+//!   CPU and a naive kernel on CUDA;
+//! - that gradient has the wrong shape for a stride-2 convolution of a
+//!   non-square input (the output padding is computed from the height only);
+//! - a grouped convolution is split into one convolution per group, so a
+//!   depthwise layer with C channels launches C tiny convolutions.
+//!
+//! [`conv2d`] with [`Kernels::Fast`] keeps Candle's im2col + GEMM forward
+//! pass and replaces the backward pass: the input gradient is a stride-1
+//! convolution of the zero-dilated output gradient with the flipped,
+//! transposed kernel (again im2col + GEMM, cuBLAS on CUDA), computed for each
+//! spatial dimension's own output padding. Depthwise convolutions are a sum of
+//! k x k shifted, per-channel-scaled copies of the input, whose gradients
+//! Candle derives from the elementwise ops. Both paths work on every device
+//! Candle supports, so CPU and CUDA share them. [`Kernels::Stock`] calls
+//! Candle's ops unchanged, for comparison (`--kernels stock`).
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use selfsup_kernels::{conv2d, Conv2dParams, Kernels};
+//! let x = Tensor::ones((2, 3, 9, 7), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let w = Tensor::ones((4, 3, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let y = conv2d(&x, &w, Conv2dParams { stride: 2, padding: 1, groups: 1 }, Kernels::Fast).unwrap();
+//! assert_eq!(y.dims(), &[2, 4, 5, 4]);
+//! ```
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+/// Which implementation of the convolution ops to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernels {
+    /// Candle's own `conv2d` and its backward pass.
+    Stock,
+    /// This crate's gradients and depthwise convolution (the default).
+    Fast,
+}
+
+impl Kernels {
+    /// `stock` or `fast`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stock => "stock",
+            Self::Fast => "fast",
+        }
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "stock" => Ok(Self::Stock),
+            "fast" => Ok(Self::Fast),
+            other => Err(format!("unknown kernels {other:?}; expected stock or fast")),
+        }
+    }
+}
+
+static DEFAULT: AtomicU8 = AtomicU8::new(1);
+
+/// Sets the process-wide implementation used by [`conv2d_default`] (the
+/// backbones' convolutions). Command-line tools set it from `--kernels`.
+pub fn set_default(k: Kernels) {
+    DEFAULT.store(
+        match k {
+            Kernels::Stock => 0,
+            Kernels::Fast => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The process-wide implementation (fast unless [`set_default`] changed it).
+pub fn default_kernels() -> Kernels {
+    if DEFAULT.load(Ordering::Relaxed) == 0 {
+        Kernels::Stock
+    } else {
+        Kernels::Fast
+    }
+}
+
+static FLOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Multiply-add FLOPs (2 per multiply-add) of every forward convolution run
+/// by this crate since the last [`take_forward_flops`]; benchmarks use it to
+/// report achieved GFLOP/s.
+pub fn take_forward_flops() -> u64 {
+    FLOPS.swap(0, Ordering::Relaxed)
+}
+
+/// Stride, symmetric zero padding and groups of a 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Step between output positions, both dimensions.
+    pub stride: usize,
+    /// Zeros added on every side.
+    pub padding: usize,
+    /// Channel groups (1: dense; = input channels: depthwise).
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        }
+    }
+}
+
+fn out_size(n: usize, k: usize, p: Conv2dParams) -> Result<usize> {
+    if n + 2 * p.padding < k || p.stride == 0 {
+        candle_core::bail!(
+            "conv2d: input size {n} with padding {} is smaller than the kernel {k} (or stride 0)",
+            p.padding
+        );
+    }
+    Ok((n + 2 * p.padding - k) / p.stride + 1)
+}
+
+/// 2-D convolution of `x` (B, C_in, H, W) with `w` (C_out, C_in / groups,
+/// kH, kW), no bias, using the implementation `k`.
+pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
+    let (b, cin, h, wd) = x.dims4()?;
+    let (cout, cin_g, kh, kw) = w.dims4()?;
+    if p.groups == 0 || cin % p.groups != 0 || cin_g * p.groups != cin || cout % p.groups != 0 {
+        candle_core::bail!(
+            "conv2d: input has {cin} channels, kernel {:?} and groups {}",
+            w.dims(),
+            p.groups
+        );
+    }
+    let (ho, wo) = (out_size(h, kh, p)?, out_size(wd, kw, p)?);
+    FLOPS.fetch_add(
+        (2 * b * cout * cin_g * kh * kw * ho * wo) as u64,
+        Ordering::Relaxed,
+    );
+    let needs_grad = x.track_op() || w.track_op();
+    match k {
+        Kernels::Stock => x.conv2d(w, p.padding, p.stride, 1, p.groups),
+        Kernels::Fast if p.groups == 1 => {
+            let y = x.detach().conv2d(&w.detach(), p.padding, p.stride, 1, 1)?;
+            if !needs_grad {
+                return Ok(y);
+            }
+            x.apply_op3(
+                w,
+                &y,
+                ConvGrad {
+                    stride: p.stride,
+                    padding: p.padding,
+                },
+            )
+        }
+        Kernels::Fast if p.groups == cin && cin_g == 1 && cout == cin => {
+            depthwise(x, w, p.stride, p.padding, ho, wo)
+        }
+        Kernels::Fast => x.conv2d(w, p.padding, p.stride, 1, p.groups),
+    }
+}
+
+/// [`conv2d`] with the process-wide implementation ([`default_kernels`]).
+pub fn conv2d_default(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    conv2d(x, w, p, default_kernels())
+}
+
+/// Depthwise convolution as a sum of k x k shifted copies of the padded
+/// input, each scaled per channel. Stride > 1 subsamples the stride-1 result.
+fn depthwise(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    ho: usize,
+    wo: usize,
+) -> Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let xp = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
+    };
+    let (h1, w1) = (h + 2 * padding + 1 - kh, wd + 2 * padding + 1 - kw);
+    let mut acc: Option<Tensor> = None;
+    for i in 0..kh {
+        for j in 0..kw {
+            let tap = w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, c, 1, 1))?;
+            let term = xp.narrow(2, i, h1)?.narrow(3, j, w1)?.broadcast_mul(&tap)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+    }
+    let y = acc.expect("kernel has at least one tap");
+    if stride == 1 {
+        return Ok(y);
+    }
+    let y = subsample(&y, 2, stride, ho)?;
+    let y = subsample(&y, 3, stride, wo)?;
+    debug_assert_eq!(y.dims(), &[b, c, ho, wo]);
+    Ok(y)
+}
+
+/// Keeps positions 0, s, 2s, ... (`n` of them) of dimension `dim` (2 or 3).
+fn subsample(y: &Tensor, dim: usize, s: usize, n: usize) -> Result<Tensor> {
+    let len = y.dim(dim)?;
+    let y = if len < n * s {
+        y.pad_with_zeros(dim, 0, n * s - len)?
+    } else {
+        y.narrow(dim, 0, n * s)?
+    };
+    let mut dims = y.dims().to_vec();
+    dims[dim] = n;
+    dims.insert(dim + 1, s);
+    let y = y.contiguous()?.reshape(dims)?.narrow(dim + 1, 0, 1)?;
+    y.squeeze(dim + 1)
+}
+
+/// Zero-dilates `g` by `s` along dimension `dim` (2 or 3), keeping `keep`
+/// positions: g0 0 .. 0 g1 0 .. 0 g2 ...
+fn dilate(g: &Tensor, dim: usize, s: usize, keep: usize) -> Result<Tensor> {
+    if s == 1 {
+        return Ok(g.clone());
+    }
+    let mut dims = g.dims().to_vec();
+    dims[dim] *= s;
+    g.unsqueeze(dim + 1)?
+        .pad_with_zeros(dim + 1, 0, s - 1)?
+        .reshape(dims)?
+        .narrow(dim, 0, keep)
+}
+
+/// Gradient of a dense convolution's output w.r.t. its input: the stride-1
+/// convolution of the dilated output gradient with the flipped, transposed
+/// kernel. Each spatial dimension gets its own trailing zeros, so non-square
+/// inputs with stride 2 are exact.
+fn input_grad(
+    g: &Tensor,
+    w: &Tensor,
+    h: usize,
+    wd: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let (_, _, ho, wo) = g.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    if kh != kw || pad >= kh {
+        // Outside what the flipped-kernel form handles (Candle's padding is
+        // one number for both dimensions): Candle's own transposed conv.
+        let out_h = (ho - 1) * stride + kh - 2 * pad;
+        return g.conv_transpose2d(w, pad, h - out_h, stride, 1);
+    }
+    let rh = (h + 2 * pad - kh) % stride;
+    let rw = (wd + 2 * pad - kw) % stride;
+    let gd = dilate(g, 2, stride, (ho - 1) * stride + 1 + rh)?;
+    let gd = dilate(&gd, 3, stride, (wo - 1) * stride + 1 + rw)?;
+    let dev = w.device();
+    let rev = Tensor::from_vec((0..kh as u32).rev().collect::<Vec<_>>(), kh, dev)?;
+    let wf = w
+        .index_select(&rev, 2)?
+        .index_select(&rev, 3)?
+        .transpose(0, 1)?
+        .contiguous()?;
+    gd.contiguous()?.conv2d(&wf, kh - 1 - pad, 1, 1, 1)
+}
+
+/// Gradient w.r.t. the kernel: correlation of the input with the output
+/// gradient, batch and channel axes swapped (Candle's formulation).
+fn weight_grad(
+    x: &Tensor,
+    g: &Tensor,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let gw = x
+        .transpose(0, 1)?
+        .conv2d(&g.transpose(0, 1)?, pad, 1, stride, 1)?
+        .transpose(0, 1)?;
+    let (_, _, a, b) = gw.dims4()?;
+    if a != kh || b != kw {
+        gw.narrow(2, 0, kh)?.narrow(3, 0, kw)
+    } else {
+        Ok(gw)
+    }
+}
+
+/// Identity on the precomputed output `y` (argument 3), with the
+/// convolution's gradients for `x` (argument 1) and `w` (argument 2).
+struct ConvGrad {
+    stride: usize,
+    padding: usize,
+}
+
+fn check_whole(l: &Layout) -> Result<()> {
+    if !l.is_contiguous() || l.start_offset() != 0 {
+        candle_core::bail!("conv-grad: the precomputed output must be contiguous");
+    }
+    Ok(())
+}
+
+impl CustomOp3 for ConvGrad {
+    fn name(&self) -> &'static str {
+        "selfsup-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_whole(ly)?;
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        ly: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        check_whole(ly)?;
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let g = g.contiguous()?;
+        let gx = if x.track_op() {
+            Some(input_grad(&g, w, h, wd, self.stride, self.padding)?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(weight_grad(x, &g, kh, kw, self.stride, self.padding)?)
+        } else {
+            None
+        };
+        Ok((gx, gw, None))
+    }
+}

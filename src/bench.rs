@@ -1,0 +1,246 @@
+//! Training-step throughput of the backbones (`cargo xtask bench`).
+//!
+//! One row = one backbone, one convolution implementation, on one device:
+//! the rotation pretext's training step (forward through backbone + 4-way
+//! head, cross-entropy, backward, AdamW update) on a device-resident batch of
+//! rotated 3x32x32 images, timed over several repetitions after warm-up. The
+//! batch is prepared once so that the row measures the model's compute, the
+//! same thing the PyTorch script under `bench/` measures.
+//!
+//! Achieved GFLOP/s counts the convolutions' multiply-adds (forward FLOPs,
+//! times 3 for forward + both gradients); [`matmul_peak`] is the device's
+//! measured f32 matmul rate to compare it with.
+
+use crate::backbones::BackboneConfig;
+use crate::core::{params, Result};
+use crate::kernels::{self, Kernels};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Module, Optimizer, VarMap};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Backbone names (`convnet`, `resnet18`, `mobilenetv2`).
+    pub models: Vec<String>,
+    /// Convolution implementations to compare.
+    pub kernels: Vec<Kernels>,
+    /// Images per training step.
+    pub batch: usize,
+    /// Untimed steps before timing.
+    pub warmup: usize,
+    /// Timed repetitions (the median and spread are over these).
+    pub reps: usize,
+    /// Training steps per repetition.
+    pub steps: usize,
+    /// Device to run on.
+    pub device: Device,
+    /// Seed of the parameters and the synthetic images.
+    pub seed: u64,
+}
+
+/// One measured configuration. `spread` is half the range (max - min) of
+/// the repetitions' images/s.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchRow {
+    /// Backbone name.
+    pub model: String,
+    /// `stock`, `fast` or `pytorch` (the PyTorch script writes its own rows).
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    /// Pretext whose step is timed.
+    pub objective: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Median training throughput.
+    pub images_per_s: f64,
+    /// Half the range of the repetitions' throughputs.
+    pub spread: f64,
+    /// Median time of one step, milliseconds.
+    pub step_ms: f64,
+    /// Achieved convolution GFLOP/s (3x forward multiply-adds per step).
+    pub gflops: Option<f64>,
+    /// Device memory in use at the end of the row (MiB), GPUs only.
+    pub gpu_mem_mb: Option<f64>,
+}
+
+/// Median and half-range of a sample.
+pub fn median_spread(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (med, (s[n - 1] - s[0]) / 2.0)
+}
+
+/// Measured f32 matmul throughput of `device` (GFLOP/s, best of a few
+/// square products): the yardstick for the rows' achieved GFLOP/s.
+pub fn matmul_peak(device: &Device) -> Result<f64> {
+    let n = if device.is_cpu() { 1024 } else { 4096 };
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?;
+    let _ = a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?;
+    let mut best = 0f64;
+    let reps = if device.is_cpu() { 3 } else { 20 };
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut acc = a.matmul(&b)?;
+        for _ in 1..reps {
+            acc = a.matmul(&b)?;
+        }
+        acc.sum_all()?.to_scalar::<f32>()?;
+        let s = t.elapsed().as_secs_f64();
+        best = best.max(2.0 * (n * n * n) as f64 * reps as f64 / s / 1e9);
+    }
+    Ok(best)
+}
+
+/// Device memory in use (MiB) on a CUDA device; `None` on the CPU.
+pub fn gpu_memory_used_mb(device: &Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = device.as_cuda_device() {
+        if let Ok((free, total)) = d.cuda_stream().context().mem_get_info() {
+            return Some((total - free) as f64 / (1024.0 * 1024.0));
+        }
+    }
+    let _ = device;
+    None
+}
+
+/// A device-resident rotation batch: `batch / 4` synthetic images, each in
+/// its four rotations, normalised, with their rotation labels.
+fn rotation_inputs(batch: usize, seed: u64, device: &Device) -> Result<(Tensor, Tensor)> {
+    use rand::Rng;
+    let shape = (3, 32, 32);
+    let per = 3 * 32 * 32;
+    let n = batch.div_ceil(4);
+    let mut rng = crate::core::rng::stream(seed, "bench-images");
+    let pixels: Vec<u8> = (0..n * per).map(|_| rng.random()).collect();
+    let (px, y) = crate::pretext::rotation_batch(&pixels, shape);
+    let x: Vec<f32> = px[..batch * per]
+        .iter()
+        .map(|&v| (f32::from(v) / 255.0 - 0.5) / 0.25)
+        .collect();
+    let x = Tensor::from_vec(x, (batch, 3, 32, 32), device)?;
+    let y = Tensor::from_vec(y[..batch].to_vec(), batch, device)?;
+    Ok((x, y))
+}
+
+/// Times the rotation training step of `model` with `k` kernels.
+pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<BenchRow> {
+    kernels::set_default(k);
+    let cfg = BackboneConfig::from_name(model, 3)?;
+    let map = VarMap::new();
+    let vb = params::seeded_var_builder(&map, o.seed, &o.device);
+    let backbone = cfg.build(vb.pp("backbone"))?;
+    let head = candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?;
+    let vars = params::trainable_vars(&map)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let mut opt = candle_nn::AdamW::new(
+        vars,
+        candle_nn::ParamsAdamW {
+            lr: 1e-3,
+            weight_decay: 5e-4,
+            ..Default::default()
+        },
+    )?;
+    let (x, y) = rotation_inputs(o.batch, o.seed, &o.device)?;
+    let mut step = || -> Result<Tensor> {
+        let logits = head.forward(&backbone.forward_t(&x, true)?)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        opt.backward_step(&loss)?;
+        Ok(loss)
+    };
+    for _ in 0..o.warmup {
+        step()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    }
+    kernels::take_forward_flops();
+    let mut rates = Vec::with_capacity(o.reps);
+    let mut flops_per_step = 0.0;
+    for _ in 0..o.reps.max(1) {
+        let t = Instant::now();
+        let mut last = None;
+        for _ in 0..o.steps.max(1) {
+            last = Some(step()?);
+        }
+        if let Some(l) = last {
+            l.to_scalar::<f32>()?; // waits for the device
+        }
+        let s = t.elapsed().as_secs_f64();
+        rates.push((o.batch * o.steps.max(1)) as f64 / s);
+        flops_per_step = 3.0 * kernels::take_forward_flops() as f64 / o.steps.max(1) as f64;
+    }
+    let (med, spread) = median_spread(&rates);
+    let gflops = (flops_per_step > 0.0).then(|| flops_per_step * med / o.batch as f64 / 1e9);
+    Ok(BenchRow {
+        model: model.to_string(),
+        implementation: k.name().to_string(),
+        objective: "rotation".into(),
+        batch: o.batch,
+        images_per_s: med,
+        spread,
+        step_ms: 1e3 * o.batch as f64 / med,
+        gflops,
+        gpu_mem_mb: gpu_memory_used_mb(&o.device),
+    })
+}
+
+/// Every (model, kernels) row of `o`, in order; `each` sees each row as it
+/// is measured. Restores the process-wide kernels to `fast` afterwards.
+pub fn run(o: &BenchOptions, mut each: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for m in &o.models {
+        for &k in &o.kernels {
+            let r = train_step_row(o, m, k);
+            kernels::set_default(Kernels::Fast);
+            let r = r?;
+            each(&r);
+            rows.push(r);
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        assert_eq!(median_spread(&[3.0, 1.0, 2.0]), (2.0, 1.0));
+        assert_eq!(median_spread(&[4.0, 1.0, 2.0, 3.0]), (2.5, 1.5));
+    }
+
+    #[test]
+    fn a_tiny_row_is_measured_for_both_kernels() {
+        let o = BenchOptions {
+            models: vec!["convnet".into()],
+            kernels: vec![Kernels::Stock, Kernels::Fast],
+            batch: 8,
+            warmup: 1,
+            reps: 2,
+            steps: 1,
+            device: Device::Cpu,
+            seed: 0,
+        };
+        let rows = run(&o, |_| {}).unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert!(r.images_per_s > 0.0 && r.images_per_s.is_finite(), "{r:?}");
+            assert!(r.gflops.unwrap() > 0.0);
+            assert_eq!(r.gpu_mem_mb, None);
+        }
+        assert_eq!(rows[0].implementation, "stock");
+        assert_eq!(crate::kernels::default_kernels(), Kernels::Fast);
+    }
+}

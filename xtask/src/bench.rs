@@ -1,0 +1,189 @@
+//! `cargo xtask bench`: training-step throughput of our kernels, Candle's
+//! stock ops and PyTorch, side by side in one run.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use selfsup::bench::{self, BenchOptions, BenchRow};
+use selfsup::core::device::parse_device;
+use selfsup::kernels::Kernels;
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Backbones, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "convnet,resnet18,mobilenetv2"
+    )]
+    models: Vec<String>,
+    /// Our implementations to time, comma-separated (stock = Candle's ops).
+    #[arg(long, value_delimiter = ',', default_value = "stock,fast")]
+    kernels: Vec<Kernels>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per training step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Untimed warm-up steps per row.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed repetitions per row (median and spread over these).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Training steps per repetition (default: 1 on CPU, 20 on a GPU).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Skip the PyTorch rows.
+    #[arg(long)]
+    no_pytorch: bool,
+    /// Python interpreter for the PyTorch rows.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Also time PyTorch with TF32 convolutions off (GPU).
+    #[arg(long)]
+    pytorch_fp32: bool,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn torch_available(python: &str) -> bool {
+    Command::new(python)
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn pytorch_rows(a: &BenchArgs, steps: usize, threads: usize) -> Result<Vec<BenchRow>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_bench.py");
+    let dev = match a.device.as_str() {
+        "auto" if parse_device("auto")?.is_cuda() => "cuda".to_string(),
+        "auto" => "cpu".to_string(),
+        d => d.to_string(),
+    };
+    let mut cmd = Command::new(&a.python);
+    cmd.arg(&script)
+        .args(["--device", &dev])
+        .args(["--threads", &threads.to_string()])
+        .args(["--models", &a.models.join(",")])
+        .args(["--batch", &a.batch.to_string()])
+        .args(["--warmup", &a.warmup.to_string()])
+        .args(["--reps", &a.reps.to_string()])
+        .args(["--steps", &steps.to_string()]);
+    if a.pytorch_fp32 {
+        cmd.arg("--fp32");
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", script.display(), out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("{} printed no JSON: {text}", script.display()))?;
+    Ok(serde_json::from_value(v["rows"].clone())?)
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let steps = a.steps.unwrap_or(if device.is_cpu() { 1 } else { 20 });
+    let threads = candle_core::utils::get_num_threads();
+    let dev_name = if device.is_cuda() { "cuda" } else { "cpu" };
+    eprintln!(
+        "bench: rotation training step, 3x32x32, batch {}, {} warm-up + {} x {} timed steps per row, {dev_name}, {threads} threads",
+        a.batch, a.warmup, a.reps, steps
+    );
+    let mut rows = Vec::new();
+    let mut pytorch_note = None;
+    if !a.no_pytorch {
+        if torch_available(&a.python) {
+            // First, so that its GPU memory is released before ours is measured.
+            rows.extend(pytorch_rows(&a, steps, threads)?);
+        } else {
+            let note = format!(
+                "PyTorch rows skipped: `{} -c 'import torch'` failed. Install it with \
+                 `pip install torch --index-url https://download.pytorch.org/whl/cpu` \
+                 (CPU) or `pip install torch` (CUDA), or pass --python.",
+                a.python
+            );
+            eprintln!("{note}");
+            pytorch_note = Some(note);
+        }
+    }
+    let peak = bench::matmul_peak(&device)?;
+    eprintln!("measured f32 matmul peak: {peak:.0} GFLOP/s");
+    let opts = BenchOptions {
+        models: a.models.clone(),
+        kernels: a.kernels.clone(),
+        batch: a.batch,
+        warmup: a.warmup,
+        reps: a.reps,
+        steps,
+        device: device.clone(),
+        seed: 0,
+    };
+    rows.extend(bench::run(&opts, |r| {
+        eprintln!(
+            "{} {}: {:.1} img/s",
+            r.implementation, r.model, r.images_per_s
+        )
+    })?);
+    println!(
+        "| model | impl | batch | images/s | ± | step ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let torch = rows
+            .iter()
+            .find(|t| t.model == r.model && t.implementation == "pytorch")
+            .map(|t| t.images_per_s);
+        let flops = r.gflops.or_else(|| {
+            // PyTorch rows: the same network does the same FLOPs per image.
+            rows.iter()
+                .find(|o| o.model == r.model && o.gflops.is_some())
+                .and_then(|o| o.gflops.map(|g| g / o.images_per_s * r.images_per_s))
+        });
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            r.model,
+            r.implementation,
+            r.batch,
+            r.images_per_s,
+            r.spread,
+            r.step_ms,
+            fmt_opt(flops, 1),
+            fmt_opt(flops.map(|f| 100.0 * f / peak), 1),
+            fmt_opt(r.gpu_mem_mb, 0),
+            fmt_opt(torch.map(|t| r.images_per_s / t), 2),
+        );
+    }
+    if let Some(path) = &a.out {
+        let json = serde_json::json!({
+            "threads": threads,
+            "device": dev_name,
+            "batch": a.batch,
+            "steps_per_rep": steps,
+            "reps": a.reps,
+            "matmul_peak_gflops": peak,
+            "pytorch": pytorch_note.unwrap_or_else(|| {
+                if a.no_pytorch { "skipped (--no-pytorch)" } else { "measured" }.into()
+            }),
+            "rows": rows,
+        });
+        selfsup::core::fsutil::write_json_atomic(path, &json)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
