@@ -159,10 +159,31 @@ def row(name, args, device, impl):
         if device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(args.batch * args.steps / (time.perf_counter() - t))
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    phases = [[], [], []]
+    for _ in range(args.reps):
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(head(backbone(x)), y)
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        opt.step()
+        sync()
+        t3 = time.perf_counter()
+        for p, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+            p.append(1e3 * v)
     med = statistics.median(rates)
     return {"model": name, "impl": impl, "objective": "rotation", "batch": args.batch,
             "images_per_s": med, "spread": (max(rates) - min(rates)) / 2, "step_ms": 1e3 * args.batch / med,
-            "gflops": None, "gpu_mem_mb": gpu_mem_mb(device)}
+            "gflops": None, "gpu_mem_mb": gpu_mem_mb(device),
+            "phases_ms": {k: statistics.median(v) for k, v in zip(("forward", "backward", "optimizer"), phases)}}
 
 
 def main():

@@ -63,6 +63,23 @@ pub struct BenchRow {
     pub gflops: Option<f64>,
     /// Device memory in use at the end of the row (MiB), GPUs only.
     pub gpu_mem_mb: Option<f64>,
+    /// Where a step's time goes: median milliseconds of the forward pass
+    /// (to the loss), the backward pass and the optimizer update, each timed
+    /// to completion on its own (so they add up to a little more than
+    /// `step_ms`).
+    #[serde(default)]
+    pub phases_ms: Option<Phases>,
+}
+
+/// Median time of each phase of a training step, milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Phases {
+    /// Backbone + head + loss.
+    pub forward: f64,
+    /// `loss.backward()`.
+    pub backward: f64,
+    /// AdamW update of every parameter.
+    pub optimizer: f64,
 }
 
 /// Median and half-range of a sample.
@@ -155,14 +172,14 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         },
     )?;
     let (x, y) = rotation_inputs(o.batch, o.seed, &o.device)?;
-    let mut step = || -> Result<Tensor> {
+    let step = |opt: &mut candle_nn::AdamW| -> Result<Tensor> {
         let logits = head.forward(&backbone.forward_t(&x, true)?)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         opt.backward_step(&loss)?;
         Ok(loss)
     };
     for _ in 0..o.warmup {
-        step()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        step(&mut opt)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     }
     kernels::take_forward_flops();
     let mut rates = Vec::with_capacity(o.reps);
@@ -171,7 +188,7 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         let t = Instant::now();
         let mut last = None;
         for _ in 0..o.steps.max(1) {
-            last = Some(step()?);
+            last = Some(step(&mut opt)?);
         }
         if let Some(l) = last {
             l.to_scalar::<f32>()?; // waits for the device
@@ -180,6 +197,30 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         rates.push((o.batch * o.steps.max(1)) as f64 / s);
         flops_per_step = 3.0 * kernels::take_forward_flops() as f64 / o.steps.max(1) as f64;
     }
+    // Phases, each waited for before the next starts.
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..o.reps.max(1) {
+        let t = Instant::now();
+        let logits = head.forward(&backbone.forward_t(&x, true)?)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        o.device.synchronize()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        o.device.synchronize()?;
+        let t2 = Instant::now();
+        opt.step(&grads)?;
+        o.device.synchronize()?;
+        let t3 = Instant::now();
+        times[0].push(1e3 * (t1 - t).as_secs_f64());
+        times[1].push(1e3 * (t2 - t1).as_secs_f64());
+        times[2].push(1e3 * (t3 - t2).as_secs_f64());
+    }
+    kernels::take_forward_flops();
+    let phases = Phases {
+        forward: median_spread(&times[0]).0,
+        backward: median_spread(&times[1]).0,
+        optimizer: median_spread(&times[2]).0,
+    };
     let (med, spread) = median_spread(&rates);
     let gflops = (flops_per_step > 0.0).then(|| flops_per_step * med / o.batch as f64 / 1e9);
     Ok(BenchRow {
@@ -192,6 +233,7 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         step_ms: 1e3 * o.batch as f64 / med,
         gflops,
         gpu_mem_mb: gpu_memory_used_mb(&o.device),
+        phases_ms: Some(phases),
     })
 }
 
@@ -239,6 +281,11 @@ mod tests {
             assert!(r.images_per_s > 0.0 && r.images_per_s.is_finite(), "{r:?}");
             assert!(r.gflops.unwrap() > 0.0);
             assert_eq!(r.gpu_mem_mb, None);
+            let p = r.phases_ms.unwrap();
+            assert!(
+                p.forward > 0.0 && p.backward > 0.0 && p.optimizer > 0.0,
+                "{p:?}"
+            );
         }
         assert_eq!(rows[0].implementation, "stock");
         assert_eq!(crate::kernels::default_kernels(), Kernels::Fast);

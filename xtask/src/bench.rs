@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Also time PyTorch with TF32 convolutions off (GPU).
     #[arg(long)]
     pytorch_fp32: bool,
+    /// On a GPU, also time our rows with TF32 matmuls (reduced-precision f32
+    /// GEMMs, as PyTorch uses for convolutions by default); rows `<impl>-tf32`.
+    #[arg(long)]
+    tf32: bool,
     /// Write the results as JSON to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -133,16 +137,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
         device: device.clone(),
         seed: 0,
     };
-    rows.extend(bench::run(&opts, |r| {
+    let report = |r: &BenchRow| {
         eprintln!(
             "{} {}: {:.1} img/s",
             r.implementation, r.model, r.images_per_s
         )
-    })?);
+    };
+    rows.extend(bench::run(&opts, report)?);
+    if a.tf32 && device.is_cuda() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        let tf32 = bench::run(&opts, report);
+        candle_core::cuda::set_gemm_reduced_precision_f32(false);
+        rows.extend(tf32?.into_iter().map(|mut r| {
+            r.implementation.push_str("-tf32");
+            r
+        }));
+    }
     println!(
-        "| model | impl | batch | images/s | ± | step ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
+        "| model | impl | batch | images/s | ± | step ms | fwd / bwd / opt ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let torch = rows
             .iter()
@@ -154,14 +168,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .find(|o| o.model == r.model && o.gflops.is_some())
                 .and_then(|o| o.gflops.map(|g| g / o.images_per_s * r.images_per_s))
         });
+        let phases = r
+            .phases_ms
+            .map(|p| format!("{:.1} / {:.1} / {:.1}", p.forward, p.backward, p.optimizer))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
             r.model,
             r.implementation,
             r.batch,
             r.images_per_s,
             r.spread,
             r.step_ms,
+            phases,
             fmt_opt(flops, 1),
             fmt_opt(flops.map(|f| 100.0 * f / peak), 1),
             fmt_opt(r.gpu_mem_mb, 0),

@@ -94,3 +94,38 @@ fn help_documents_the_pipeline_flags() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn bench_writes_the_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench.json");
+    let (ok, err) = xtask(&[
+        "bench",
+        "--models",
+        "convnet",
+        "--batch",
+        "8",
+        "--warmup",
+        "0",
+        "--reps",
+        "2",
+        "--no-pytorch",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(v["threads"].as_u64().unwrap() >= 1);
+    let rows = v["rows"].as_array().unwrap();
+    let impls: Vec<&str> = rows.iter().map(|r| r["impl"].as_str().unwrap()).collect();
+    assert_eq!(impls, ["stock", "fast"]);
+    for r in rows {
+        assert_eq!(r["model"], "convnet");
+        assert_eq!(r["batch"], 8);
+        assert!(r["images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["spread"].as_f64().unwrap() >= 0.0);
+    }
+    let (ok, err) = xtask(&["bench", "--kernels", "turbo", "--no-pytorch"]);
+    assert!(!ok && err.contains("turbo"), "{err}");
+}

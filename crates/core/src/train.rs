@@ -350,6 +350,37 @@ pub fn fit(
     map: &candle_nn::VarMap,
     quiet: bool,
     mut step: impl FnMut(&[usize], u64) -> Result<(Tensor, usize)>,
+    validate: Option<&mut dyn FnMut() -> Result<f64>>,
+) -> Result<FitReport> {
+    fit_prefetched(
+        cfg,
+        stage,
+        n_items,
+        vars,
+        map,
+        quiet,
+        |items, _| Ok(items.to_vec()),
+        |items: Vec<usize>, s| step(&items, s),
+        validate,
+    )
+}
+
+/// [`fit`] with the batch preparation split off: `prepare` (item indices,
+/// step) builds a batch on a background thread — gathering, augmenting,
+/// anything CPU-side — up to two batches ahead, while `step` (batch, step)
+/// trains on the previous one. On a GPU this keeps the device fed; the
+/// batches and their order are the same as without prefetching, so results
+/// do not change.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_prefetched<B: Send>(
+    cfg: &FitConfig,
+    stage: &str,
+    n_items: usize,
+    vars: Vec<Var>,
+    map: &candle_nn::VarMap,
+    quiet: bool,
+    prepare: impl Fn(&[usize], u64) -> Result<B> + Sync,
+    mut step: impl FnMut(B, u64) -> Result<(Tensor, usize)>,
     mut validate: Option<&mut dyn FnMut() -> Result<f64>>,
 ) -> Result<FitReport> {
     use rand::seq::SliceRandom;
@@ -383,13 +414,30 @@ pub fn fit(
             "shuffle",
             epoch as u64,
         ));
-        let mut sum = 0.0;
-        for chunk in order.chunks(cfg.batch_size) {
-            let (loss, images) = step(chunk, trainer.steps() as u64)?;
-            let v = trainer.step(&loss)?;
-            sum += f64::from(v);
-            progress.step(images, v);
-        }
+        let base = trainer.steps() as u64;
+        let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+        let sum = std::thread::scope(|scope| -> Result<f64> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<B>>(2);
+            let (prepare, chunks) = (&prepare, &chunks);
+            scope.spawn(move || {
+                for (k, c) in chunks.iter().enumerate() {
+                    if tx.send(prepare(c, base + k as u64)).is_err() {
+                        break; // the trainer stopped (an error): stop preparing
+                    }
+                }
+            });
+            let mut sum = 0.0;
+            for k in 0..chunks.len() {
+                let batch = rx
+                    .recv()
+                    .map_err(|_| Error::invalid(stage, "batch preparation stopped"))??;
+                let (loss, images) = step(batch, base + k as u64)?;
+                let v = trainer.step(&loss)?;
+                sum += f64::from(v);
+                progress.step(images, v);
+            }
+            Ok(sum)
+        })?;
         report.train_loss.push(sum / steps_per_epoch as f64);
         report.epochs_run = epoch + 1;
         if let Some(val) = validate.as_deref_mut() {
@@ -498,5 +546,65 @@ mod fit_tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!((f64::from(d) - rep.val_loss[4]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn prefetched_batches_arrive_in_order_and_errors_stop_the_loop() {
+        let map = candle_nn::VarMap::new();
+        let vb = crate::params::seeded_var_builder(&map, 0, &Device::Cpu);
+        let w = vb.get(2, "w").unwrap();
+        let cfg = FitConfig {
+            epochs: 2,
+            batch_size: 3,
+            lr: 0.01,
+            weight_decay: 0.0,
+            warmup_fraction: 0.0,
+            patience: None,
+            seed: 1,
+        };
+        let mut seen = Vec::new();
+        fit_prefetched(
+            &cfg,
+            "test",
+            7,
+            map.all_vars(),
+            &map,
+            true,
+            |items, step| Ok((items.to_vec(), step)),
+            |(items, prepared_at): (Vec<usize>, u64), step| {
+                assert_eq!(prepared_at, step, "prepared for another step");
+                seen.push(items);
+                Ok((w.sqr()?.sum_all()?, 1))
+            },
+            None,
+        )
+        .unwrap();
+        // 2 epochs of ceil(7 / 3) batches, each epoch a permutation of 0..7.
+        assert_eq!(seen.len(), 6);
+        for epoch in seen.chunks(3) {
+            let mut all: Vec<usize> = epoch.concat();
+            all.sort();
+            assert_eq!(all, (0..7).collect::<Vec<_>>());
+        }
+        let e = fit_prefetched(
+            &cfg,
+            "prep",
+            7,
+            map.all_vars(),
+            &map,
+            true,
+            |_, step| {
+                if step == 1 {
+                    Err(Error::invalid("augment", "broken image"))
+                } else {
+                    Ok(())
+                }
+            },
+            |_: (), _| Ok((w.sqr()?.sum_all()?, 1)),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("broken image"), "{e}");
     }
 }

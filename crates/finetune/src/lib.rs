@@ -18,7 +18,7 @@ use candle_nn::{Linear, VarMap};
 use selfsup_augment::{apply_batch, CropFlip};
 use selfsup_backbones::checkpoint::{self, BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
-use selfsup_core::train::{fit, FitConfig, FitReport};
+use selfsup_core::train::{fit, fit_prefetched, FitConfig, FitReport};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use serde::{Deserialize, Serialize};
@@ -152,7 +152,7 @@ pub fn train_classifier(
         .into_iter()
         .map(|(_, v)| v)
         .collect();
-    let report = fit(
+    let report = fit_prefetched(
         &cfg.fit,
         stage,
         labeled.len(),
@@ -162,11 +162,15 @@ pub fn train_classifier(
         |items, step| {
             let idx: Vec<usize> = items.iter().map(|&i| labeled[i]).collect();
             let px = apply_batch(&cfg.augment, &train.pixels_of(&idx), shape, seed, step);
-            let x = batch::to_tensor(&px, shape, norm, device)?;
             let y: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
-            let y = Tensor::from_vec(y, items.len(), device)?;
+            Ok((px, y))
+        },
+        |(px, y): (Vec<u8>, Vec<u32>), _| {
+            let n = y.len();
+            let x = batch::to_tensor(&px, shape, norm, device)?;
+            let y = Tensor::from_vec(y, n, device)?;
             let logits = head.forward(&backbone.forward_t(&x, true)?)?;
-            Ok((candle_nn::loss::cross_entropy(&logits, &y)?, items.len()))
+            Ok((candle_nn::loss::cross_entropy(&logits, &y)?, n))
         },
         None,
     )?;

@@ -14,11 +14,11 @@
 //! pass and replaces the backward pass: the input gradient is a stride-1
 //! convolution of the zero-dilated output gradient with the flipped,
 //! transposed kernel (again im2col + GEMM, cuBLAS on CUDA), computed for each
-//! spatial dimension's own output padding. Depthwise convolutions are a sum of
-//! k x k shifted, per-channel-scaled copies of the input, whose gradients
-//! Candle derives from the elementwise ops. Both paths work on every device
-//! Candle supports, so CPU and CUDA share them. [`Kernels::Stock`] calls
-//! Candle's ops unchanged, for comparison (`--kernels stock`).
+//! spatial dimension's own output padding. Depthwise convolutions (f32) are
+//! direct kernels with their own gradients: multithreaded loops on the CPU,
+//! CUDA kernels (compiled at first use with NVRTC) on the GPU, one launch per
+//! layer. [`Kernels::Stock`] calls Candle's ops unchanged, for comparison
+//! (`--kernels stock`).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -30,8 +30,10 @@
 //! ```
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+mod depthwise;
 
 /// Which implementation of the convolution ops to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,8 +162,25 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
                 },
             )
         }
-        Kernels::Fast if p.groups == cin && cin_g == 1 && cout == cin => {
-            depthwise(x, w, p.stride, p.padding, ho, wo)
+        Kernels::Fast
+            if p.groups == cin
+                && cin_g == 1
+                && cout == cin
+                && kh == kw
+                && x.dtype() == DType::F32
+                && w.dtype() == DType::F32 =>
+        {
+            let geo = depthwise::Geometry {
+                h,
+                w: wd,
+                ho,
+                wo,
+                k: kh,
+                s: p.stride,
+                p: p.padding,
+            };
+            x.contiguous()?
+                .apply_op2(&w.contiguous()?, depthwise::Forward(geo))
         }
         Kernels::Fast => x.conv2d(w, p.padding, p.stride, 1, p.groups),
     }
@@ -170,61 +189,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
 /// [`conv2d`] with the process-wide implementation ([`default_kernels`]).
 pub fn conv2d_default(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     conv2d(x, w, p, default_kernels())
-}
-
-/// Depthwise convolution as a sum of k x k shifted copies of the padded
-/// input, each scaled per channel. Stride > 1 subsamples the stride-1 result.
-fn depthwise(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    padding: usize,
-    ho: usize,
-    wo: usize,
-) -> Result<Tensor> {
-    let (b, c, h, wd) = x.dims4()?;
-    let (_, _, kh, kw) = w.dims4()?;
-    let xp = if padding > 0 {
-        x.pad_with_zeros(2, padding, padding)?
-            .pad_with_zeros(3, padding, padding)?
-    } else {
-        x.clone()
-    };
-    let (h1, w1) = (h + 2 * padding + 1 - kh, wd + 2 * padding + 1 - kw);
-    let mut acc: Option<Tensor> = None;
-    for i in 0..kh {
-        for j in 0..kw {
-            let tap = w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, c, 1, 1))?;
-            let term = xp.narrow(2, i, h1)?.narrow(3, j, w1)?.broadcast_mul(&tap)?;
-            acc = Some(match acc {
-                None => term,
-                Some(a) => (a + term)?,
-            });
-        }
-    }
-    let y = acc.expect("kernel has at least one tap");
-    if stride == 1 {
-        return Ok(y);
-    }
-    let y = subsample(&y, 2, stride, ho)?;
-    let y = subsample(&y, 3, stride, wo)?;
-    debug_assert_eq!(y.dims(), &[b, c, ho, wo]);
-    Ok(y)
-}
-
-/// Keeps positions 0, s, 2s, ... (`n` of them) of dimension `dim` (2 or 3).
-fn subsample(y: &Tensor, dim: usize, s: usize, n: usize) -> Result<Tensor> {
-    let len = y.dim(dim)?;
-    let y = if len < n * s {
-        y.pad_with_zeros(dim, 0, n * s - len)?
-    } else {
-        y.narrow(dim, 0, n * s)?
-    };
-    let mut dims = y.dims().to_vec();
-    dims[dim] = n;
-    dims.insert(dim + 1, s);
-    let y = y.contiguous()?.reshape(dims)?.narrow(dim + 1, 0, 1)?;
-    y.squeeze(dim + 1)
 }
 
 /// Zero-dilates `g` by `s` along dimension `dim` (2 or 3), keeping `keep`

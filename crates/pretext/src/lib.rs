@@ -21,7 +21,7 @@ use candle_nn::{Linear, VarBuilder, VarMap};
 use selfsup_augment::{apply_batch, rotate90, CropFlip, Image};
 use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
-use selfsup_core::train::{fit, FitConfig, FitReport};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitReport};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{batch, split, Dataset};
 use serde::{Deserialize, Serialize};
@@ -223,7 +223,7 @@ pub fn pretrain(
         )
     };
     let mut validate = || -> Result<f64> { Ok(held_out()?.0) };
-    let report = fit(
+    let report = fit_prefetched(
         &cfg.fit,
         &format!("pretrain/{}", cfg.method),
         train_idx.len(),
@@ -235,7 +235,15 @@ pub fn pretrain(
         quiet,
         |batch_items, step| {
             let idx: Vec<usize> = batch_items.iter().map(|&i| train_idx[i]).collect();
-            let px = apply_batch(&cfg.augment, &ds.pixels_of(&idx), shape, seed, step);
+            Ok(apply_batch(
+                &cfg.augment,
+                &ds.pixels_of(&idx),
+                shape,
+                seed,
+                step,
+            ))
+        },
+        |px: Vec<u8>, _| {
             let (loss, _, images) = objective.loss(backbone.as_ref(), &px, shape, norm, true)?;
             Ok((loss, images))
         },
