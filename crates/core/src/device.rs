@@ -20,7 +20,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 return Err(Error::invalid(
                     "--device",
-                    "cuda requested but this binary was built without the `cuda` feature",
+                    "cuda requested but this binary was built without the `cuda` feature; \
+                     use `cargo xtask-cuda ...` (or build with `--features cuda`, see docs/cuda.md)",
                 ));
             }
             Ok(Device::new_cuda(ordinal)?)
