@@ -12,7 +12,7 @@
 //! measured f32 matmul rate to compare it with.
 
 use crate::backbones::BackboneConfig;
-use crate::core::{params, Result};
+use crate::core::{params, Normalization, Result};
 use crate::kernels::{self, Kernels};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, Optimizer, VarMap};
@@ -138,15 +138,14 @@ fn rotation_inputs(batch: usize, seed: u64, device: &Device) -> Result<(Tensor, 
     use rand::Rng;
     let shape = (3, 32, 32);
     let per = 3 * 32 * 32;
-    let n = batch.div_ceil(4);
     let mut rng = crate::core::rng::stream(seed, "bench-images");
-    let pixels: Vec<u8> = (0..n * per).map(|_| rng.random()).collect();
+    let pixels: Vec<u8> = (0..batch.div_ceil(4) * per).map(|_| rng.random()).collect();
     let (px, y) = crate::pretext::rotation_batch(&pixels, shape);
-    let x: Vec<f32> = px[..batch * per]
-        .iter()
-        .map(|&v| (f32::from(v) / 255.0 - 0.5) / 0.25)
-        .collect();
-    let x = Tensor::from_vec(x, (batch, 3, 32, 32), device)?;
+    let norm = Normalization {
+        mean: vec![0.5; 3],
+        std: vec![0.25; 3],
+    };
+    let x = crate::data::batch::to_tensor(&px[..batch * per], shape, &norm, device)?;
     let y = Tensor::from_vec(y[..batch].to_vec(), batch, device)?;
     Ok((x, y))
 }
@@ -172,9 +171,12 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         },
     )?;
     let (x, y) = rotation_inputs(o.batch, o.seed, &o.device)?;
-    let step = |opt: &mut candle_nn::AdamW| -> Result<Tensor> {
+    let forward = || -> Result<Tensor> {
         let logits = head.forward(&backbone.forward_t(&x, true)?)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
+    };
+    let step = |opt: &mut candle_nn::AdamW| -> Result<Tensor> {
+        let loss = forward()?;
         opt.backward_step(&loss)?;
         Ok(loss)
     };
@@ -182,27 +184,25 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         step(&mut opt)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     }
     kernels::take_forward_flops();
-    let mut rates = Vec::with_capacity(o.reps);
-    let mut flops_per_step = 0.0;
-    for _ in 0..o.reps.max(1) {
+    let (reps, steps) = (o.reps.max(1), o.steps.max(1));
+    let mut rates = Vec::with_capacity(reps);
+    for _ in 0..reps {
         let t = Instant::now();
         let mut last = None;
-        for _ in 0..o.steps.max(1) {
+        for _ in 0..steps {
             last = Some(step(&mut opt)?);
         }
         if let Some(l) = last {
             l.to_scalar::<f32>()?; // waits for the device
         }
-        let s = t.elapsed().as_secs_f64();
-        rates.push((o.batch * o.steps.max(1)) as f64 / s);
-        flops_per_step = 3.0 * kernels::take_forward_flops() as f64 / o.steps.max(1) as f64;
+        rates.push((o.batch * steps) as f64 / t.elapsed().as_secs_f64());
     }
+    let flops_per_step = 3.0 * kernels::take_forward_flops() as f64 / (reps * steps) as f64;
     // Phases, each waited for before the next starts.
     let mut times = [Vec::new(), Vec::new(), Vec::new()];
-    for _ in 0..o.reps.max(1) {
+    for _ in 0..reps {
         let t = Instant::now();
-        let logits = head.forward(&backbone.forward_t(&x, true)?)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let loss = forward()?;
         o.device.synchronize()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
@@ -215,7 +215,6 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         times[1].push(1e3 * (t2 - t1).as_secs_f64());
         times[2].push(1e3 * (t3 - t2).as_secs_f64());
     }
-    kernels::take_forward_flops();
     let phases = Phases {
         forward: median_spread(&times[0]).0,
         backward: median_spread(&times[1]).0,

@@ -62,16 +62,17 @@ fn torch_available(python: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn pytorch_rows(a: &BenchArgs, steps: usize, threads: usize) -> Result<Vec<BenchRow>> {
+/// The PyTorch rows, on `device` (a torch device string: `cpu`, `cuda:N`).
+fn pytorch_rows(
+    a: &BenchArgs,
+    device: &str,
+    steps: usize,
+    threads: usize,
+) -> Result<Vec<BenchRow>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_bench.py");
-    let dev = match a.device.as_str() {
-        "auto" if parse_device("auto")?.is_cuda() => "cuda".to_string(),
-        "auto" => "cpu".to_string(),
-        d => d.to_string(),
-    };
     let mut cmd = Command::new(&a.python);
     cmd.arg(&script)
-        .args(["--device", &dev])
+        .args(["--device", device])
         .args(["--threads", &threads.to_string()])
         .args(["--models", &a.models.join(",")])
         .args(["--batch", &a.batch.to_string()])
@@ -113,7 +114,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.no_pytorch {
         if torch_available(&a.python) {
             // First, so that its GPU memory is released before ours is measured.
-            rows.extend(pytorch_rows(&a, steps, threads)?);
+            // `auto` resolves to what our rows run on; `cuda:N` passes through.
+            let torch_device = if a.device == "auto" {
+                dev_name
+            } else {
+                a.device.as_str()
+            };
+            rows.extend(pytorch_rows(&a, torch_device, steps, threads)?);
         } else {
             let note = format!(
                 "PyTorch rows skipped: `{} -c 'import torch'` failed. Install it with \

@@ -376,22 +376,17 @@ fn run_evaluate(a: EvaluateArgs) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    let quiet = match &cli.command {
-        Command::Pipeline(a) => a.common.quiet,
-        Command::Pretrain(a) => a.common.quiet,
-        Command::Transfer(a) => a.common.quiet,
-        Command::Evaluate(a) => a.common.quiet,
-        Command::Bench(_) => false,
+    let common = match &cli.command {
+        Command::Pipeline(a) => Some(&a.common),
+        Command::Pretrain(a) => Some(&a.common),
+        Command::Transfer(a) => Some(&a.common),
+        Command::Evaluate(a) => Some(&a.common),
+        Command::Bench(_) => None, // times each kernel choice itself
     };
-    init_logging(quiet);
-    let kernels = match &cli.command {
-        Command::Pipeline(a) => a.common.kernels,
-        Command::Pretrain(a) => a.common.kernels,
-        Command::Transfer(a) => a.common.kernels,
-        Command::Evaluate(a) => a.common.kernels,
-        Command::Bench(_) => selfsup::kernels::Kernels::Fast,
-    };
-    selfsup::kernels::set_default(kernels);
+    init_logging(common.is_some_and(|c| c.quiet));
+    if let Some(c) = common {
+        selfsup::kernels::set_default(c.kernels);
+    }
     let res = match cli.command {
         Command::Pipeline(a) => run_pipeline(a),
         Command::Pretrain(a) => run_pretrain(a),

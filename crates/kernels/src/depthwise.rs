@@ -212,7 +212,7 @@ extern "C" __global__ void dw_bwd_weight(const float* x, const float* g, float* 
         .map_err(|e| candle_core::Error::Msg(format!("depthwise kernels failed to compile: {e}")))
     }
 
-    /// Which kernel and the operands' element counts.
+    /// Which of the three kernels to launch.
     pub(crate) enum Kind {
         Forward,
         InputGrad,
