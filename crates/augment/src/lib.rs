@@ -1,7 +1,11 @@
 //! selfsup-augment transforms `u8` images in (C, H, W) layout: exact
 //! 90-degree rotations (the rotation pretext's labels), horizontal flips and
-//! padded random crops, composed into a [`Transform`] that maps one image
-//! and a seeded RNG to one image.
+//! padded random crops, and the strong view-making transforms of contrastive
+//! learning in [`ops`] (random resized crop, colour jitter, grayscale, blur,
+//! solarize, zoom, contrast). Every transform maps one image and a seeded
+//! RNG to one image; a [`Pipeline`] chains them (serialisable, with SimCLR
+//! presets at CIFAR and MNIST scale), and [`apply_batch`] / [`apply_views`]
+//! run one over a batch on all cores.
 //!
 //! Design choice: every sample of every step draws from its own RNG stream
 //! (`seed`, step, sample index), so a batch is augmented in parallel on all
@@ -13,6 +17,11 @@
 //! assert_eq!(rotate90(&img, 1).data, vec![2, 4, 1, 3]);
 //! assert_eq!(rotate90(&rotate90(&img, 1), 3), img);
 //! ```
+
+pub mod ops;
+mod pipeline;
+
+pub use pipeline::{Op, Pipeline};
 
 use rand::Rng as _;
 use rayon::prelude::*;
@@ -161,6 +170,33 @@ pub fn apply_batch<T: Transform + ?Sized>(
         .map(|(i, px)| {
             let mut r = rng::stream_at(seed, "augment", (step << 24) ^ i as u64);
             t.apply(&Image::new(c, h, w, px.to_vec()), &mut r).data
+        })
+        .collect();
+    out.concat()
+}
+
+/// `views` independently augmented copies of `n` contiguous images,
+/// view-major: view `v` of image `i` is image `v * n + i` of the result.
+/// Sample (`step`, `v`, `i`) draws from its own stream, so the result does
+/// not depend on the number of threads.
+pub fn apply_views<T: Transform + ?Sized>(
+    t: &T,
+    pixels: &[u8],
+    shape: (usize, usize, usize),
+    seed: u64,
+    step: u64,
+    views: usize,
+) -> Vec<u8> {
+    let (c, h, w) = shape;
+    let per = c * h * w;
+    let n = pixels.len() / per;
+    let out: Vec<Vec<u8>> = (0..views * n)
+        .into_par_iter()
+        .map(|j| {
+            let (v, i) = (j / n, j % n);
+            let mut r = rng::stream_at(seed, &format!("view{v}"), (step << 24) ^ i as u64);
+            let img = Image::new(c, h, w, pixels[i * per..(i + 1) * per].to_vec());
+            t.apply(&img, &mut r).data
         })
         .collect();
     out.concat()
