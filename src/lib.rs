@@ -15,10 +15,12 @@
 //! | [`kernels`] | convolution with fast gradients, depthwise conv |
 //! | [`backbones`] | ConvNet, ResNet-18 (CIFAR stem), MobileNetV2 |
 //! | [`pretext`] | rotation prediction and the pretraining loop |
+//! | [`contrastive`] | SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, MoCo v2 |
 //! | [`finetune`] | scratch, fine-tune, linear probe, kNN |
 
 pub use selfsup_augment as augment;
 pub use selfsup_backbones as backbones;
+pub use selfsup_contrastive as contrastive;
 pub use selfsup_core as core;
 pub use selfsup_data as data;
 pub use selfsup_finetune as finetune;
@@ -26,4 +28,5 @@ pub use selfsup_kernels as kernels;
 pub use selfsup_pretext as pretext;
 
 pub mod bench;
+pub mod methods;
 pub mod pipeline;

@@ -16,14 +16,16 @@
 //! kNN's k is chosen by leave-one-out on the K labeled images, and the test
 //! set is touched only to compute the reported accuracies.
 
-use crate::augment::CropFlip;
+use crate::augment::{CropFlip, Pipeline};
 use crate::backbones::checkpoint::{self as ckpt, StageConfig};
 use crate::backbones::BackboneConfig;
+use crate::contrastive::SiameseConfig;
 use crate::core::report::{Report, ResultRow, StageTime};
 use crate::core::train::FitConfig;
 use crate::core::{fsutil, metrics, rng, Error, Normalization, Result};
 use crate::data::{batch, split, Dataset, DatasetPair};
 use crate::finetune::{self, TransferConfig};
+use crate::methods;
 use crate::pretext::{self, PretrainConfig};
 use candle_core::Device;
 use rand::seq::SliceRandom;
@@ -35,6 +37,7 @@ use std::time::Instant;
 /// Every tunable number of a run. The defaults are the recipe of
 /// `cargo xtask pipeline` (sized for about 10 minutes on 2 CPU cores).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Recipe {
     /// Convnet stage widths (ignored by other backbones).
     pub convnet_widths: Vec<usize>,
@@ -43,7 +46,6 @@ pub struct Recipe {
     /// ResNet-18 base width (64 is the standard network).
     pub resnet_width: usize,
     /// MobileNetV2 width multiplier (1.0 is the standard network).
-    #[serde(default = "one_f64")]
     pub mobilenet_width: f64,
     /// Maximum pretraining epochs (early stopping may end sooner).
     pub pretrain_epochs: usize,
@@ -87,6 +89,51 @@ pub struct Recipe {
     /// pool excludes every seed's labeled images and the seeds vary the
     /// split, the transfer initialisation and training.
     pub pretrain_per_seed: bool,
+    /// Maximum pretraining epochs of the two-view methods (simclr, byol,
+    /// ...), which learn more slowly per epoch than rotation.
+    pub contrastive_epochs: usize,
+    /// Source images per two-view step (each is seen twice).
+    pub contrastive_batch: usize,
+    /// Peak learning rate of the two-view methods.
+    pub contrastive_lr: f64,
+    /// Early-stopping patience of the two-view methods (their held-out loss
+    /// is measured on fixed views).
+    pub contrastive_patience: usize,
+    /// Projector, temperatures, momentum, queue, loss weights.
+    pub siamese: SiameseConfig,
+    /// View augmentation of the two-view methods: `auto` (the SimCLR preset
+    /// for the image size: `simclr-mnist` for gray images up to 28 pixels,
+    /// else `simclr-cifar`), a preset name, or the pipeline itself.
+    pub view_augment: ViewAugment,
+    /// After every pretraining epoch, report the leave-one-out kNN accuracy
+    /// of the encoder's features on the seed's K labeled images.
+    pub knn_monitor: bool,
+}
+
+/// How the two-view methods make their views.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ViewAugment {
+    /// `auto` or a preset name (`simclr-mnist`, `simclr-cifar`, `none`).
+    Preset(String),
+    /// An explicit pipeline.
+    Custom(Pipeline),
+}
+
+impl ViewAugment {
+    /// The pipeline for images of `channels` x `size` x `size`.
+    pub fn resolve(&self, channels: usize, size: usize) -> Result<Pipeline> {
+        match self {
+            ViewAugment::Custom(p) => Ok(p.clone()),
+            ViewAugment::Preset(name) if name == "auto" => Ok(Pipeline::simclr_for(channels, size)),
+            ViewAugment::Preset(name) => Pipeline::preset(name).ok_or_else(|| {
+                Error::invalid(
+                    "view_augment",
+                    format!("unknown preset {name:?}; available: auto, simclr-mnist, simclr-cifar, none"),
+                )
+            }),
+        }
+    }
 }
 
 impl Default for Recipe {
@@ -115,12 +162,15 @@ impl Default for Recipe {
             flip: true,
             eval_batch: 128,
             pretrain_per_seed: false,
+            contrastive_epochs: 20,
+            contrastive_batch: 256,
+            contrastive_lr: 2e-3,
+            contrastive_patience: 5,
+            siamese: SiameseConfig::default(),
+            view_augment: ViewAugment::Preset("auto".into()),
+            knn_monitor: true,
         }
     }
-}
-
-fn one_f64() -> f64 {
-    1.0
 }
 
 impl Recipe {
@@ -150,22 +200,39 @@ impl Recipe {
         })
     }
 
-    fn pretrain_config(&self, method: &str, seed: u64) -> PretrainConfig {
-        PretrainConfig {
+    fn pretrain_config(
+        &self,
+        method: &str,
+        seed: u64,
+        shape: (usize, usize, usize),
+    ) -> Result<PretrainConfig> {
+        let two_view = methods::is_two_view(method);
+        let pick = |a, b| if two_view { a } else { b };
+        Ok(PretrainConfig {
             method: method.to_string(),
             fit: FitConfig {
-                epochs: self.pretrain_epochs,
-                batch_size: self.pretrain_batch,
-                lr: self.pretrain_lr,
+                epochs: pick(self.contrastive_epochs, self.pretrain_epochs),
+                batch_size: pick(self.contrastive_batch, self.pretrain_batch),
+                lr: if two_view {
+                    self.contrastive_lr
+                } else {
+                    self.pretrain_lr
+                },
                 weight_decay: self.weight_decay,
                 warmup_fraction: 0.05,
-                patience: Some(self.pretrain_patience),
+                patience: Some(pick(self.contrastive_patience, self.pretrain_patience)),
                 seed,
+                drop_last: two_view,
             },
             val_fraction: self.val_fraction,
             max_val: self.max_val,
             augment: self.augment(),
-        }
+            view_augment: if two_view {
+                self.view_augment.resolve(shape.0, shape.1)?
+            } else {
+                Pipeline::default()
+            },
+        })
     }
 
     fn transfer_config(&self, seed: u64) -> TransferConfig {
@@ -178,6 +245,7 @@ impl Recipe {
                 warmup_fraction: 0.1,
                 patience: None,
                 seed,
+                drop_last: false,
             },
             augment: self.augment(),
             linear_steps: self.linear_steps,
@@ -333,15 +401,36 @@ pub fn pretrain_stage(
         seed,
         recipe.unlabeled,
     )?;
-    let cfg = recipe.pretrain_config(method, seed);
-    let pre = pretext::pretrain(
+    let cfg = recipe.pretrain_config(method, seed, prep.pair.train.image_shape())?;
+    let build = |ctx: &pretext::ObjectiveContext, vb: candle_nn::VarBuilder| {
+        methods::build(method, &recipe.siamese, ctx, vb)
+    };
+    // kNN monitor: leave-one-out accuracy on this seed's K labeled images.
+    let train = &prep.pair.train;
+    let labels = train.labels().expect("prepared datasets have labels");
+    let labeled = split::stratified(labels, max_k, seed)?.labeled;
+    let labeled_y: Vec<u32> = labeled.iter().map(|&i| labels[i]).collect();
+    let monitor = |enc: &dyn crate::backbones::Backbone| -> Result<f64> {
+        let x = finetune::extract_features(
+            enc,
+            train,
+            &labeled,
+            &prep.norm,
+            recipe.eval_batch,
+            device,
+        )?;
+        finetune::knn_leave_one_out(&x, &labeled_y, train.num_classes(), 5)
+    };
+    let pre = pretext::pretrain_with(
         &cfg,
         backbone,
-        &prep.pair.train,
+        train,
         &pool,
         &prep.norm,
         device,
         quiet,
+        &build,
+        recipe.knn_monitor.then_some(&monitor as pretext::Monitor),
     )?;
     let metrics = serde_json::json!({
         "val_loss": pre.val_loss,
@@ -353,6 +442,8 @@ pub fn pretrain_stage(
         "images_per_s": pre.report.images_per_s,
         "seconds": pre.report.seconds,
         "unlabeled_images": pool.len(),
+        "knn_monitor": pre.monitor,
+        "step_loss": pre.report.step_loss,
     });
     let recipe_json = serde_json::json!({
         "pretrain": cfg,
@@ -516,16 +607,9 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
         ));
     }
     for p in &opts.pretext {
-        if !pretext::NAMES.contains(&p.as_str()) {
-            return Err(Error::invalid(
-                "--pretext",
-                format!(
-                    "unknown pretext {p:?}; available: {}",
-                    pretext::NAMES.join(", ")
-                ),
-            ));
-        }
+        methods::check(p)?;
     }
+    opts.recipe.view_augment.resolve(1, 28)?;
     let backbone = opts
         .recipe
         .backbone(&opts.backbone, prep.pair.train.image_shape().0)?;

@@ -98,13 +98,34 @@ struct Common {
     /// Images per inference batch (features, test predictions).
     #[arg(long)]
     eval_batch: Option<usize>,
+    /// Recipe file (JSON): any subset of the recipe's fields (as written in
+    /// report.json's config.recipe), applied before the flags above.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Maximum pretraining epochs of the two-view methods (simclr, byol, ...).
+    #[arg(long)]
+    contrastive_epochs: Option<usize>,
+    /// Source images per two-view step (each seen as two views).
+    #[arg(long)]
+    contrastive_batch: Option<usize>,
+    /// Learning rate of the two-view methods.
+    #[arg(long)]
+    contrastive_lr: Option<f64>,
+    /// NT-Xent temperature of SimCLR.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// View augmentation of the two-view methods: auto, simclr-mnist,
+    /// simclr-cifar or none.
+    #[arg(long)]
+    view_augment: Option<String>,
 }
 
 #[derive(Args)]
 struct PipelineArgs {
     #[command(flatten)]
     common: Common,
-    /// Pretext tasks, comma-separated (available: rotation).
+    /// Pretraining methods, comma-separated: rotation, simclr, byol,
+    /// simsiam, barlow, vicreg, moco.
     #[arg(long, value_delimiter = ',', default_value = "rotation")]
     pretext: Vec<String>,
     /// Labeled images per class, comma-separated.
@@ -113,7 +134,8 @@ struct PipelineArgs {
     /// Seeds, comma-separated; each gets its own split, pretraining and transfer.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
     seeds: Vec<u64>,
-    /// Maximum pretraining epochs (early stopping on the held-out pretext loss may stop sooner).
+    /// Maximum pretraining epochs of every method (early stopping on the
+    /// held-out pretext loss may stop sooner).
     #[arg(long)]
     epochs: Option<usize>,
     /// Pretrain separately for every seed (independent runs; N seeds cost N
@@ -130,7 +152,7 @@ struct PipelineArgs {
 struct PretrainArgs {
     #[command(flatten)]
     common: Common,
-    /// Pretext task.
+    /// Pretraining method: rotation, simclr, byol, simsiam, barlow, vicreg or moco.
     #[arg(long, default_value = "rotation")]
     pretext: String,
     /// Seed.
@@ -186,8 +208,35 @@ struct EvaluateArgs {
     out: Option<PathBuf>,
 }
 
-fn recipe(c: &Common, epochs: Option<usize>) -> Recipe {
-    let mut r = Recipe::default();
+/// The default recipe with `file`'s fields laid over it.
+fn recipe_file(file: &std::path::Path) -> Result<Recipe> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read recipe {}", file.display()))?;
+    let over: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", file.display()))?;
+    let Some(fields) = over.as_object() else {
+        bail!("{}: a recipe must be a JSON object", file.display());
+    };
+    let mut base = serde_json::to_value(Recipe::default())?;
+    let known = base.as_object().expect("recipe is an object").clone();
+    for (k, v) in fields {
+        if !known.contains_key(k) {
+            bail!(
+                "{}: unknown recipe field {k:?}; known: {}",
+                file.display(),
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        base[k] = v.clone();
+    }
+    serde_json::from_value(base).with_context(|| format!("{}: invalid recipe", file.display()))
+}
+
+fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
+    let mut r = match &c.recipe {
+        Some(f) => recipe_file(f)?,
+        None => Recipe::default(),
+    };
     if let Some(w) = &c.widths {
         r.convnet_widths = w.clone();
     }
@@ -205,6 +254,22 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Recipe {
     }
     if let Some(e) = epochs {
         r.pretrain_epochs = e;
+        r.contrastive_epochs = e;
+    }
+    if let Some(e) = c.contrastive_epochs {
+        r.contrastive_epochs = e;
+    }
+    if let Some(b) = c.contrastive_batch {
+        r.contrastive_batch = b;
+    }
+    if let Some(lr) = c.contrastive_lr {
+        r.contrastive_lr = lr;
+    }
+    if let Some(t) = c.temperature {
+        r.siamese.temperature = t;
+    }
+    if let Some(v) = &c.view_augment {
+        r.view_augment = pipeline::ViewAugment::Preset(v.clone());
     }
     if let Some(e) = c.transfer_epochs {
         r.transfer_epochs = e;
@@ -221,7 +286,7 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Recipe {
     if let Some(b) = c.eval_batch {
         r.eval_batch = b;
     }
-    r
+    Ok(r)
 }
 
 fn init_logging(quiet: bool) {
@@ -244,7 +309,7 @@ fn run_pipeline(a: PipelineArgs) -> Result<()> {
         seeds: a.seeds,
         recipe: Recipe {
             pretrain_per_seed: a.pretrain_per_seed,
-            ..recipe(&a.common, a.epochs)
+            ..recipe(&a.common, a.epochs)?
         },
         out: a.out.clone(),
         device: parse_device(&a.common.device)?,
@@ -263,16 +328,10 @@ fn run_pipeline(a: PipelineArgs) -> Result<()> {
 }
 
 fn run_pretrain(a: PretrainArgs) -> Result<()> {
-    let r = recipe(&a.common, a.epochs);
+    let r = recipe(&a.common, a.epochs)?;
     let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
     let backbone = r.backbone(&a.common.backbone, prep.pair.train.image_shape().0)?;
-    if !selfsup::pretext::NAMES.contains(&a.pretext.as_str()) {
-        bail!(
-            "invalid --pretext: unknown pretext {:?}; available: {}",
-            a.pretext,
-            selfsup::pretext::NAMES.join(", ")
-        );
-    }
+    selfsup::methods::check(&a.pretext)?;
     let device = parse_device(&a.common.device)?;
     pipeline::pretrain_stage(
         &prep,
@@ -291,7 +350,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
 }
 
 fn run_transfer(a: TransferArgs) -> Result<()> {
-    let r = recipe(&a.common, None);
+    let r = recipe(&a.common, None)?;
     let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
     let device = parse_device(&a.common.device)?;
     let backbone = match &a.init {
@@ -318,7 +377,7 @@ fn run_transfer(a: TransferArgs) -> Result<()> {
 }
 
 fn run_evaluate(a: EvaluateArgs) -> Result<()> {
-    let r = recipe(&a.common, None);
+    let r = recipe(&a.common, None)?;
     let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
     let device = parse_device(&a.common.device)?;
     let (acc, extra) = match a.protocol.as_str() {

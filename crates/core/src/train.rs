@@ -169,6 +169,7 @@ pub struct Progress {
     bar: ProgressBar,
     start: Instant,
     images: u64,
+    quiet: bool,
 }
 
 impl Progress {
@@ -192,6 +193,7 @@ impl Progress {
             bar,
             start: Instant::now(),
             images: 0,
+            quiet,
         }
     }
 
@@ -206,9 +208,17 @@ impl Progress {
         self.bar.inc(1);
     }
 
-    /// Sets a free-form message (e.g. the validation loss).
+    /// Prints a line above the bar (e.g. the validation loss); without a
+    /// terminal (logs, CI) the bar is invisible and the line goes to stderr.
     pub fn note(&self, msg: String) {
-        self.bar.println(msg);
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.bar.println(msg);
+        }
     }
 
     /// Images per second so far.
@@ -300,6 +310,10 @@ pub struct FitConfig {
     pub patience: Option<usize>,
     /// Seed of the shuffling order.
     pub seed: u64,
+    /// Skip each epoch's last batch when it is smaller than `batch_size`
+    /// (losses that compare the samples of a batch need a full one).
+    #[serde(default)]
+    pub drop_last: bool,
 }
 
 /// What a [`fit`] run did.
@@ -309,6 +323,9 @@ pub struct FitReport {
     pub epochs_run: usize,
     /// Mean training loss of each epoch.
     pub train_loss: Vec<f64>,
+    /// Training loss of every optimiser step (for loss curves).
+    #[serde(default)]
+    pub step_loss: Vec<f32>,
     /// Validation loss after each epoch (empty without validation).
     pub val_loss: Vec<f64>,
     /// Epoch (1-based) whose weights were kept; 0 means the last.
@@ -394,7 +411,11 @@ pub fn fit_prefetched<B: Send>(
         ));
     }
     let start = Instant::now();
-    let steps_per_epoch = n_items.div_ceil(cfg.batch_size);
+    let steps_per_epoch = if cfg.drop_last && n_items >= cfg.batch_size {
+        n_items / cfg.batch_size
+    } else {
+        n_items.div_ceil(cfg.batch_size)
+    };
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (total as f64 * cfg.warmup_fraction).round() as usize;
     let mut trainer = Trainer::new(
@@ -415,7 +436,7 @@ pub fn fit_prefetched<B: Send>(
             epoch as u64,
         ));
         let base = trainer.steps() as u64;
-        let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).collect();
+        let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).take(steps_per_epoch).collect();
         let sum = std::thread::scope(|scope| -> Result<f64> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<B>>(2);
             let (prepare, chunks) = (&prepare, &chunks);
@@ -427,6 +448,7 @@ pub fn fit_prefetched<B: Send>(
                 }
             });
             let mut sum = 0.0;
+            let step_loss = &mut report.step_loss;
             for k in 0..chunks.len() {
                 let batch = rx
                     .recv()
@@ -434,6 +456,7 @@ pub fn fit_prefetched<B: Send>(
                 let (loss, images) = step(batch, base + k as u64)?;
                 let v = trainer.step(&loss)?;
                 sum += f64::from(v);
+                step_loss.push(v);
                 progress.step(images, v);
             }
             Ok(sum)
@@ -508,6 +531,7 @@ mod fit_tests {
             warmup_fraction: 0.1,
             patience: Some(3),
             seed: 0,
+            drop_last: false,
         };
         let w2 = w.clone();
         let t2 = target.clone();

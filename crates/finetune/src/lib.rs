@@ -220,6 +220,7 @@ pub fn linear_probe(
         warmup_fraction: 0.0,
         patience: None,
         seed: cfg.fit.seed,
+        drop_last: false,
     };
     fit(
         &fit_cfg,
@@ -271,6 +272,16 @@ fn knn_vote(
                 .map_or(0, |(c, _)| c as u32)
         })
         .collect()
+}
+
+/// Leave-one-out accuracy of cosine `k`-NN on (`x`, `y`): each sample is
+/// classified by the others (a label-cheap monitor of feature quality).
+pub fn knn_leave_one_out(x: &Tensor, y: &[u32], classes: usize, k: usize) -> Result<f64> {
+    let x = l2_normalise(&to_cpu_f32(x)?)?;
+    let sim: Vec<Vec<f32>> = x.matmul(&x.t()?)?.to_vec2()?;
+    let k = k.clamp(1, y.len().saturating_sub(1).max(1));
+    let pred = knn_vote(&sim, y, k, classes, true);
+    Ok(selfsup_core::metrics::accuracy(&pred, y))
 }
 
 /// Cosine kNN. Chooses k among `ks` by leave-one-out accuracy on the
@@ -378,6 +389,7 @@ mod tests {
                 warmup_fraction: 0.0,
                 patience: None,
                 seed: 0,
+                drop_last: false,
             },
             augment: CropFlip::NONE,
             linear_steps: 100,

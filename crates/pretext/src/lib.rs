@@ -18,7 +18,7 @@
 
 use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder, VarMap};
-use selfsup_augment::{apply_batch, rotate90, CropFlip, Image};
+use selfsup_augment::{apply_batch, apply_views, rotate90, CropFlip, Image, Pipeline};
 use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
 use selfsup_core::train::{fit_prefetched, FitConfig, FitReport};
@@ -36,8 +36,22 @@ pub trait Objective: Send + Sync {
     fn name(&self) -> &'static str;
     /// Number of outputs of the head.
     fn head_outputs(&self) -> usize;
+    /// Augmented views per source image the loss expects. With more than
+    /// one, [`pretrain`] hands [`Objective::loss`] `views * n` images,
+    /// view-major (all first views, then all second views, ...), made by
+    /// [`PretrainConfig::view_augment`]; with one, the images after
+    /// [`PretrainConfig::augment`].
+    fn views(&self) -> usize {
+        1
+    }
+    /// Called before the forward pass of every training step with the step
+    /// number and the total (momentum encoders update their targets here,
+    /// from the online weights the previous step left).
+    fn before_step(&self, _step: u64, _total: u64) -> Result<()> {
+        Ok(())
+    }
     /// Loss, pretext accuracy, and the number of images the backbone saw,
-    /// for `n` contiguous `u8` images of `shape`.
+    /// for contiguous `u8` images of `shape`.
     fn loss(
         &self,
         backbone: &dyn Backbone,
@@ -47,6 +61,25 @@ pub trait Objective: Send + Sync {
         train: bool,
     ) -> Result<(Tensor, f64, usize)>;
 }
+
+/// What an objective may need to know when it is built.
+#[derive(Clone)]
+pub struct ObjectiveContext {
+    /// The backbone's configuration (momentum encoders build a copy).
+    pub backbone: BackboneConfig,
+    /// The backbone's feature dimension.
+    pub feature_dim: usize,
+    /// All online variables (`backbone.*`, and `head.*` as they are made).
+    pub online: VarMap,
+    /// The run's seed.
+    pub seed: u64,
+    /// Where tensors live.
+    pub device: Device,
+}
+
+/// Builds an objective from its context and a `VarBuilder` under `head.`.
+pub type ObjectiveBuilder<'a> =
+    &'a (dyn Fn(&ObjectiveContext, VarBuilder) -> Result<Box<dyn Objective>> + Sync);
 
 /// Builds a named objective whose head reads `feature_dim` features.
 pub fn build_objective(
@@ -145,8 +178,11 @@ pub struct PretrainConfig {
     pub val_fraction: f64,
     /// Cap on held-out images (validation costs a forward pass each epoch).
     pub max_val: usize,
-    /// Augmentation applied before the objective.
+    /// Augmentation applied before a single-view objective.
     pub augment: CropFlip,
+    /// Augmentation that makes each view of a multi-view objective.
+    #[serde(default)]
+    pub view_augment: Pipeline,
 }
 
 /// A pretrained encoder and its objective.
@@ -163,9 +199,22 @@ pub struct Pretrained {
     pub val_accuracy: f64,
     /// Objective loss on the held-out images at the end.
     pub val_loss: f64,
+    /// The monitor's value after each epoch (empty without a monitor).
+    pub monitor: Vec<f64>,
 }
 
+/// A per-epoch probe of the encoder during pretraining (e.g. kNN accuracy
+/// on the labeled images); it only reads, never trains.
+pub type Monitor<'a> = &'a (dyn Fn(&dyn Backbone) -> Result<f64> + Sync);
+
+/// Step number under which held-out views are drawn: fixed, so the
+/// validation loss of every epoch sees the same views.
+const VALIDATION_STEP: u64 = 1 << 38;
+
 /// Mean objective loss and accuracy over `indices` of `ds`, eval mode.
+/// Multi-view objectives get views from `view_augment` drawn under a fixed
+/// seed; single-view ones get the plain images.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_objective(
     objective: &dyn Objective,
     backbone: &dyn Backbone,
@@ -173,11 +222,27 @@ pub fn evaluate_objective(
     indices: &[usize],
     norm: &Normalization,
     batch_size: usize,
+    view_augment: &Pipeline,
+    seed: u64,
 ) -> Result<(f64, f64)> {
     let (mut loss, mut acc, mut n) = (0.0, 0.0, 0usize);
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let px = ds.pixels_of(chunk);
-        let (l, a, _) = objective.loss(backbone, &px, ds.image_shape(), norm, false)?;
+    let shape = ds.image_shape();
+    for (k, chunk) in indices.chunks(batch_size.max(1)).enumerate() {
+        if chunk.len() < 2 && objective.views() > 1 {
+            continue; // a contrastive loss needs a partner in the batch
+        }
+        let mut px = ds.pixels_of(chunk);
+        if objective.views() > 1 {
+            px = apply_views(
+                view_augment,
+                &px,
+                shape,
+                seed,
+                VALIDATION_STEP + k as u64,
+                objective.views(),
+            );
+        }
+        let (l, a, _) = objective.loss(backbone, &px, shape, norm, false)?;
         loss += f64::from(l.to_scalar::<f32>()?) * chunk.len() as f64;
         acc += a * chunk.len() as f64;
         n += chunk.len();
@@ -185,8 +250,8 @@ pub fn evaluate_objective(
     Ok((loss / n.max(1) as f64, acc / n.max(1) as f64))
 }
 
-/// Pretrains `backbone_cfg` with `cfg.method` on the images `pool` of `ds`
-/// (their labels are never read).
+/// Pretrains `backbone_cfg` with the built-in objective `cfg.method` on the
+/// images `pool` of `ds` (their labels are never read).
 pub fn pretrain(
     cfg: &PretrainConfig,
     backbone_cfg: &BackboneConfig,
@@ -195,6 +260,37 @@ pub fn pretrain(
     norm: &Normalization,
     device: &Device,
     quiet: bool,
+) -> Result<Pretrained> {
+    let build =
+        |ctx: &ObjectiveContext, vb: VarBuilder| build_objective(&cfg.method, ctx.feature_dim, vb);
+    pretrain_with(
+        cfg,
+        backbone_cfg,
+        ds,
+        pool,
+        norm,
+        device,
+        quiet,
+        &build,
+        None,
+    )
+}
+
+/// Pretrains `backbone_cfg` with the objective `build` makes, on the images
+/// `pool` of `ds` (their labels are never read). `monitor`, if given, runs
+/// after every epoch; early stopping uses the objective's own loss on
+/// held-out unlabeled images.
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain_with(
+    cfg: &PretrainConfig,
+    backbone_cfg: &BackboneConfig,
+    ds: &Dataset,
+    pool: &[usize],
+    norm: &Normalization,
+    device: &Device,
+    quiet: bool,
+    build: ObjectiveBuilder,
+    monitor: Option<Monitor>,
 ) -> Result<Pretrained> {
     if pool.len() < 2 {
         return Err(Error::invalid(
@@ -206,7 +302,15 @@ pub fn pretrain(
     let map = VarMap::new();
     let vb = params::seeded_var_builder(&map, seed, device);
     let backbone = backbone_cfg.build(vb.pp(BACKBONE_PREFIX))?;
-    let objective = build_objective(&cfg.method, backbone.feature_dim(), vb.pp(HEAD_PREFIX))?;
+    let ctx = ObjectiveContext {
+        backbone: backbone_cfg.clone(),
+        feature_dim: backbone.feature_dim(),
+        online: map.clone(),
+        seed,
+        device: device.clone(),
+    };
+    let objective = build(&ctx, vb.pp(HEAD_PREFIX))?;
+    let views = objective.views();
     let (train_idx, mut val_idx) = split::holdout(pool, cfg.val_fraction, seed);
     val_idx.truncate(cfg.max_val.max(1));
     let shape = ds.image_shape();
@@ -220,11 +324,32 @@ pub fn pretrain(
             &val_idx,
             norm,
             eval_batch,
+            &cfg.view_augment,
+            seed,
         )
     };
-    let mut validate = || -> Result<f64> { Ok(held_out()?.0) };
+    let mut monitored = Vec::new();
+    let mut validate = || -> Result<f64> {
+        if let Some(m) = monitor {
+            let v = m(backbone.as_ref())?;
+            if !quiet {
+                eprintln!(
+                    "pretrain/{}: epoch {} kNN monitor {:.1}%",
+                    cfg.method,
+                    monitored.len() + 1,
+                    100.0 * v
+                );
+            }
+            monitored.push(v);
+        }
+        Ok(held_out()?.0)
+    };
+    let mut fit_cfg = cfg.fit.clone();
+    // Losses over the pairs of a batch need every batch full.
+    fit_cfg.drop_last |= views > 1 && train_idx.len() >= 2 * fit_cfg.batch_size;
+    let total = (train_idx.len() / fit_cfg.batch_size.max(1)).max(1) * fit_cfg.epochs;
     let report = fit_prefetched(
-        &cfg.fit,
+        &fit_cfg,
         &format!("pretrain/{}", cfg.method),
         train_idx.len(),
         params::trainable_vars(&map)
@@ -235,15 +360,15 @@ pub fn pretrain(
         quiet,
         |batch_items, step| {
             let idx: Vec<usize> = batch_items.iter().map(|&i| train_idx[i]).collect();
-            Ok(apply_batch(
-                &cfg.augment,
-                &ds.pixels_of(&idx),
-                shape,
-                seed,
-                step,
-            ))
+            let px = ds.pixels_of(&idx);
+            Ok(if views > 1 {
+                apply_views(&cfg.view_augment, &px, shape, seed, step, views)
+            } else {
+                apply_batch(&cfg.augment, &px, shape, seed, step)
+            })
         },
-        |px: Vec<u8>, _| {
+        |px: Vec<u8>, step| {
+            objective.before_step(step, total as u64)?;
             let (loss, _, images) = objective.loss(backbone.as_ref(), &px, shape, norm, true)?;
             Ok((loss, images))
         },
@@ -263,6 +388,7 @@ pub fn pretrain(
         report,
         val_accuracy,
         val_loss,
+        monitor: monitored,
     })
 }
 
