@@ -30,3 +30,4 @@ pub use selfsup_pretext as pretext;
 pub mod bench;
 pub mod methods;
 pub mod pipeline;
+pub mod plot;

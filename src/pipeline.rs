@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! report.json, report.md
+//! figures/<method>-loss.png, figures/<method>-embedding.png
 //! pretrain-<method>/{model.safetensors, config.json}        (seed<s>/pretrain-<method> with pretrain_per_seed)
 //! seed<s>/k<K>/<method>-finetune/{model.safetensors, config.json}
 //! ```
@@ -20,7 +21,7 @@ use crate::augment::{CropFlip, Pipeline};
 use crate::backbones::checkpoint::{self as ckpt, StageConfig};
 use crate::backbones::BackboneConfig;
 use crate::contrastive::SiameseConfig;
-use crate::core::report::{Report, ResultRow, StageTime};
+use crate::core::report::{Figure, PretrainSummary, Report, ResultRow, StageTime};
 use crate::core::train::FitConfig;
 use crate::core::{fsutil, metrics, rng, Error, Normalization, Result};
 use crate::data::{batch, split, Dataset, DatasetPair};
@@ -378,6 +379,14 @@ fn stage_config(
     }
 }
 
+/// What a pretraining stage did: its summary row and full training history.
+pub struct PretrainOutcome {
+    /// The report row.
+    pub summary: PretrainSummary,
+    /// Per-epoch and per-step losses.
+    pub history: crate::core::train::FitReport,
+}
+
 /// Pretrains `method` under `seed` on the pool that excludes the labeled
 /// images of every seed in `exclude_seeds`, and writes the stage directory
 /// `dir`.
@@ -393,7 +402,7 @@ pub fn pretrain_stage(
     dir: &Path,
     device: &Device,
     quiet: bool,
-) -> Result<()> {
+) -> Result<PretrainOutcome> {
     let pool = unlabeled_pool(
         &prep.pair.train,
         max_k,
@@ -470,7 +479,97 @@ pub fn pretrain_stage(
             dir.display()
         );
     }
-    Ok(())
+    Ok(PretrainOutcome {
+        summary: PretrainSummary {
+            method: method.to_string(),
+            seed,
+            seconds: pre.report.seconds,
+            epochs_run: pre.report.epochs_run,
+            images_per_s: pre.report.images_per_s,
+            val_loss: pre.val_loss,
+            knn_monitor: pre.monitor.last().copied(),
+        },
+        history: pre.report,
+    })
+}
+
+/// Draws the training-loss curve of a pretraining run: the loss of every
+/// step, its epoch means and the held-out loss after each epoch.
+pub fn loss_figure(
+    history: &crate::core::train::FitReport,
+    method: &str,
+    path: &Path,
+) -> Result<()> {
+    use crate::plot::{line_png, Series, PALETTE};
+    let epochs = history.epochs_run.max(1);
+    let per_epoch = (history.step_loss.len() / epochs).max(1) as f64;
+    let steps: Vec<[f64; 2]> = history
+        .step_loss
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| [(i + 1) as f64 / per_epoch, f64::from(l)])
+        .collect();
+    let at_epochs = |v: &[f64]| -> Vec<[f64; 2]> {
+        v.iter()
+            .enumerate()
+            .map(|(e, &l)| [(e + 1) as f64, l])
+            .collect()
+    };
+    let series = [
+        Series {
+            label: "train loss (step)",
+            points: steps,
+            rgb: [170, 200, 230],
+            thick: 1,
+        },
+        Series {
+            label: "train loss (epoch mean)",
+            points: at_epochs(&history.train_loss),
+            rgb: PALETTE[0],
+            thick: 3,
+        },
+        Series {
+            label: "held-out loss",
+            points: at_epochs(&history.val_loss),
+            rgb: PALETTE[1],
+            thick: 3,
+        },
+    ];
+    line_png(
+        path,
+        &series,
+        &format!("{method}: pretraining loss"),
+        "epoch",
+        "loss",
+    )
+}
+
+/// Draws the first two principal components of the encoder's features of
+/// (up to) the first `max_points` test images, coloured by class.
+pub fn embedding_figure(
+    prep: &Prepared,
+    encoder: &dyn crate::backbones::Backbone,
+    recipe: &Recipe,
+    device: &Device,
+    method: &str,
+    max_points: usize,
+    path: &Path,
+) -> Result<()> {
+    let test = &prep.pair.test;
+    let idx: Vec<usize> = (0..test.len().min(max_points)).collect();
+    let x = finetune::extract_features(encoder, test, &idx, &prep.norm, recipe.eval_batch, device)?;
+    let x = finetune::to_cpu_f32(&x)?;
+    let (n, d) = x.dims2()?;
+    let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let points = crate::plot::pca2(&flat, n, d);
+    let labels = test.labels().expect("prepared datasets have labels");
+    let classes: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
+    crate::plot::scatter_png(
+        path,
+        &points,
+        &classes,
+        &format!("{method}: test embedding (PCA)"),
+    )
 }
 
 /// Fine-tunes (from `init`, or from scratch) on the seed's K-shot split and
@@ -655,6 +754,8 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             opts.out.join(format!("pretrain-{method}"))
         }
     };
+    let mut pretraining = Vec::new();
+    let mut figures = Vec::new();
     for (si, &seed) in opts.seeds.iter().enumerate() {
         let seed_dir = opts.out.join(format!("seed{seed}"));
         if opts.recipe.pretrain_per_seed || si == 0 {
@@ -665,7 +766,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             };
             for method in &opts.pretext {
                 let t = Instant::now();
-                pretrain_stage(
+                let outcome = pretrain_stage(
                     &prep,
                     &backbone,
                     method,
@@ -678,6 +779,34 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                     opts.quiet,
                 )?;
                 *times.entry("pretrain").or_default() += t.elapsed().as_secs_f64();
+                if si == 0 {
+                    let t = Instant::now();
+                    let rel = format!("figures/{method}-loss.png");
+                    loss_figure(&outcome.history, method, &opts.out.join(&rel))?;
+                    figures.push(Figure {
+                        method: method.clone(),
+                        kind: "loss".into(),
+                        path: rel,
+                    });
+                    let enc = ckpt::load(&pretrain_dir(seed, method), seed, &opts.device)?;
+                    let rel = format!("figures/{method}-embedding.png");
+                    embedding_figure(
+                        &prep,
+                        enc.backbone.as_ref(),
+                        &opts.recipe,
+                        &opts.device,
+                        method,
+                        2000,
+                        &opts.out.join(&rel),
+                    )?;
+                    figures.push(Figure {
+                        method: method.clone(),
+                        kind: "embedding".into(),
+                        path: rel,
+                    });
+                    *times.entry("figures").or_default() += t.elapsed().as_secs_f64();
+                }
+                pretraining.push(outcome.summary);
             }
         }
         for &k in &opts.labels_per_class {
@@ -758,6 +887,8 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             "train_images": prep.pair.train.len(),
             "test_images": prep.pair.test.len(),
         }),
+        pretraining,
+        figures,
     };
     report.gains = report.gains();
     fsutil::write_json_atomic(&opts.out.join("report.json"), &report)?;

@@ -333,7 +333,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
     let backbone = r.backbone(&a.common.backbone, prep.pair.train.image_shape().0)?;
     selfsup::methods::check(&a.pretext)?;
     let device = parse_device(&a.common.device)?;
-    pipeline::pretrain_stage(
+    let outcome = pipeline::pretrain_stage(
         &prep,
         &backbone,
         &a.pretext,
@@ -345,6 +345,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
         &device,
         a.common.quiet,
     )?;
+    pipeline::loss_figure(&outcome.history, &a.pretext, &a.out.join("loss.png"))?;
     println!("wrote {}", a.out.display());
     Ok(())
 }

@@ -76,6 +76,43 @@ pub struct Report {
     pub threads: usize,
     /// The recipe (epochs, learning rates, sizes) as given.
     pub config: serde_json::Value,
+    /// What each pretraining run cost and reached.
+    #[serde(default)]
+    pub pretraining: Vec<PretrainSummary>,
+    /// Figures written next to the report (paths relative to it).
+    #[serde(default)]
+    pub figures: Vec<Figure>,
+}
+
+/// One pretraining run in a report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PretrainSummary {
+    /// Method (`rotation`, `simclr`, ...).
+    pub method: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Epochs run (early stopping may cut them short).
+    pub epochs_run: usize,
+    /// Training throughput (backbone inputs per second, views included).
+    pub images_per_s: f64,
+    /// Pretext loss on the held-out unlabeled images at the end.
+    pub val_loss: f64,
+    /// kNN monitor after the last epoch (leave-one-out on the K labeled
+    /// images), if it ran.
+    pub knn_monitor: Option<f64>,
+}
+
+/// A figure of a report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Figure {
+    /// Method it shows.
+    pub method: String,
+    /// `embedding` or `loss`.
+    pub kind: String,
+    /// Path relative to the report.
+    pub path: String,
 }
 
 impl Report {
@@ -211,6 +248,34 @@ impl Report {
                 ));
             }
         }
+        if !self.pretraining.is_empty() {
+            s.push_str("\n## Pretraining\n\n| method | seed | wall time | epochs | inputs/s | held-out loss | kNN monitor |\n|---|---|---|---|---|---|---|\n");
+            for p in &self.pretraining {
+                s.push_str(&format!(
+                    "| {} | {} | {:.1} s | {} | {:.0} | {:.4} | {} |\n",
+                    p.method,
+                    p.seed,
+                    p.seconds,
+                    p.epochs_run,
+                    p.images_per_s,
+                    p.val_loss,
+                    p.knn_monitor
+                        .map_or("n/a".into(), |v| format!("{:.1}%", 100.0 * v))
+                ));
+            }
+        }
+        if !self.figures.is_empty() {
+            s.push_str("\n## Figures\n\n");
+            for f in &self.figures {
+                s.push_str(&format!(
+                    "- {} {}: [{}]({})\n",
+                    f.method, f.kind, f.path, f.path
+                ));
+            }
+            for f in &self.figures {
+                s.push_str(&format!("\n![{} {}]({})\n", f.method, f.kind, f.path));
+            }
+        }
         s.push_str("\n## Per seed\n\n| method | protocol | labels/class | seed | test accuracy |\n|---|---|---|---|---|\n");
         for r in &self.results {
             s.push_str(&format!(
@@ -296,6 +361,20 @@ mod tests {
             total_seconds: 1.0,
             threads: 2,
             config: serde_json::Value::Null,
+            pretraining: vec![PretrainSummary {
+                method: "rotation".into(),
+                seed: 0,
+                seconds: 12.5,
+                epochs_run: 3,
+                images_per_s: 250.0,
+                val_loss: 0.5,
+                knn_monitor: Some(0.42),
+            }],
+            figures: vec![Figure {
+                method: "rotation".into(),
+                kind: "loss".into(),
+                path: "figures/rotation-loss.png".into(),
+            }],
         };
         let g = rep.gains();
         assert_eq!(g.len(), 1);
@@ -304,6 +383,14 @@ mod tests {
         assert!((g[0].gain_vs_best_scratch_points - 10.0).abs() < 1e-9);
         assert_eq!(g[0].best_scratch_protocol, "finetune");
         let md = rep.to_markdown();
+        assert!(
+            md.contains("| rotation | 0 | 12.5 s | 3 | 250 | 0.5000 | 42.0% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("![rotation loss](figures/rotation-loss.png)"),
+            "{md}"
+        );
         assert!(md.contains("| rotation | linear | 10 | 71.00% |"), "{md}");
         assert!(md.contains("| 10 | rotation | linear | 71.00% ± 1.41 | 61.00% | +10.00 | 61.00% (finetune) | +10.00 |"), "{md}");
     }

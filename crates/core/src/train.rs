@@ -585,6 +585,7 @@ mod fit_tests {
             warmup_fraction: 0.0,
             patience: None,
             seed: 1,
+            drop_last: false,
         };
         let mut seen = Vec::new();
         fit_prefetched(
@@ -630,5 +631,27 @@ mod fit_tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("broken image"), "{e}");
+        // drop_last: only full batches, 2 per epoch, and a loss per step.
+        let mut sizes = Vec::new();
+        let rep = fit_prefetched(
+            &FitConfig {
+                drop_last: true,
+                ..cfg.clone()
+            },
+            "drop",
+            7,
+            map.all_vars(),
+            &map,
+            true,
+            |items, _| Ok(items.len()),
+            |n: usize, _| {
+                sizes.push(n);
+                Ok((w.sqr()?.sum_all()?, n))
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(sizes, vec![3, 3, 3, 3]);
+        assert_eq!(rep.step_loss.len(), 4);
     }
 }
