@@ -475,8 +475,8 @@ mod tests {
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (720, 600));
         let has = |rgb: [u8; 3]| buf.chunks_exact(3).any(|p| p == rgb);
-        for k in 0..3 {
-            assert!(has(PALETTE[k]), "class {k} colour drawn");
+        for (k, rgb) in PALETTE.iter().enumerate().take(3) {
+            assert!(has(*rgb), "class {k} colour drawn");
         }
         assert!(!has(PALETTE[5]), "no class 5 in the data or legend");
         let line = dir.path().join("l.png");

@@ -266,3 +266,63 @@ fn pretraining_pool_excludes_every_seeds_labeled_images() {
         selfsup::pipeline::unlabeled_pool(&train, 5, &[0], 7, Some(100)).unwrap()
     );
 }
+
+#[test]
+fn every_two_view_method_runs_and_leaves_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = options("fashion-mnist", &out);
+    o.pretext = [
+        "rotation", "simclr", "byol", "simsiam", "barlow", "vicreg", "moco",
+    ]
+    .map(String::from)
+    .to_vec();
+    o.max_train = Some(300);
+    o.recipe.unlabeled = Some(64);
+    o.recipe.contrastive_epochs = 1;
+    o.recipe.contrastive_batch = 16;
+    o.recipe.siamese.proj_hidden = 16;
+    o.recipe.siamese.proj_dim = 8;
+    o.recipe.siamese.queue_size = 32;
+    let report = run(&o).unwrap();
+    let json = read_json(&out.join("report.json"));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for m in &o.pretext {
+        for p in ["finetune", "linear", "knn"] {
+            assert!(
+                report
+                    .results
+                    .iter()
+                    .any(|r| &r.method == m && r.protocol == p),
+                "{m}/{p} missing"
+            );
+        }
+        let pre = report
+            .pretraining
+            .iter()
+            .find(|p| &p.method == m)
+            .unwrap_or_else(|| panic!("{m} has no pretraining row"));
+        assert!(pre.val_loss.is_finite() && pre.epochs_run >= 1);
+        let knn = pre.knn_monitor.expect("monitor on by default");
+        assert!((0.0..=1.0).contains(&knn));
+        for kind in ["loss", "embedding"] {
+            let rel = format!("figures/{m}-{kind}.png");
+            let bytes = std::fs::read(out.join(&rel)).unwrap();
+            assert!(bytes.starts_with(b"\x89PNG"), "{rel}");
+            assert!(md.contains(&format!("]({rel})")), "{rel} not linked");
+        }
+        let cfg = read_json(&out.join(format!("pretrain-{m}/config.json")));
+        assert_eq!(cfg["method"], m.as_str());
+        let steps = cfg["metrics"]["step_loss"].as_array().unwrap();
+        assert!(!steps.is_empty(), "{m}: per-step losses recorded");
+    }
+    let methods: Vec<&str> = field_values(&json["results"], "method");
+    assert!(methods.contains(&"simclr") && methods.contains(&"moco"));
+    // Two-view checkpoints carry the projection head (proj_dim outputs).
+    let simclr = read_json(&out.join("pretrain-simclr/config.json"));
+    assert_eq!(simclr["head_outputs"], 8);
+    assert_eq!(
+        simclr["recipe"]["pretrain"]["view_augment"]["ops"][0]["op"], "resized_crop",
+        "the MNIST-scale SimCLR preset was resolved for 28x28 gray images"
+    );
+}

@@ -118,6 +118,10 @@ struct Common {
     /// simclr-cifar or none.
     #[arg(long)]
     view_augment: Option<String>,
+    /// Skip the per-epoch kNN monitor (leave-one-out accuracy on the K
+    /// labeled images) during pretraining.
+    #[arg(long)]
+    no_knn_monitor: bool,
 }
 
 #[derive(Args)]
@@ -267,6 +271,9 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
     }
     if let Some(t) = c.temperature {
         r.siamese.temperature = t;
+    }
+    if c.no_knn_monitor {
+        r.knn_monitor = false;
     }
     if let Some(v) = &c.view_augment {
         r.view_augment = pipeline::ViewAugment::Preset(v.clone());

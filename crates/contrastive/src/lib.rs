@@ -95,16 +95,24 @@ impl Method {
         matches!(self, Method::Byol | Method::MoCo)
     }
 
-    /// Contrastive methods (SimCLR, MoCo) use a plain Linear-ReLU-Linear
-    /// projector; the others put BatchNorm after each hidden layer, which
-    /// they need to avoid collapse.
-    fn projector_batch_norm(self) -> bool {
-        !matches!(self, Method::SimClr | Method::MoCo)
+    /// Whether the projector puts BatchNorm after each hidden layer. BYOL,
+    /// SimSiam, Barlow Twins and VICReg need it against collapse; SimCLR
+    /// follows `cfg.proj_batch_norm` (SimCLR v2 and solo-learn use it); MoCo
+    /// never does, because its queries and keys come from the same batch
+    /// and batch statistics would leak the positive (the reason for MoCo's
+    /// shuffled BN).
+    fn projector_batch_norm(self, cfg: &SiameseConfig) -> bool {
+        match self {
+            Method::MoCo => false,
+            Method::SimClr => cfg.proj_batch_norm,
+            _ => true,
+        }
     }
 }
 
 /// The numbers of every method (each reads the ones it needs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SiameseConfig {
     /// Hidden width of the projection MLP.
     pub proj_hidden: usize,
@@ -112,6 +120,8 @@ pub struct SiameseConfig {
     pub proj_dim: usize,
     /// Hidden layers of the projection MLP (1: Linear-ReLU-Linear).
     pub proj_layers: usize,
+    /// BatchNorm after the projector's hidden layers for SimCLR.
+    pub proj_batch_norm: bool,
     /// Hidden width of the BYOL / SimSiam predictor.
     pub pred_hidden: usize,
     /// NT-Xent temperature (SimCLR).
@@ -135,6 +145,7 @@ impl Default for SiameseConfig {
             proj_hidden: 256,
             proj_dim: 128,
             proj_layers: 1,
+            proj_batch_norm: true,
             pred_hidden: 64,
             temperature: 0.5,
             moco_temperature: 0.2,
@@ -325,7 +336,7 @@ impl Siamese {
         vb: VarBuilder,
     ) -> Result<Self> {
         let dims = projector_dims(ctx.feature_dim, cfg);
-        let bn = method.projector_batch_norm();
+        let bn = method.projector_batch_norm(cfg);
         let projector = Mlp::new(&dims, bn, vb.pp("projector"))?;
         let predictor = if method.has_predictor() {
             Some(Mlp::new(
