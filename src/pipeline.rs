@@ -163,7 +163,7 @@ impl Default for Recipe {
             flip: true,
             eval_batch: 128,
             pretrain_per_seed: false,
-            contrastive_epochs: 20,
+            contrastive_epochs: 8,
             contrastive_batch: 256,
             contrastive_lr: 2e-3,
             contrastive_patience: 5,

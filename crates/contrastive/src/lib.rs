@@ -147,7 +147,7 @@ impl Default for SiameseConfig {
             proj_layers: 1,
             proj_batch_norm: true,
             pred_hidden: 64,
-            temperature: 0.5,
+            temperature: 0.2,
             moco_temperature: 0.2,
             queue_size: 2048,
             ema_momentum: 0.99,
@@ -666,29 +666,18 @@ mod tests {
         );
     }
 
+    fn queue_keys(obj: &Siamese) -> Tensor {
+        let q = obj.queue.as_ref().unwrap().lock().unwrap();
+        q.keys.copy().unwrap()
+    }
+
     #[test]
     fn moco_queue_takes_the_newest_keys_in_a_ring() {
         let (_, backbone, obj) = setup(Method::MoCo);
-        let before = obj
-            .queue
-            .as_ref()
-            .unwrap()
-            .lock()
-            .unwrap()
-            .keys
-            .copy()
-            .unwrap();
+        let before = queue_keys(&obj);
         obj.loss_of_views(backbone.as_ref(), &views(2, 1), false)
             .unwrap();
-        let after_eval = obj
-            .queue
-            .as_ref()
-            .unwrap()
-            .lock()
-            .unwrap()
-            .keys
-            .copy()
-            .unwrap();
+        let after_eval = queue_keys(&obj);
         assert_eq!(
             abs_sum(&(&before - &after_eval).unwrap()),
             0.0,
