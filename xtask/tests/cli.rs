@@ -129,3 +129,44 @@ fn bench_writes_the_documented_json() {
     let (ok, err) = xtask(&["bench", "--kernels", "turbo", "--no-pytorch"]);
     assert!(!ok && err.contains("turbo"), "{err}");
 }
+
+#[test]
+fn recipe_files_and_method_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let typo = dir.path().join("typo.json");
+    std::fs::write(&typo, r#"{"siamese": {"temprature": 0.1}}"#).unwrap();
+    let unknown = dir.path().join("unknown.json");
+    std::fs::write(&unknown, r#"{"bogus": 1}"#).unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, "{not json").unwrap();
+    for (file, needle) in [
+        (&typo, "temprature"),
+        (&unknown, "unknown recipe field \"bogus\""),
+        (&broken, "not valid JSON"),
+    ] {
+        let f = file.to_str().unwrap();
+        let (ok, stderr) = xtask(&["pipeline", "--quiet", "--recipe", f, "--out", o]);
+        assert!(!ok, "{f} should fail");
+        assert!(stderr.contains(f) || stderr.contains(needle), "{stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    }
+    let (ok, stderr) = xtask(&[
+        "pipeline",
+        "--quiet",
+        "--pretext",
+        "rotation,dino",
+        "--out",
+        o,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("dino") && stderr.contains("simclr"),
+        "{stderr}"
+    );
+    let (ok, stderr) = xtask(&["pipeline", "--quiet", "--view-augment", "fancy", "--out", o]);
+    assert!(!ok);
+    assert!(stderr.contains("simclr-mnist"), "{stderr}");
+    assert!(!out.exists(), "failed runs must not write output");
+}

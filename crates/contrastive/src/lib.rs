@@ -112,7 +112,7 @@ impl Method {
 
 /// The numbers of every method (each reads the ones it needs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SiameseConfig {
     /// Hidden width of the projection MLP.
     pub proj_hidden: usize,
