@@ -7,7 +7,9 @@
 //! binary directories, detected from the files present. Names: the embedded
 //! Fashion-MNIST subset (`fashion-mnist`, shipped in the repository's
 //! `data/`) and the full set installed by Debian's `dataset-fashion-mnist`
-//! (`fashion-mnist-full`). Images stay `u8` until [`batch`] converts them.
+//! (`fashion-mnist-full`); the shipped faces/non-faces crops
+//! ([`registry::lfw_faces`]); image folders of PNG/JPEG files ([`folder`]).
+//! Images stay `u8` until [`batch`] converts them.
 //!
 //! ```no_run
 //! let pair = selfsup_data::load("fashion-mnist").unwrap();
@@ -18,6 +20,7 @@
 pub mod batch;
 pub mod cifar;
 pub mod dataset;
+pub mod folder;
 pub mod idx;
 pub mod registry;
 pub mod split;

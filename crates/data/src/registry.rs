@@ -57,6 +57,27 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
     }
 }
 
+/// Class names of the shipped LFW subset: label 0 is a non-face crop,
+/// label 1 a face.
+pub const LFW_CLASSES: [&str; 2] = ["non-face", "face"];
+
+/// The 200 shipped 25x25 grayscale crops from Labeled Faces in the Wild
+/// (`data/lfw-subset/`): 100 faces (label 1) then 100 non-faces (label 0)
+/// cut from the same photos' backgrounds.
+pub fn lfw_faces() -> Result<crate::Dataset> {
+    let dir = data_dir().join("lfw-subset");
+    let (n, h, w, px, y) = idx::load_split(
+        &dir.join("images-idx3-ubyte.gz"),
+        &dir.join("labels-idx1-ubyte.gz"),
+    )?;
+    crate::Dataset::new(
+        px,
+        (n, 1, h, w),
+        Some(y),
+        LFW_CLASSES.iter().map(|s| s.to_string()).collect(),
+    )
+}
+
 /// Loads a dataset by name (`fashion-mnist`, `fashion-mnist-full`) or by
 /// directory path (IDX or CIFAR binary, detected from the files present).
 pub fn load(name_or_path: &str) -> Result<DatasetPair> {
@@ -133,6 +154,14 @@ mod tests {
             "{e}"
         );
         std::env::remove_var("SELFSUP_FASHION_MNIST_FULL");
+    }
+
+    #[test]
+    fn shipped_faces_load() {
+        let ds = lfw_faces().unwrap();
+        assert_eq!((ds.len(), ds.image_shape()), (200, (1, 25, 25)));
+        let y = ds.labels().unwrap();
+        assert!(y[..100].iter().all(|&v| v == 1) && y[100..].iter().all(|&v| v == 0));
     }
 
     #[test]

@@ -1,0 +1,213 @@
+//! Image folders: PNG and JPEG files decoded, centre-cropped to a square and
+//! resized, for users who bring their own pictures.
+//!
+//! - [`load_images`]: every image under a directory (recursively, in sorted
+//!   path order), unlabeled.
+//! - [`load_classes`]: one sub-folder per class (ImageNet / Tiny ImageNet
+//!   layout), labels in sorted folder-name order.
+
+use crate::dataset::Dataset;
+use image::imageops::FilterType;
+use image::DynamicImage;
+use selfsup_core::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// File extensions read (case-insensitive).
+pub const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Image files under `dir`, recursively, sorted by path.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?;
+        for e in entries {
+            let p = e.map_err(|e| Error::io(&d, e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Decodes one file into `channels` (1 or 3) x `size` x `size` `u8` pixels,
+/// centre-cropping to a square first so nothing is stretched.
+pub fn decode(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| Error::format(path, format!("not a readable PNG/JPEG image: {e}")))?;
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return Err(Error::format(path, "image has no pixels"));
+    }
+    let side = w.min(h);
+    let img = img.crop_imm((w - side) / 2, (h - side) / 2, side, side);
+    let img = if side as usize == size {
+        img
+    } else {
+        img.resize_exact(size as u32, size as u32, FilterType::Triangle)
+    };
+    Ok(match channels {
+        1 => DynamicImage::ImageLuma8(img.to_luma8()).into_bytes(),
+        3 => {
+            let rgb = img.to_rgb8();
+            // Interleaved HWC → planar CHW.
+            let mut out = vec![0u8; 3 * size * size];
+            for (i, px) in rgb.pixels().enumerate() {
+                for c in 0..3 {
+                    out[c * size * size + i] = px[c];
+                }
+            }
+            out
+        }
+        other => {
+            return Err(Error::invalid(
+                "--channels",
+                format!("{other} channels; images load as 1 (gray) or 3 (RGB)"),
+            ))
+        }
+    })
+}
+
+fn check_size(size: usize) -> Result<()> {
+    if size < 8 {
+        return Err(Error::invalid(
+            "--size",
+            format!("{size} pixels; images must be at least 8x8"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every image under `dir` as an unlabeled dataset of `channels` x `size`
+/// x `size` images; also returns the files in dataset order.
+pub fn load_images(dir: &Path, size: usize, channels: usize) -> Result<(Dataset, Vec<PathBuf>)> {
+    check_size(size)?;
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            "image folder",
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    let files = image_files(dir)?;
+    if files.is_empty() {
+        return Err(Error::format(
+            dir,
+            format!("no images found (looked for {})", EXTENSIONS.join(", ")),
+        ));
+    }
+    let mut px = Vec::with_capacity(files.len() * channels * size * size);
+    for f in &files {
+        px.extend(decode(f, size, channels)?);
+    }
+    let ds = Dataset::new(px, (files.len(), channels, size, size), None, Vec::new())?;
+    Ok((ds, files))
+}
+
+/// A labeled dataset from one sub-folder per class under `dir` (classes in
+/// sorted name order).
+pub fn load_classes(dir: &Path, size: usize, channels: usize) -> Result<Dataset> {
+    check_size(size)?;
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(Error::format(
+            dir,
+            "no class sub-folders found (expected <dir>/<class>/<image>.png|jpg)",
+        ));
+    }
+    let (mut px, mut labels, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, c) in classes.iter().enumerate() {
+        let (ds, _) = load_images(c, size, channels)?;
+        px.extend_from_slice(ds.pixels());
+        labels.extend(std::iter::repeat_n(k as u32, ds.len()));
+        names.push(
+            c.file_name()
+                .map_or_else(|| k.to_string(), |n| n.to_string_lossy().into_owned()),
+        );
+    }
+    Dataset::new(
+        px,
+        (labels.len(), channels, size, size),
+        Some(labels),
+        names,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
+        img.save(path).unwrap();
+    }
+
+    #[test]
+    fn folders_decode_crop_resize_and_label() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("cats");
+        let b = d.path().join("dogs");
+        std::fs::create_dir_all(a.join("nested")).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        // 20x10: the centre 10x10 crop is the middle, red; the borders blue.
+        write_png(&a.join("1.png"), 20, 10, |x, _| {
+            if (5..15).contains(&x) {
+                [200, 0, 0]
+            } else {
+                [0, 0, 200]
+            }
+        });
+        write_png(&a.join("nested/2.PNG"), 8, 8, |_, _| [10, 20, 30]);
+        write_png(&b.join("3.png"), 16, 16, |_, _| [0, 255, 0]);
+        std::fs::write(b.join("notes.txt"), "not an image").unwrap();
+        let ds = load_classes(d.path(), 8, 3).unwrap();
+        assert_eq!(ds.len(), 3);
+        assert_eq!(ds.labels().unwrap(), &[0, 0, 1]);
+        assert_eq!(ds.class_names(), &["cats".to_string(), "dogs".to_string()]);
+        let first = ds.image(0);
+        assert!(
+            first[..64].iter().all(|&v| v == 200),
+            "red plane, no blue border"
+        );
+        assert!(first[128..].iter().all(|&v| v == 0), "blue plane empty");
+        assert_eq!(&ds.image(1)[..1], &[10]);
+        assert_eq!(&ds.image(1)[64..65], &[20], "planar CHW layout");
+        let (gray, files) = load_images(&a, 8, 1).unwrap();
+        assert_eq!((gray.len(), gray.image_shape()), (2, (1, 8, 8)));
+        assert!(files[1].ends_with("nested/2.PNG"));
+    }
+
+    #[test]
+    fn bad_folders_and_files_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let e = load_images(d.path(), 8, 1).unwrap_err().to_string();
+        assert!(e.contains("no images found"), "{e}");
+        std::fs::write(d.path().join("broken.jpg"), b"\xff\xd8\xff garbage").unwrap();
+        let e = load_images(d.path(), 8, 1).unwrap_err().to_string();
+        assert!(e.contains("broken.jpg") && e.contains("PNG/JPEG"), "{e}");
+        let e = load_images(&d.path().join("missing"), 8, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing") && e.contains("not a directory"),
+            "{e}"
+        );
+        assert!(load_images(d.path(), 4, 1).is_err());
+        assert!(load_classes(d.path(), 8, 1).is_err());
+    }
+}
