@@ -1,0 +1,354 @@
+//! A transformation-prediction detector: backbone + T-way head trained on
+//! normal images only, then three anomaly scores (higher = more anomalous).
+
+use crate::dirichlet::Dirichlet;
+use crate::transforms::{transform_batch, TransformSet, Transformation};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarMap};
+use selfsup_backbones::checkpoint::{self, StageConfig, BACKBONE_PREFIX, HEAD_PREFIX};
+use selfsup_backbones::{Backbone, BackboneConfig};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitReport};
+use selfsup_core::{params, Error, Normalization, Result};
+use selfsup_data::{batch, Dataset};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Score names, in report order.
+pub const SCORES: [&str; 3] = ["nll", "dirichlet", "knn"];
+
+/// How a detector is trained and scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorConfig {
+    /// Which transformations the head predicts.
+    pub transforms: TransformSet,
+    /// Optimisation over (normal image, transformation) pairs: one epoch
+    /// shows every normal image under every transformation once.
+    pub fit: FitConfig,
+    /// Images per forward pass when scoring.
+    pub eval_batch: usize,
+    /// Neighbours averaged by the kNN score.
+    pub knn_k: usize,
+}
+
+/// The three scores of a set of images, one value per image each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// Summed negative log-probability of the applied transformation over
+    /// all T transformed copies.
+    pub nll: Vec<f64>,
+    /// Negative Dirichlet log-likelihood of the T softmax vectors under the
+    /// per-transformation Dirichlets fitted on the normal training images.
+    pub dirichlet: Vec<f64>,
+    /// Mean cosine distance of the untransformed image's features to its
+    /// k nearest normal training images.
+    pub knn: Vec<f64>,
+}
+
+impl Scores {
+    /// The score called `name` (one of [`SCORES`]).
+    pub fn get(&self, name: &str) -> Result<&[f64]> {
+        match name {
+            "nll" => Ok(&self.nll),
+            "dirichlet" => Ok(&self.dirichlet),
+            "knn" => Ok(&self.knn),
+            other => Err(Error::invalid(
+                "--score",
+                format!("unknown score {other:?}; available: {}", SCORES.join(", ")),
+            )),
+        }
+    }
+}
+
+/// A trained detector.
+pub struct Detector {
+    /// All variables (`backbone.*`, `head.*`).
+    pub map: VarMap,
+    /// The encoder.
+    pub backbone: Box<dyn Backbone>,
+    head: Linear,
+    /// The transformations, identity first.
+    pub list: Vec<Transformation>,
+    /// The settings it was trained with.
+    pub config: DetectorConfig,
+    /// The backbone's configuration.
+    pub backbone_config: BackboneConfig,
+    /// Input normalisation.
+    pub norm: Normalization,
+    /// One fitted Dirichlet per transformation.
+    pub dirichlet: Vec<Dirichlet>,
+    /// L2-normalised features of the normal training images, (N, D).
+    normal_features: Tensor,
+    /// Accuracy of the transformation head on the normal training images.
+    pub train_accuracy: f64,
+    /// The training history.
+    pub report: FitReport,
+    device: Device,
+}
+
+/// Per-batch outputs of the network on transformed images.
+struct Forward {
+    /// Log-softmax over transformations, (B, T) row-major.
+    log_probs: Vec<f32>,
+    /// Backbone features, (B, D).
+    features: Tensor,
+}
+
+impl Detector {
+    /// Trains a detector on the `normal` images of `ds`. With `init`, the
+    /// backbone starts from that stage directory (its config must match
+    /// `backbone_cfg`, and its normalisation replaces `norm`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train(
+        cfg: &DetectorConfig,
+        init: Option<&Path>,
+        backbone_cfg: &BackboneConfig,
+        ds: &Dataset,
+        normal: &[usize],
+        norm: &Normalization,
+        device: &Device,
+        quiet: bool,
+        stage: &str,
+    ) -> Result<Self> {
+        if normal.len() < 2 {
+            return Err(Error::invalid(
+                stage,
+                format!("{} normal training images; need at least 2", normal.len()),
+            ));
+        }
+        let seed = cfg.fit.seed;
+        let (map, backbone, norm) = match init {
+            Some(dir) => {
+                let enc = checkpoint::load(dir, seed, device)?;
+                if &enc.config.backbone != backbone_cfg {
+                    return Err(Error::format(
+                        dir.join("config.json"),
+                        format!(
+                            "checkpoint backbone {:?} differs from the requested {:?}",
+                            enc.config.backbone, backbone_cfg
+                        ),
+                    ));
+                }
+                let (c, h, w) = ds.image_shape();
+                if enc.config.input_shape != [c, h, w] {
+                    return Err(Error::format(
+                        dir.join("config.json"),
+                        format!(
+                            "checkpoint input shape {:?} differs from the data's {c}x{h}x{w}",
+                            enc.config.input_shape
+                        ),
+                    ));
+                }
+                (enc.map, enc.backbone, enc.config.normalization)
+            }
+            None => {
+                let map = VarMap::new();
+                let vb = params::seeded_var_builder(&map, seed, device);
+                let backbone = backbone_cfg.build(vb.pp(BACKBONE_PREFIX))?;
+                (map, backbone, norm.clone())
+            }
+        };
+        let list = cfg.transforms.list();
+        let t = list.len();
+        let vb = params::seeded_var_builder(&map, seed ^ 0x5eed_a0a1, device);
+        let head = candle_nn::linear(backbone.feature_dim(), t, vb.pp(HEAD_PREFIX))?;
+        let shape = ds.image_shape();
+        let pixels = ds.pixels_of(normal);
+        let report = {
+            let (list, pixels, head, backbone) = (&list, &pixels, &head, &backbone);
+            fit_prefetched(
+                &cfg.fit,
+                stage,
+                normal.len() * t,
+                params::trainable_vars(&map)
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect(),
+                &map,
+                quiet,
+                |items, _| {
+                    let pairs: Vec<(usize, usize)> =
+                        items.iter().map(|&k| (k / t, k % t)).collect();
+                    let px = transform_batch(pixels, shape, list, &pairs);
+                    let y: Vec<u32> = pairs.iter().map(|&(_, tt)| tt as u32).collect();
+                    Ok((px, y))
+                },
+                |(px, y): (Vec<u8>, Vec<u32>), _| {
+                    let x = batch::to_tensor(&px, shape, &norm, device)?;
+                    let labels = Tensor::from_vec(y.clone(), y.len(), device)?;
+                    let logits = head.forward(&backbone.forward_t(&x, true)?)?;
+                    let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+                    Ok((loss, y.len()))
+                },
+                None,
+            )?
+        };
+        let mut det = Self {
+            map,
+            backbone,
+            head,
+            list,
+            config: cfg.clone(),
+            backbone_config: backbone_cfg.clone(),
+            norm,
+            dirichlet: Vec::new(),
+            normal_features: Tensor::zeros((1, 1), DType::F32, device)?,
+            train_accuracy: 0.0,
+            report,
+            device: device.clone(),
+        };
+        det.fit_normal_statistics(&pixels, shape)?;
+        Ok(det)
+    }
+
+    /// Eval-mode log-probabilities and features of `pairs` (image index into
+    /// `pixels`, transformation index).
+    fn forward(
+        &self,
+        pixels: &[u8],
+        shape: (usize, usize, usize),
+        pairs: &[(usize, usize)],
+    ) -> Result<Forward> {
+        let px = transform_batch(pixels, shape, &self.list, pairs);
+        let x = batch::to_tensor(&px, shape, &self.norm, &self.device)?;
+        let features = self.backbone.forward_t(&x, false)?.detach();
+        let logits = self.head.forward(&features)?;
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Forward {
+            log_probs,
+            features,
+        })
+    }
+
+    /// Runs every transformation of every image of `pixels` through the
+    /// network, `eval_batch` transformed images at a time, and hands each
+    /// chunk's (first image, log-probabilities, identity features) to `visit`.
+    fn sweep(
+        &self,
+        pixels: &[u8],
+        shape: (usize, usize, usize),
+        mut visit: impl FnMut(usize, &[f32], Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let per = shape.0 * shape.1 * shape.2;
+        let n = pixels.len() / per;
+        let t = self.list.len();
+        let images_per_chunk = (self.config.eval_batch / t).max(1);
+        for start in (0..n).step_by(images_per_chunk) {
+            let end = (start + images_per_chunk).min(n);
+            let pairs: Vec<(usize, usize)> = (start..end)
+                .flat_map(|i| (0..t).map(move |k| (i, k)))
+                .collect();
+            let out = self.forward(pixels, shape, &pairs)?;
+            // Rows i*t (transformation 0, the identity) hold the plain images.
+            let ids: Vec<u32> = (0..(end - start) as u32).map(|i| i * t as u32).collect();
+            let ids = Tensor::from_vec(ids, end - start, &self.device)?;
+            visit(start, &out.log_probs, out.features.index_select(&ids, 0)?)?;
+        }
+        Ok(())
+    }
+
+    /// Fits the per-transformation Dirichlets and stores the normal
+    /// features for the kNN score.
+    fn fit_normal_statistics(&mut self, pixels: &[u8], shape: (usize, usize, usize)) -> Result<()> {
+        let t = self.list.len();
+        let mut mean_log = vec![vec![0f64; t]; t];
+        let mut mean_p = vec![vec![0f64; t]; t];
+        let mut correct = 0usize;
+        let mut feats = Vec::new();
+        let mut n = 0usize;
+        self.sweep(pixels, shape, |_, lp, f| {
+            for row_i in 0..lp.len() / t {
+                let k = row_i % t;
+                let row = &lp[row_i * t..(row_i + 1) * t];
+                for (j, &v) in row.iter().enumerate() {
+                    mean_log[k][j] += f64::from(v);
+                    mean_p[k][j] += f64::from(v).exp();
+                }
+                let arg = row
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(j, _)| j);
+                correct += usize::from(arg == k);
+            }
+            n += lp.len() / (t * t);
+            feats.push(f);
+            Ok(())
+        })?;
+        self.dirichlet = (0..t)
+            .map(|k| {
+                let ml: Vec<f64> = mean_log[k].iter().map(|v| v / n as f64).collect();
+                let mp: Vec<f64> = mean_p[k].iter().map(|v| v / n as f64).collect();
+                Dirichlet::fit(&ml, &mp)
+            })
+            .collect();
+        self.train_accuracy = correct as f64 / (n * t) as f64;
+        self.normal_features = l2_normalise(&Tensor::cat(&feats, 0)?)?;
+        Ok(())
+    }
+
+    /// All three scores of the images `indices` of `ds`.
+    pub fn score(&self, ds: &Dataset, indices: &[usize]) -> Result<Scores> {
+        let t = self.list.len();
+        let shape = ds.image_shape();
+        let pixels = ds.pixels_of(indices);
+        let mut s = Scores::default();
+        let k = self
+            .config
+            .knn_k
+            .clamp(1, self.normal_features.dim(0)?.max(1));
+        self.sweep(&pixels, shape, |_, lp, f| {
+            for img in lp.chunks_exact(t * t) {
+                let (mut nll, mut dir) = (0.0, 0.0);
+                for (tt, row) in img.chunks_exact(t).enumerate() {
+                    nll -= f64::from(row[tt]);
+                    let row64: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+                    dir -= self.dirichlet[tt].log_density(&row64);
+                }
+                s.nll.push(nll);
+                s.dirichlet.push(dir);
+            }
+            let sim: Vec<Vec<f32>> = l2_normalise(&f)?
+                .matmul(&self.normal_features.t()?)?
+                .to_device(&Device::Cpu)?
+                .to_vec2()?;
+            for mut row in sim {
+                row.sort_unstable_by(|a, b| b.total_cmp(a));
+                let mean: f64 = row[..k].iter().map(|&v| f64::from(v)).sum::<f64>() / k as f64;
+                s.knn.push(1.0 - mean);
+            }
+            Ok(())
+        })?;
+        Ok(s)
+    }
+
+    /// Saves the detector (weights and a config whose metrics hold the
+    /// Dirichlet parameters) as a stage directory.
+    pub fn save(&self, dir: &Path, dataset: &str, shape: (usize, usize, usize)) -> Result<()> {
+        let cfg = StageConfig {
+            stage: "anomaly".into(),
+            method: format!("transformations:{}", self.config.transforms.name()),
+            backbone: self.backbone_config.clone(),
+            input_shape: [shape.0, shape.1, shape.2],
+            normalization: self.norm.clone(),
+            seed: self.config.fit.seed,
+            dataset: dataset.into(),
+            head_outputs: Some(self.list.len()),
+            recipe: serde_json::to_value(&self.config)
+                .map_err(|e| Error::invalid("detector config", e.to_string()))?,
+            metrics: serde_json::json!({
+                "train_transformation_accuracy": self.train_accuracy,
+                "dirichlet_alpha": self.dirichlet.iter().map(|d| d.alpha.clone()).collect::<Vec<_>>(),
+            }),
+        };
+        checkpoint::save(dir, &self.map, &cfg)
+    }
+}
+
+/// Rows scaled to unit L2 norm.
+fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&norm)?)
+}
