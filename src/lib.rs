@@ -4,7 +4,8 @@
 //!
 //! This facade re-exports the stage crates and adds [`pipeline`], the one
 //! place where they are composed (pretrain → transfer → evaluate, with
-//! checkpoints between stages). The `cargo xtask` commands are a thin shell
+//! checkpoints between stages), and [`anomaly_run`], which does the same for
+//! anomaly detection. The `cargo xtask` commands are a thin shell
 //! over it.
 //!
 //! | crate | job |
@@ -17,7 +18,9 @@
 //! | [`pretext`] | rotation prediction and the pretraining loop |
 //! | [`contrastive`] | SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, MoCo v2 |
 //! | [`finetune`] | scratch, fine-tune, linear probe, kNN |
+//! | [`anomaly`] | transformation-prediction anomaly detection, AUROC |
 
+pub use selfsup_anomaly as anomaly;
 pub use selfsup_augment as augment;
 pub use selfsup_backbones as backbones;
 pub use selfsup_contrastive as contrastive;
@@ -27,6 +30,7 @@ pub use selfsup_finetune as finetune;
 pub use selfsup_kernels as kernels;
 pub use selfsup_pretext as pretext;
 
+pub mod anomaly_run;
 pub mod bench;
 pub mod methods;
 pub mod pipeline;

@@ -366,6 +366,107 @@ pub fn line_png(
     c.save_png(path)
 }
 
+/// One panel of [`histograms_png`].
+pub struct Histogram<'a> {
+    /// Panel label (a class name).
+    pub label: &'a str,
+    /// The values to bin.
+    pub values: &'a [f64],
+    /// Drawn in the first palette colour (e.g. the normal class) instead
+    /// of the second.
+    pub highlight: bool,
+}
+
+/// Stacked histograms on a shared x axis (the 1st to 99th percentile of all
+/// values, so a few extreme scores do not squash the rest), 40 bins, each
+/// panel scaled to its own tallest bin.
+pub fn histograms_png(path: &Path, panels: &[Histogram], title: &str, x_name: &str) -> Result<()> {
+    const BINS: usize = 40;
+    let panel_h: i64 = 52;
+    let (left, top, width) = (150i64, 50i64, 540i64);
+    let height = panel_h * panels.len().max(1) as i64;
+    let mut c = Canvas::new(720, (top + height + 50) as usize);
+    let mut all: Vec<f64> = panels
+        .iter()
+        .flat_map(|p| p.values.iter().copied())
+        .filter(|v| v.is_finite())
+        .collect();
+    all.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        all.get(((all.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+    };
+    let (lo, hi) = match (pick(0.01), pick(0.99)) {
+        (Some(a), Some(b)) if b > a => (a, b),
+        (Some(a), _) => (a - 0.5, a + 0.5),
+        _ => (0.0, 1.0),
+    };
+    let frame = Frame {
+        left,
+        top,
+        width,
+        height,
+        x: (lo, hi),
+        y: (0.0, 1.0),
+    };
+    c.text(left, 12, title, 2, BLACK);
+    for k in 0..=4 {
+        let f = k as f64 / 4.0;
+        let gx = left + (f * width as f64) as i64;
+        c.line((gx, top), (gx, top + height), GRID, 1);
+        let xv = tick_label(lo + f * (hi - lo));
+        c.text(
+            gx - Canvas::text_width(&xv, 1) / 2,
+            top + height + 6,
+            &xv,
+            1,
+            BLACK,
+        );
+    }
+    c.text(
+        left + (width - Canvas::text_width(x_name, 1)) / 2,
+        top + height + 20,
+        x_name,
+        1,
+        BLACK,
+    );
+    let bin_w = width as f64 / BINS as f64;
+    for (i, p) in panels.iter().enumerate() {
+        let y0 = top + panel_h * i as i64;
+        let mut counts = [0usize; BINS];
+        for &v in p.values.iter().filter(|v| v.is_finite()) {
+            let f = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
+            counts[((f * BINS as f64) as usize).min(BINS - 1)] += 1;
+        }
+        let max = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+        let rgb = if p.highlight { PALETTE[0] } else { PALETTE[1] };
+        for (b, &n) in counts.iter().enumerate() {
+            let h = ((n as f64 / max) * (panel_h - 8) as f64).round() as i64;
+            let x = frame
+                .map(lo + (b as f64 + 0.5) * (hi - lo) / BINS as f64, 0.0)
+                .0;
+            c.rect(
+                x - (bin_w / 2.0) as i64,
+                y0 + panel_h - h,
+                bin_w.ceil() as i64 - 1,
+                h,
+                rgb,
+            );
+        }
+        c.line((left, y0 + panel_h), (left + width, y0 + panel_h), BLACK, 1);
+        let label = format!("{} ({})", p.label, p.values.len());
+        c.text(
+            left - Canvas::text_width(&label, 1) - 8,
+            y0 + panel_h / 2,
+            &label,
+            1,
+            BLACK,
+        );
+    }
+    c.line((left, top), (left, top + height), BLACK, 1);
+    c.save_png(path)
+}
+
 /// Projects the rows of `x` (n x d, row-major) on their first two principal
 /// components (power iteration with deflation on the covariance).
 pub fn pca2(x: &[f32], n: usize, d: usize) -> Vec<[f64; 2]> {
@@ -489,6 +590,28 @@ mod tests {
         line_png(&line, &series, "loss", "epoch", "loss").unwrap();
         assert!(std::fs::read(&line).unwrap().starts_with(b"\x89PNG"));
         assert!(scatter_png(&path, &pts, &[0], "x").is_err());
+        let hist = dir.path().join("h.png");
+        let (a, b) = (vec![0.0, 0.1, 0.2, 0.2], vec![5.0, 6.0, 7.0]);
+        let panels = [
+            Histogram {
+                label: "normal",
+                values: &a,
+                highlight: true,
+            },
+            Histogram {
+                label: "anomaly",
+                values: &b,
+                highlight: false,
+            },
+        ];
+        histograms_png(&hist, &panels, "scores", "score").unwrap();
+        let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&hist).unwrap()));
+        let mut reader = dec.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.height, 50 + 2 * 52 + 50, "one band per panel");
+        let has = |rgb: [u8; 3]| buf.chunks_exact(3).any(|p| p == rgb);
+        assert!(has(PALETTE[0]) && has(PALETTE[1]), "both panels drawn");
         assert_eq!(tick_label(0.25), "0.25");
         assert_eq!(tick_label(1200.0), "1200");
         assert_eq!(tick_label(2.5), "2.5");

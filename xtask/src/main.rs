@@ -39,6 +39,9 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Training-step throughput: our kernels vs Candle's stock ops vs PyTorch.
     Bench(bench::BenchArgs),
+    /// Anomaly detection: train transformation-prediction detectors on
+    /// normal images only and report AUROC / AUPR / FPR95 per normal class.
+    Anomaly(AnomalyArgs),
 }
 
 /// Flags shared by every command.
@@ -210,6 +213,144 @@ struct EvaluateArgs {
     /// Write the result as JSON to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AnomalyArgs {
+    /// one-class (each class of --dataset in turn is normal), faces (the
+    /// shipped LFW faces vs non-faces) or folders (--normal vs --anomalies).
+    #[arg(long, default_value = "faces")]
+    protocol: String,
+    /// One-class: dataset name or directory (as for `pipeline`).
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    /// One-class: normal classes to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<u32>,
+    /// One-class: use only the first N training images of each normal class (0 = all).
+    #[arg(long, default_value_t = 0)]
+    max_normal: usize,
+    /// One-class: score only N test images, evenly strided (0 = all).
+    #[arg(long, default_value_t = 0)]
+    max_test: usize,
+    /// Folders: directory of normal images (PNG/JPEG, searched recursively).
+    #[arg(long)]
+    normal: Option<PathBuf>,
+    /// Folders: directory of anomalous images.
+    #[arg(long)]
+    anomalies: Option<PathBuf>,
+    /// Folders: held-out normal images to score; without it,
+    /// 1 - --train-fraction of --normal is held out.
+    #[arg(long)]
+    normal_test: Option<PathBuf>,
+    /// Folders: images are centre-cropped and resized to SIZE x SIZE.
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Folders: 1 (grayscale) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Faces / folders: fraction of the normal images that trains the detector.
+    #[arg(long, default_value_t = 0.7)]
+    train_fraction: f64,
+    /// Transformations the detector predicts: rot4, rot-flip8 or geo72.
+    #[arg(long, default_value = "geo72")]
+    transforms: String,
+    /// Headline score of report.json: nll, dirichlet or knn (all three are
+    /// always computed and reported).
+    #[arg(long, default_value = "dirichlet")]
+    score: String,
+    /// Seeds, comma-separated; each trains its own detectors.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    seeds: Vec<u64>,
+    /// Encoder: convnet, resnet18 or mobilenetv2.
+    #[arg(long, default_value = "convnet")]
+    backbone: String,
+    /// Convnet stage widths, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    widths: Option<Vec<usize>>,
+    /// Convnet 3x3 conv layers per stage.
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Start each detector's backbone from this pretrained stage directory.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Epochs over the (normal image, transformation) pairs; 0 = ceil(200 / T).
+    #[arg(long, default_value_t = 0)]
+    epochs: usize,
+    /// Transformed images per optimiser step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Peak learning rate (AdamW, warmup + cosine).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Neighbours averaged by the kNN score.
+    #[arg(long, default_value_t = 2)]
+    knn_k: usize,
+    /// Transformed images per inference batch.
+    #[arg(long, default_value_t = 1024)]
+    eval_batch: usize,
+    /// Also save every detector (weights + Dirichlet parameters) under OUT/detectors/.
+    #[arg(long)]
+    save_detectors: bool,
+    /// Compute device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Convolution implementation: fast or stock.
+    #[arg(long, default_value = "fast")]
+    kernels: selfsup::kernels::Kernels,
+    /// No progress bars or per-run lines.
+    #[arg(long)]
+    quiet: bool,
+    /// Output directory (report.json, report.md, figures/).
+    #[arg(long, default_value = "models/anomaly")]
+    out: PathBuf,
+}
+
+fn run_anomaly(a: AnomalyArgs) -> Result<()> {
+    use selfsup::anomaly_run::{self, AnomalyOptions};
+    let mut recipe = Recipe::default();
+    if let Some(w) = a.widths {
+        recipe.convnet_widths = w;
+    }
+    if let Some(d) = a.depth {
+        recipe.convnet_depth = d;
+    }
+    let opts = AnomalyOptions {
+        protocol: a.protocol,
+        dataset: a.dataset,
+        classes: a.classes,
+        max_normal: a.max_normal,
+        max_test: a.max_test,
+        normal_dir: a.normal,
+        anomaly_dir: a.anomalies,
+        normal_test_dir: a.normal_test,
+        size: a.size,
+        channels: a.channels,
+        train_fraction: a.train_fraction,
+        transforms: selfsup::anomaly::TransformSet::from_name(&a.transforms)?,
+        score: a.score,
+        seeds: a.seeds,
+        backbone: a.backbone,
+        recipe,
+        init: a.init,
+        epochs: a.epochs,
+        batch_size: a.batch,
+        lr: a.lr,
+        knn_k: a.knn_k,
+        eval_batch: a.eval_batch,
+        out: a.out.clone(),
+        save_detectors: a.save_detectors,
+        device: parse_device(&a.device)?,
+        quiet: a.quiet,
+    };
+    let report = anomaly_run::run(&opts)?;
+    println!("{}", report.to_markdown());
+    println!(
+        "wrote {} and {}",
+        a.out.join("report.json").display(),
+        a.out.join("report.md").display()
+    );
+    Ok(())
 }
 
 /// The default recipe with `file`'s fields laid over it.
@@ -448,11 +589,17 @@ fn main() {
         Command::Pretrain(a) => Some(&a.common),
         Command::Transfer(a) => Some(&a.common),
         Command::Evaluate(a) => Some(&a.common),
-        Command::Bench(_) => None, // times each kernel choice itself
+        Command::Bench(_) | Command::Anomaly(_) => None,
     };
-    init_logging(common.is_some_and(|c| c.quiet));
-    if let Some(c) = common {
-        selfsup::kernels::set_default(c.kernels);
+    let (quiet, kernels) = match &cli.command {
+        Command::Anomaly(a) => (a.quiet, Some(a.kernels)),
+        // The bench times each kernel choice itself.
+        Command::Bench(_) => (false, None),
+        _ => (common.is_some_and(|c| c.quiet), common.map(|c| c.kernels)),
+    };
+    init_logging(quiet);
+    if let Some(k) = kernels {
+        selfsup::kernels::set_default(k);
     }
     let res = match cli.command {
         Command::Pipeline(a) => run_pipeline(a),
@@ -460,6 +607,7 @@ fn main() {
         Command::Transfer(a) => run_transfer(a),
         Command::Evaluate(a) => run_evaluate(a),
         Command::Bench(a) => bench::run(a),
+        Command::Anomaly(a) => run_anomaly(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

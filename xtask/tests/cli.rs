@@ -170,3 +170,36 @@ fn recipe_files_and_method_names_are_checked() {
     assert!(stderr.contains("simclr-mnist"), "{stderr}");
     assert!(!out.exists(), "failed runs must not write output");
 }
+
+#[test]
+fn anomaly_flags_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("anomaly");
+    let o = out.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["anomaly", "--quiet", "--protocol", "two-class", "--out", o],
+            &["--protocol", "two-class", "one-class, faces, folders"],
+        ),
+        (
+            &["anomaly", "--quiet", "--transforms", "rot5", "--out", o],
+            &["--transforms", "rot5", "geo72"],
+        ),
+        (
+            &["anomaly", "--quiet", "--score", "entropy", "--out", o],
+            &["--score", "entropy", "dirichlet"],
+        ),
+        (
+            &["anomaly", "--quiet", "--protocol", "folders", "--out", o],
+            &["--normal", "folders"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (ok, err) = xtask(args);
+        assert!(!ok, "{args:?} should fail");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+        }
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}

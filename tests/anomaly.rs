@@ -1,0 +1,210 @@
+//! End-to-end tests of `selfsup::anomaly_run` on the shipped faces, a tiny
+//! one-class slice of the embedded Fashion-MNIST, and generated image
+//! folders.
+
+use selfsup::anomaly::TransformSet;
+use selfsup::anomaly_run::{run, AnomalyOptions};
+use selfsup::pipeline::Recipe;
+use std::path::Path;
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn small(protocol: &str, out: &Path) -> AnomalyOptions {
+    AnomalyOptions {
+        transforms: TransformSet::Rot4,
+        seeds: vec![0],
+        recipe: Recipe {
+            convnet_widths: vec![8, 16],
+            convnet_depth: 1,
+            ..Recipe::default()
+        },
+        epochs: 6,
+        batch_size: 32,
+        lr: 3e-3,
+        eval_batch: 256,
+        out: out.to_path_buf(),
+        quiet: true,
+        ..AnomalyOptions::new(protocol)
+    }
+}
+
+#[test]
+fn faces_detector_separates_faces_from_non_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = AnomalyOptions {
+        save_detectors: true,
+        epochs: 12,
+        ..small("faces", dir.path())
+    };
+    let report = run(&opts).unwrap();
+    let json = read_json(&dir.path().join("report.json"));
+    // The contract of report.json.
+    assert_eq!(json["protocol"], "faces");
+    assert_eq!(json["score"], "dirichlet");
+    let rows = json["per_class"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    for f in ["class", "auroc", "aupr", "fpr95"] {
+        assert!(!rows[0][f].is_null(), "per_class.{f}");
+    }
+    assert_eq!(rows[0]["class"], "face");
+    assert_eq!(json["mean_auroc"], rows[0]["auroc"]);
+    assert_eq!(json["scores"].as_array().unwrap().len(), 3);
+    let run0 = &report.runs[0];
+    assert_eq!(
+        (run0.normal_train, run0.test_normal, run0.test_anomalies),
+        (70, 30, 100)
+    );
+    // Even a small detector trained for seconds tells faces (upright, with a
+    // canonical orientation) from background crops: far above chance.
+    for s in &report.scores {
+        assert!(s.mean_auroc > 0.8, "{} AUROC {}", s.score, s.mean_auroc);
+    }
+    // Chance is 0.25 for four rotations.
+    assert!(
+        run0.transformation_accuracy > 0.4,
+        "{}",
+        run0.transformation_accuracy
+    );
+    for f in &report.figures {
+        let bytes = std::fs::read(dir.path().join(&f.path)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{}", f.path);
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("figures/roc.png") && md.contains("figures/hist-face.png"));
+    // The saved detector is a loadable stage directory with its Dirichlets.
+    let det = dir.path().join("detectors/face-seed0");
+    let enc = selfsup::backbones::checkpoint::load(&det, 0, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(enc.config.stage, "anomaly");
+    assert_eq!(
+        enc.config.metrics["dirichlet_alpha"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    // Any stage directory can start a detector: here the saved one.
+    let again = run(&AnomalyOptions {
+        init: Some(det.clone()),
+        epochs: 1,
+        save_detectors: false,
+        out: dir.path().join("from-init"),
+        ..opts.clone()
+    })
+    .unwrap();
+    assert!(again.mean_auroc > 0.8, "{}", again.mean_auroc);
+    // A checkpoint for other images is refused with its file named.
+    let e = run(&AnomalyOptions {
+        init: Some(det.clone()),
+        protocol: "one-class".into(),
+        classes: vec![0],
+        max_normal: 8,
+        max_test: 20,
+        out: dir.path().join("bad-init"),
+        ..opts
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("input shape"),
+        "{e}"
+    );
+}
+
+#[test]
+fn one_class_runs_each_class_on_a_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = AnomalyOptions {
+        classes: vec![1, 7],
+        max_normal: 96,
+        max_test: 300,
+        epochs: 2,
+        ..small("one-class", dir.path())
+    };
+    let report = run(&opts).unwrap();
+    let names: Vec<&str> = report.per_class.iter().map(|r| r.class.as_str()).collect();
+    assert_eq!(names, ["Trouser", "Sneaker"]);
+    let trouser = &report.runs[0];
+    assert_eq!(trouser.normal_train, 96);
+    assert_eq!(trouser.test_normal + trouser.test_anomalies, 300);
+    // The strided test slice keeps the class mix: about a tenth is normal.
+    assert!(
+        (20..=40).contains(&trouser.test_normal),
+        "{}",
+        trouser.test_normal
+    );
+    let mean = report.per_class.iter().map(|r| r.auroc).sum::<f64>() / 2.0;
+    assert!((report.mean_auroc - mean).abs() < 1e-12);
+    assert_eq!(report.figures.len(), 3, "one ROC + two histograms");
+    let e = run(&AnomalyOptions {
+        classes: vec![10],
+        ..opts.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--classes") && e.contains("10"), "{e}");
+}
+
+fn write_png(path: &Path, px: impl Fn(u32, u32) -> u8) {
+    let img = image::GrayImage::from_fn(20, 20, |x, y| image::Luma([px(x, y)]));
+    img.save(path).unwrap();
+}
+
+#[test]
+fn folders_protocol_reads_png_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let normal = dir.path().join("arrows");
+    let odd = dir.path().join("blobs");
+    std::fs::create_dir_all(&normal).unwrap();
+    std::fs::create_dir_all(&odd).unwrap();
+    // Normal: a bright wedge pointing up at different offsets (orientation
+    // is learnable); anomalies: rotationally symmetric rings.
+    for k in 0..30u32 {
+        write_png(&normal.join(format!("{k}.png")), |x, y| {
+            let cx = 8 + (k % 5) as i32;
+            let dy = y as i32 - 3;
+            u8::from(dy >= 0 && (x as i32 - cx).abs() <= dy / 2 && dy < 14) * 230
+        });
+    }
+    for k in 0..12u32 {
+        write_png(&odd.join(format!("{k}.png")), |x, y| {
+            let r = ((x as f64 - 9.5).powi(2) + (y as f64 - 9.5).powi(2)).sqrt();
+            u8::from((r - 3.0 - (k % 4) as f64).abs() < 1.5) * 230
+        });
+    }
+    let out = dir.path().join("run");
+    let opts = AnomalyOptions {
+        normal_dir: Some(normal.clone()),
+        anomaly_dir: Some(odd.clone()),
+        size: 16,
+        channels: 1,
+        ..small("folders", &out)
+    };
+    let report = run(&opts).unwrap();
+    assert_eq!(report.protocol, "folders");
+    assert_eq!(report.per_class[0].class, "arrows");
+    assert_eq!(report.runs[0].normal_train, 21);
+    assert_eq!(report.runs[0].test_anomalies, 12);
+    assert!(out.join("figures/hist-arrows.png").exists());
+    // Missing folder flags and broken images are named, and no report is
+    // written for a failed run.
+    let out2 = dir.path().join("run2");
+    let e = run(&AnomalyOptions {
+        anomaly_dir: None,
+        out: out2.clone(),
+        ..opts.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--anomalies"), "{e}");
+    std::fs::write(odd.join("bad.png"), b"\x89PNG truncated").unwrap();
+    let e = run(&AnomalyOptions {
+        out: out2.clone(),
+        ..opts
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bad.png"), "{e}");
+    assert!(!out2.join("report.json").exists());
+}
