@@ -19,6 +19,7 @@
 //! | [`contrastive`] | SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, MoCo v2 |
 //! | [`finetune`] | scratch, fine-tune, linear probe, kNN |
 //! | [`anomaly`] | transformation-prediction anomaly detection, AUROC |
+//! | [`text`] | WordPiece tokenizer, small BERT, masked-token pretraining |
 
 pub use selfsup_anomaly as anomaly;
 pub use selfsup_augment as augment;
@@ -29,6 +30,7 @@ pub use selfsup_data as data;
 pub use selfsup_finetune as finetune;
 pub use selfsup_kernels as kernels;
 pub use selfsup_pretext as pretext;
+pub use selfsup_text as text;
 
 pub mod anomaly_run;
 pub mod bench;

@@ -1,0 +1,399 @@
+//! A BERT encoder with a masked-language-model head, parameter for
+//! parameter Hugging Face's `BertForMaskedLM` (post-LayerNorm layers, GELU
+//! (erf) MLP, absolute positions, token types, output embeddings tied to
+//! the input embeddings), with the same tensor names, so a checkpoint loads
+//! in `transformers` and back here.
+//!
+//! LayerNorm and softmax are built from ops that have a backward pass
+//! (Candle's fused `LayerNorm::forward` and `softmax_last_dim` have none).
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::init::Init;
+use candle_nn::{Linear, VarBuilder};
+use selfsup_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The `config.json` of a checkpoint, in Hugging Face's `BertConfig`
+/// format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Always `["BertForMaskedLM"]`.
+    pub architectures: Vec<String>,
+    /// Always `bert`.
+    pub model_type: String,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Width of every layer.
+    pub hidden_size: usize,
+    /// Transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// `gelu` (the exact, erf-based one).
+    pub hidden_act: String,
+    /// Dropout after embeddings and sub-layers (not used in training here:
+    /// recorded as 0).
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities (0, as above).
+    pub attention_probs_dropout_prob: f64,
+    /// Longest sequence.
+    pub max_position_embeddings: usize,
+    /// Segment types.
+    pub type_vocab_size: usize,
+    /// Standard deviation of the initial weights.
+    pub initializer_range: f64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Id of `[PAD]`.
+    pub pad_token_id: u32,
+    /// `absolute`.
+    pub position_embedding_type: String,
+    /// Weights are stored as f32.
+    pub torch_dtype: String,
+}
+
+impl BertConfig {
+    /// A small BERT.
+    pub fn small(
+        vocab_size: usize,
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        max_len: usize,
+    ) -> Self {
+        Self {
+            architectures: vec!["BertForMaskedLM".into()],
+            model_type: "bert".into(),
+            vocab_size,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: 4 * hidden,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+            max_position_embeddings: max_len,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            position_embedding_type: "absolute".into(),
+            torch_dtype: "float32".into(),
+        }
+    }
+
+    /// Checks the sizes fit together.
+    pub fn validate(&self) -> Result<()> {
+        if self.hidden_size == 0 || self.num_attention_heads == 0 {
+            return Err(Error::invalid(
+                "bert config",
+                "hidden size and heads must be positive",
+            ));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::invalid(
+                "bert config",
+                format!(
+                    "hidden size {} is not a multiple of {} heads",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        if self.hidden_act != "gelu" {
+            return Err(Error::invalid(
+                "bert config",
+                format!(
+                    "activation {:?}; only \"gelu\" is implemented",
+                    self.hidden_act
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// LayerNorm over the last dimension, from differentiable primitives.
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+fn linear(inp: usize, out: usize, std: f64, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get_with_hints(
+        (out, inp),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )?;
+    let b = vb.get_with_hints(out, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+}
+
+impl Layer {
+    fn new(c: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, s) = (c.hidden_size, c.initializer_range);
+        let a = vb.pp("attention");
+        Ok(Self {
+            query: linear(h, h, s, a.pp("self").pp("query"))?,
+            key: linear(h, h, s, a.pp("self").pp("key"))?,
+            value: linear(h, h, s, a.pp("self").pp("value"))?,
+            attn_out: linear(h, h, s, a.pp("output").pp("dense"))?,
+            attn_norm: LayerNorm::new(h, c.layer_norm_eps, a.pp("output").pp("LayerNorm"))?,
+            inter: linear(h, c.intermediate_size, s, vb.pp("intermediate").pp("dense"))?,
+            out: linear(c.intermediate_size, h, s, vb.pp("output").pp("dense"))?,
+            out_norm: LayerNorm::new(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            heads: c.num_attention_heads,
+        })
+    }
+
+    /// `x`: (B, T, H); `bias`: (B, 1, 1, T) additive attention bias.
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let hd = h / self.heads;
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(self.query.forward(x)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let scores =
+            (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, h))?;
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let m = self.out.forward(&self.inter.forward(&x)?.gelu_erf()?)?;
+        self.out_norm.forward(&(m + x)?)
+    }
+}
+
+/// `BertForMaskedLM`: encoder plus the tied MLM head.
+pub struct BertMlm {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    transform: Linear,
+    transform_norm: LayerNorm,
+    out_bias: Tensor,
+    /// The configuration.
+    pub config: BertConfig,
+}
+
+impl BertMlm {
+    /// Builds the model; `vb` is the root (names `bert.*` and `cls.*`).
+    pub fn new(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let s = Init::Randn {
+            mean: 0.0,
+            stdev: c.initializer_range,
+        };
+        let e = vb.pp("bert").pp("embeddings");
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| Layer::new(c, vb.pp("bert").pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let p = vb.pp("cls").pp("predictions");
+        Ok(Self {
+            word: e.get_with_hints((c.vocab_size, c.hidden_size), "word_embeddings.weight", s)?,
+            position: e.get_with_hints(
+                (c.max_position_embeddings, c.hidden_size),
+                "position_embeddings.weight",
+                s,
+            )?,
+            token_type: e.get_with_hints(
+                (c.type_vocab_size, c.hidden_size),
+                "token_type_embeddings.weight",
+                s,
+            )?,
+            emb_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, e.pp("LayerNorm"))?,
+            layers,
+            transform: linear(
+                c.hidden_size,
+                c.hidden_size,
+                c.initializer_range,
+                p.pp("transform").pp("dense"),
+            )?,
+            transform_norm: LayerNorm::new(
+                c.hidden_size,
+                c.layer_norm_eps,
+                p.pp("transform").pp("LayerNorm"),
+            )?,
+            out_bias: p.get_with_hints(c.vocab_size, "bias", Init::Const(0.0))?,
+            config: c.clone(),
+        })
+    }
+
+    /// Final hidden states (B, T, H) of `ids` (B, T) u32, with `mask` (B, T)
+    /// 1 for real tokens and 0 for padding (padding gets no attention).
+    pub fn encode(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t > self.config.max_position_embeddings {
+            return Err(Error::invalid(
+                "sequence",
+                format!(
+                    "{t} tokens; the model takes at most {}",
+                    self.config.max_position_embeddings
+                ),
+            ));
+        }
+        let dev = ids.device();
+        let words = self
+            .word
+            .embedding(&ids.flatten_all()?)?
+            .reshape((b, t, ()))?;
+        let pos = self.position.narrow(0, 0, t)?.unsqueeze(0)?;
+        let types = self.token_type.narrow(0, 0, 1)?.unsqueeze(0)?;
+        let x = words.broadcast_add(&pos)?.broadcast_add(&types)?;
+        let mut x = self.emb_norm.forward(&x)?;
+        // 0 where attended, a large negative number at padding.
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?
+            .reshape((b, 1, 1, t))?
+            .to_device(dev)?;
+        for l in &self.layers {
+            x = l.forward(&x, &bias)?;
+        }
+        Ok(x)
+    }
+
+    /// Vocabulary logits (N, V) of hidden states (N, H).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let h = self
+            .transform_norm
+            .forward(&self.transform.forward(hidden)?.gelu_erf()?)?;
+        Ok(h.matmul(&self.word.t()?)?.broadcast_add(&self.out_bias)?)
+    }
+
+    /// Logits (B, T, V) at every position.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let h = self.encode(ids, mask)?;
+        let (b, t, hd) = h.dims3()?;
+        Ok(self.logits(&h.reshape((b * t, hd))?)?.reshape((b, t, ()))?)
+    }
+
+    /// Logits (N, V) only at the flat positions `at` (indices into B*T):
+    /// training needs the vocabulary projection at masked positions only.
+    pub fn logits_at(&self, ids: &Tensor, mask: &Tensor, at: &[u32]) -> Result<Tensor> {
+        let h = self.encode(ids, mask)?;
+        let (b, t, hd) = h.dims3()?;
+        let idx = Tensor::from_vec(at.to_vec(), at.len(), &Device::Cpu)?.to_device(ids.device())?;
+        self.logits(&h.reshape((b * t, hd))?.index_select(&idx, 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    fn tiny() -> (VarMap, BertMlm) {
+        let map = VarMap::new();
+        let vb = selfsup_core::params::seeded_var_builder(&map, 1, &Device::Cpu);
+        let m = BertMlm::new(&BertConfig::small(50, 16, 2, 2, 12), vb).unwrap();
+        (map, m)
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let (map, m) = tiny();
+        let ids = Tensor::new(&[[2u32, 7, 4, 9, 3], [2, 11, 12, 3, 0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 1, 0]], &Device::Cpu).unwrap();
+        let logits = m.logits_at(&ids, &mask, &[2, 6]).unwrap();
+        let labels = Tensor::new(&[5u32, 13], &Device::Cpu).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = map.data().lock().unwrap();
+        assert!(data.len() >= 2 * 16 + 10, "{} variables", data.len());
+        for (name, var) in data.iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // Only the rows of unused tokens / positions / the second token
+            // type may be zero; every tensor as a whole must move.
+            assert!(n > 0.0, "zero gradient for {name}");
+        }
+    }
+
+    #[test]
+    fn padding_does_not_change_real_positions() {
+        let (_, m) = tiny();
+        let short = Tensor::new(&[[2u32, 7, 8, 3]], &Device::Cpu).unwrap();
+        let ones = Tensor::new(&[[1u32, 1, 1, 1]], &Device::Cpu).unwrap();
+        let padded = Tensor::new(&[[2u32, 7, 8, 3, 0, 0, 0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+        let a = m.forward(&short, &ones).unwrap();
+        let b = m.forward(&padded, &mask).unwrap().narrow(1, 0, 4).unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "padding leaked into real positions: {diff}");
+        // Without the mask the padding does change them (the test can fail).
+        let all = Tensor::new(&[[1u32; 7]], &Device::Cpu).unwrap();
+        let c = m.forward(&padded, &all).unwrap().narrow(1, 0, 4).unwrap();
+        let a = m.forward(&short, &ones).unwrap();
+        let diff = (a - c)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff > 1e-4, "{diff}");
+    }
+}
