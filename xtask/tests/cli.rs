@@ -203,3 +203,58 @@ fn anomaly_flags_are_checked_before_any_work() {
         assert!(!out.exists(), "{args:?} wrote output");
     }
 }
+
+#[test]
+fn text_flags_and_corpora_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("text");
+    let o = out.to_str().unwrap();
+    let binary = dir.path().join("corpus.txt");
+    std::fs::write(&binary, b"fine text\n\n\xff\xfe not utf-8").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (b, e) = (binary.to_str().unwrap(), empty.to_str().unwrap());
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &[
+                "text",
+                "--quiet",
+                "--corpus",
+                "/nonexistent/book.txt",
+                "--out",
+                o,
+            ],
+            &["--corpus", "/nonexistent/book.txt", "does not exist"],
+        ),
+        (
+            &["text", "--quiet", "--corpus", b, "--out", o],
+            &["corpus.txt", "not UTF-8"],
+        ),
+        (
+            &["text", "--quiet", "--corpus", e, "--out", o],
+            &["empty", "no text files"],
+        ),
+        (
+            &[
+                "text", "--quiet", "--hidden", "30", "--heads", "4", "--out", o,
+            ],
+            &["hidden size 30", "4 heads"],
+        ),
+        (
+            &["text", "--quiet", "--heldout-fraction", "1.5", "--out", o],
+            &["--heldout-fraction", "1.5"],
+        ),
+        (
+            &["text", "--fill", "Rust is a [MASK] language.", "--out", o],
+            &["no checkpoint", "cargo xtask text"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (ok, err) = xtask(args);
+        assert!(!ok, "{args:?} should fail");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+        }
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}
