@@ -14,6 +14,19 @@ fn xtask(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Every case exits non-zero, its stderr names each needle, and `out` is
+/// never written.
+fn fails_cleanly(cases: &[(&[&str], &[&str])], out: &std::path::Path) {
+    for (args, needles) in cases {
+        let (ok, err) = xtask(args);
+        assert!(!ok, "{args:?} should fail");
+        for n in needles.iter() {
+            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+        }
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}
+
 #[test]
 fn bad_flags_exit_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,14 +207,7 @@ fn anomaly_flags_are_checked_before_any_work() {
             &["--normal", "folders"],
         ),
     ];
-    for (args, needles) in cases {
-        let (ok, err) = xtask(args);
-        assert!(!ok, "{args:?} should fail");
-        for n in needles {
-            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
-        }
-        assert!(!out.exists(), "{args:?} wrote output");
-    }
+    fails_cleanly(&cases, &out);
 }
 
 #[test]
@@ -249,12 +255,5 @@ fn text_flags_and_corpora_are_checked_before_any_work() {
             &["no checkpoint", "cargo xtask text"],
         ),
     ];
-    for (args, needles) in cases {
-        let (ok, err) = xtask(args);
-        assert!(!ok, "{args:?} should fail");
-        for n in needles {
-            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
-        }
-        assert!(!out.exists(), "{args:?} wrote output");
-    }
+    fails_cleanly(&cases, &out);
 }

@@ -569,7 +569,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
     use candle_nn::VarMap;
-    use selfsup_core::params::{seeded_var_builder, trainable_vars};
+    use selfsup_core::params::{abs_sum, max_abs_diff, seeded_var_builder, trainable_vars};
 
     fn input(b: usize, c: usize, s: usize) -> Tensor {
         let n = b * c * s * s;
@@ -645,13 +645,7 @@ mod tests {
                 let g = grads
                     .get(v.as_tensor())
                     .unwrap_or_else(|| panic!("{}: {name} has no gradient", cfg.name()));
-                let norm = g
-                    .abs()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let norm = abs_sum(g).unwrap();
                 assert!(norm > 0.0, "{}: {name} has a zero gradient", cfg.name());
             }
         }
@@ -697,14 +691,7 @@ mod tests {
         // eval mode is a deterministic per-sample function: batch of 1 == row of batch
         let one = net.forward_t(&x.narrow(0, 1, 1).unwrap(), false).unwrap();
         let all = net.forward_t(&x, false).unwrap().narrow(0, 1, 1).unwrap();
-        let d = (one - all)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&one, &all).unwrap();
         assert!(d < 1e-5);
     }
 

@@ -128,6 +128,22 @@ pub fn trainable_vars(map: &VarMap) -> Vec<(String, Var)> {
     named
 }
 
+/// Largest `|a - b|` over the elements of two tensors of one shape (used
+/// to compare a model's outputs between two code paths).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()
+}
+
+/// Sum of `|t|` over all elements (e.g. how much a gradient moves).
+pub fn abs_sum(t: &Tensor) -> candle_core::Result<f32> {
+    t.abs()?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

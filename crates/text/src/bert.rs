@@ -328,6 +328,7 @@ impl BertMlm {
 mod tests {
     use super::*;
     use candle_nn::VarMap;
+    use selfsup_core::params::{abs_sum, max_abs_diff};
 
     fn tiny() -> (VarMap, BertMlm) {
         let map = VarMap::new();
@@ -351,13 +352,7 @@ mod tests {
             let g = grads
                 .get(var.as_tensor())
                 .unwrap_or_else(|| panic!("no gradient for {name}"));
-            let n = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let n = abs_sum(g).unwrap();
             // Only the rows of unused tokens / positions / the second token
             // type may be zero; every tensor as a whole must move.
             assert!(n > 0.0, "zero gradient for {name}");
@@ -373,27 +368,13 @@ mod tests {
         let mask = Tensor::new(&[[1u32, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
         let a = m.forward(&short, &ones).unwrap();
         let b = m.forward(&padded, &mask).unwrap().narrow(1, 0, 4).unwrap();
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&a, &b).unwrap();
         assert!(diff < 1e-5, "padding leaked into real positions: {diff}");
         // Without the mask the padding does change them (the test can fail).
         let all = Tensor::new(&[[1u32; 7]], &Device::Cpu).unwrap();
         let c = m.forward(&padded, &all).unwrap().narrow(1, 0, 4).unwrap();
         let a = m.forward(&short, &ones).unwrap();
-        let diff = (a - c)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&a, &c).unwrap();
         assert!(diff > 1e-4, "{diff}");
     }
 }

@@ -3,6 +3,7 @@
 //! installed) load the checkpoint with Hugging Face's `BertForMaskedLM`.
 
 use candle_core::{Device, Tensor};
+use selfsup_core::params::max_abs_diff;
 use selfsup_text::corpus::{self, Corpus};
 use selfsup_text::train::{self, TextConfig};
 use std::path::{Path, PathBuf};
@@ -73,14 +74,7 @@ fn trains_reports_reloads_and_resumes() {
     let mask = Tensor::ones((1, 6), candle_core::DType::U32, &Device::Cpu).unwrap();
     let la = a.model.forward(&ids, &mask).unwrap();
     let lb = b.model.forward(&ids, &mask).unwrap();
-    let diff = (la - lb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&la, &lb).unwrap();
     assert_eq!(diff, 0.0);
     // Re-evaluating the reloaded model gives the reported held-out numbers.
     let held: Vec<Vec<u32>> = c
