@@ -44,7 +44,17 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// centre-cropping to a square first so nothing is stretched.
 pub fn decode(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
+    decode_bytes(&bytes, size, channels).map_err(|e| match e {
+        Error::Format { msg, .. } => Error::format(path, msg),
+        other => other,
+    })
+}
+
+/// [`decode`] for an encoded image already in memory (a parquet cell, say);
+/// errors name `<memory>` and are meant to be re-labelled by the caller.
+pub fn decode_bytes(bytes: &[u8], size: usize, channels: usize) -> Result<Vec<u8>> {
+    let path = Path::new("<memory>");
+    let img = image::load_from_memory(bytes)
         .map_err(|e| Error::format(path, format!("not a readable PNG/JPEG image: {e}")))?;
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
@@ -118,12 +128,7 @@ pub fn load_images(dir: &Path, size: usize, channels: usize) -> Result<(Dataset,
 /// sorted name order).
 pub fn load_classes(dir: &Path, size: usize, channels: usize) -> Result<Dataset> {
     check_size(size)?;
-    let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    classes.sort();
+    let classes = class_dirs(dir)?;
     if classes.is_empty() {
         return Err(Error::format(
             dir,
@@ -146,6 +151,153 @@ pub fn load_classes(dir: &Path, size: usize, channels: usize) -> Result<Dataset>
         Some(labels),
         names,
     )
+}
+
+fn class_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    Ok(classes)
+}
+
+/// True when `dir` looks like an image-folder dataset: class sub-folders
+/// (directly, or under `train/`) that hold PNG/JPEG files.
+pub fn has_class_folders(dir: &Path) -> bool {
+    let base = if dir.join("train").is_dir() {
+        dir.join("train")
+    } else {
+        dir.to_path_buf()
+    };
+    class_dirs(&base).is_ok_and(|c| {
+        c.iter()
+            .any(|d| image_files(d).is_ok_and(|f| !f.is_empty()))
+    })
+}
+
+/// Labels the images of `files` by `class` names looked up in `names`.
+fn labeled_files(
+    files: &[(PathBuf, String)],
+    names: &[String],
+    size: usize,
+    channels: usize,
+) -> Result<Dataset> {
+    let mut px = Vec::with_capacity(files.len() * channels * size * size);
+    let mut labels = Vec::with_capacity(files.len());
+    for (f, class) in files {
+        let y = names.iter().position(|n| n == class).ok_or_else(|| {
+            Error::format(
+                f,
+                format!("class `{class}` does not appear among the training classes"),
+            )
+        })?;
+        px.extend(decode(f, size, channels)?);
+        labels.push(y as u32);
+    }
+    Dataset::new(
+        px,
+        (labels.len(), channels, size, size),
+        Some(labels),
+        names.to_vec(),
+    )
+}
+
+/// Tiny ImageNet's validation layout: `val/images/*.JPEG` labeled by
+/// `val/val_annotations.txt` (`file<TAB>class<TAB>...`).
+fn annotated_split(dir: &Path, names: &[String], size: usize, channels: usize) -> Result<Dataset> {
+    let ann = dir.join("val_annotations.txt");
+    let text = std::fs::read_to_string(&ann).map_err(|e| Error::io(&ann, e))?;
+    let mut files = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let mut cols = line.split('\t');
+        match (cols.next(), cols.next()) {
+            (Some(f), Some(c)) => files.push((dir.join("images").join(f), c.to_string())),
+            _ => {
+                return Err(Error::format(
+                    &ann,
+                    format!("line {}: expected `file<TAB>class`", i + 1),
+                ))
+            }
+        }
+    }
+    labeled_files(&files, names, size, channels)
+}
+
+/// An image-folder dataset as a train/test pair:
+/// - `<dir>/train/<class>/...` with `<dir>/test/<class>/...` (or `val/`,
+///   `valid/`; Tiny ImageNet's `val/val_annotations.txt` is understood);
+/// - otherwise `<dir>/<class>/...`, where every 5th image of each class (in
+///   path order) is held out as the test split.
+///
+/// Classes are the training sub-folders in sorted order; images are
+/// centre-cropped and resized to `size` x `size`, 1 or 3 channels.
+pub fn load_split_folders(
+    dir: &Path,
+    name: &str,
+    size: usize,
+    channels: usize,
+) -> Result<crate::DatasetPair> {
+    check_size(size)?;
+    let train_dir = dir.join("train");
+    if train_dir.is_dir() {
+        let train = load_classes(&train_dir, size, channels)?;
+        let names = train.class_names().to_vec();
+        let test_dir = ["test", "val", "valid", "validation"]
+            .iter()
+            .map(|t| dir.join(t))
+            .find(|d| d.is_dir())
+            .ok_or_else(|| {
+                Error::format(
+                    dir,
+                    "has train/ but no test/ (or val/) split of class folders",
+                )
+            })?;
+        let test = if test_dir.join("val_annotations.txt").is_file() {
+            annotated_split(&test_dir, &names, size, channels)?
+        } else {
+            let mut files = Vec::new();
+            for c in class_dirs(&test_dir)? {
+                let class = c
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                for f in image_files(&c)? {
+                    files.push((f, class.clone()));
+                }
+            }
+            if files.is_empty() {
+                return Err(Error::format(&test_dir, "no images in its class folders"));
+            }
+            labeled_files(&files, &names, size, channels)?
+        };
+        return crate::DatasetPair::new(name.to_string(), train, test);
+    }
+    let all = load_classes(dir, size, channels)?;
+    let labels = all.labels().unwrap_or_default();
+    let mut seen = vec![0usize; all.num_classes()];
+    let (mut tr, mut te) = (Vec::new(), Vec::new());
+    for (i, &y) in labels.iter().enumerate() {
+        let k = &mut seen[y as usize];
+        if *k % 5 == 4 {
+            te.push(i);
+        } else {
+            tr.push(i);
+        }
+        *k += 1;
+    }
+    if te.is_empty() {
+        return Err(Error::format(
+            dir,
+            "too few images to hold out a test split (need 5 or more in a class)",
+        ));
+    }
+    crate::DatasetPair::new(name.to_string(), all.subset(&tr), all.subset(&te))
 }
 
 #[cfg(test)]
@@ -190,6 +342,66 @@ mod tests {
         let (gray, files) = load_images(&a, 8, 1).unwrap();
         assert_eq!((gray.len(), gray.image_shape()), (2, (1, 8, 8)));
         assert!(files[1].ends_with("nested/2.PNG"));
+    }
+
+    #[test]
+    fn split_folders_train_test_annotations_and_holdout() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for (split, class, shade) in [
+            ("train", "duck", 10u8),
+            ("train", "fish", 200),
+            ("test", "fish", 201),
+        ] {
+            std::fs::create_dir_all(r.join(split).join(class)).unwrap();
+            for i in 0..3 {
+                write_png(
+                    &r.join(split).join(class).join(format!("{i}.png")),
+                    9,
+                    9,
+                    |_, _| [shade; 3],
+                );
+            }
+        }
+        assert!(has_class_folders(r));
+        let pair = load_split_folders(r, "toy", 8, 1).unwrap();
+        assert_eq!((pair.train.len(), pair.test.len()), (6, 3));
+        assert_eq!(
+            pair.test.labels().unwrap(),
+            &[1, 1, 1],
+            "fish is class 1 of train"
+        );
+        // Tiny ImageNet's val layout.
+        std::fs::remove_dir_all(r.join("test")).unwrap();
+        std::fs::create_dir_all(r.join("val/images")).unwrap();
+        write_png(&r.join("val/images/v0.JPEG"), 8, 8, |_, _| [5; 3]);
+        write_png(&r.join("val/images/v1.JPEG"), 8, 8, |_, _| [250; 3]);
+        std::fs::write(
+            r.join("val/val_annotations.txt"),
+            "v0.JPEG\tduck\t0\nv1.JPEG\tfish\t0\n",
+        )
+        .unwrap();
+        let pair = load_split_folders(r, "toy", 8, 3).unwrap();
+        assert_eq!(pair.test.labels().unwrap(), &[0, 1]);
+        std::fs::write(r.join("val/val_annotations.txt"), "v0.JPEG\tgoose\n").unwrap();
+        let e = load_split_folders(r, "toy", 8, 3).unwrap_err().to_string();
+        assert!(e.contains("v0.JPEG") && e.contains("goose"), "{e}");
+        // No train/: every 5th image of a class is held out.
+        let flat = tempfile::tempdir().unwrap();
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(flat.path().join(class)).unwrap();
+            for i in 0..10 {
+                write_png(
+                    &flat.path().join(class).join(format!("{i}.png")),
+                    8,
+                    8,
+                    |_, _| [1; 3],
+                );
+            }
+        }
+        let pair = load_split_folders(flat.path(), "flat", 8, 1).unwrap();
+        assert_eq!((pair.train.len(), pair.test.len()), (16, 4));
+        assert_eq!(pair.test.labels().unwrap(), &[0, 0, 1, 1]);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! Fashion-MNIST subset (`fashion-mnist`, shipped in the repository's
 //! `data/`) and the full set installed by Debian's `dataset-fashion-mnist`
 //! (`fashion-mnist-full`); the shipped faces/non-faces crops
-//! ([`registry::lfw_faces`]); image folders of PNG/JPEG files ([`folder`]).
+//! ([`registry::lfw_faces`]); image folders of PNG/JPEG files ([`folder`]);
+//! datasets fetched from the Hugging Face Hub and decoded into the local
+//! cache ([`cache`]: `svhn`, `cifar10`, `cifar100`, `mnist`, `tiny-imagenet`,
+//! `celeba`, and `fashion-mnist-full`).
 //! Images stay `u8` until [`batch`] converts them.
 //!
 //! ```no_run
@@ -18,6 +21,7 @@
 //! ```
 
 pub mod batch;
+pub mod cache;
 pub mod cifar;
 pub mod dataset;
 pub mod folder;
@@ -26,5 +30,5 @@ pub mod registry;
 pub mod split;
 
 pub use dataset::{Dataset, DatasetPair};
-pub use registry::load;
+pub use registry::{load, load_with, FolderOptions};
 pub use selfsup_core::{Error, Result};

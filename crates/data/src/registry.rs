@@ -1,7 +1,7 @@
 //! Datasets by name or path.
 
 use crate::dataset::DatasetPair;
-use crate::{cifar, idx};
+use crate::{cache, cifar, folder, idx};
 use selfsup_core::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,8 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 /// Where Debian's `dataset-fashion-mnist` package installs the full set.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
-/// Names accepted by [`load`] besides paths.
+/// Built-in names accepted by [`load`] besides paths (the fetched ones are
+/// [`cache::FETCHABLE`]).
 pub const NAMES: [&str; 2] = ["fashion-mnist", "fashion-mnist-full"];
 
 /// The repository's `data/` directory: `$SELFSUP_DATA_DIR` if set, else the
@@ -46,7 +47,7 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
                 return Err(Error::invalid(
                     "--dataset",
                     format!(
-                        "fashion-mnist-full reads {}, which does not exist; install it with `apt-get install dataset-fashion-mnist` or pass --dataset <dir> (or set SELFSUP_FASHION_MNIST_FULL)",
+                        "fashion-mnist-full reads {}, which does not exist; install it with `apt-get install dataset-fashion-mnist`, fetch it with `cargo xtask fetch --dataset fashion-mnist`, or pass --dataset <dir> (or set SELFSUP_FASHION_MNIST_FULL)",
                         p.display()
                     ),
                 ));
@@ -78,17 +79,68 @@ pub fn lfw_faces() -> Result<crate::Dataset> {
     )
 }
 
-/// Loads a dataset by name (`fashion-mnist`, `fashion-mnist-full`) or by
-/// directory path (IDX or CIFAR binary, detected from the files present).
+/// How image-folder datasets are decoded (other formats ignore it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FolderOptions {
+    /// Images are centre-cropped and resized to `size` x `size`.
+    pub size: usize,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+}
+
+impl Default for FolderOptions {
+    fn default() -> Self {
+        Self {
+            size: 32,
+            channels: 3,
+        }
+    }
+}
+
+static FOLDER_DEFAULTS: std::sync::RwLock<FolderOptions> = std::sync::RwLock::new(FolderOptions {
+    size: 32,
+    channels: 3,
+});
+
+/// Sets the image-folder options [`load`] uses (the command line's
+/// `--image-size` / `--channels`), process-wide.
+pub fn set_folder_defaults(o: FolderOptions) {
+    *FOLDER_DEFAULTS.write().unwrap_or_else(|e| e.into_inner()) = o;
+}
+
+/// Loads a dataset by name or directory with the process-wide image-folder
+/// options ([`set_folder_defaults`]); see [`load_with`].
 pub fn load(name_or_path: &str) -> Result<DatasetPair> {
+    let o = *FOLDER_DEFAULTS.read().unwrap_or_else(|e| e.into_inner());
+    load_with(name_or_path, o)
+}
+
+/// Loads a dataset by name — `fashion-mnist` (embedded subset),
+/// `fashion-mnist-full`, or a dataset fetched into the local cache
+/// ([`cache::FETCHABLE`], optionally `celeba:<Attribute>`) — or by directory:
+/// IDX or CIFAR binaries, or an image folder with one sub-folder per class
+/// (see [`folder::load_split_folders`]).
+pub fn load_with(name_or_path: &str, folders: FolderOptions) -> Result<DatasetPair> {
+    let base = name_or_path.split(':').next().unwrap_or(name_or_path);
+    if cache::FETCHABLE.contains(&base) && name_or_path != "fashion-mnist" {
+        return cache::load_pair(&cache::root(), name_or_path);
+    }
+    if name_or_path == "fashion-mnist-full"
+        && std::env::var_os("SELFSUP_FASHION_MNIST_FULL").is_none()
+        && !Path::new(DEBIAN_FASHION_MNIST).is_dir()
+        && cache::is_cached(&cache::root(), "fashion-mnist")
+    {
+        return cache::load_pair(&cache::root(), "fashion-mnist");
+    }
     let dir = resolve(name_or_path)?;
     if !dir.exists() {
         return Err(Error::invalid(
             "--dataset",
             format!(
-                "{} does not exist; give a dataset directory or one of: {}",
+                "{} does not exist; give a dataset directory or one of: {}, or a fetched one ({})",
                 dir.display(),
-                NAMES.join(", ")
+                NAMES.join(", "),
+                cache::FETCHABLE.join(", ")
             ),
         ));
     }
@@ -116,10 +168,12 @@ pub fn load(name_or_path: &str) -> Result<DatasetPair> {
         idx::load_dir(&dir, &label, names)
     } else if cifar::detect(&dir).is_some() {
         cifar::load_dir(&dir, &label)
+    } else if folder::has_class_folders(&dir) {
+        folder::load_split_folders(&dir, &label, folders.size, folders.channels)
     } else {
         Err(Error::format(
             &dir,
-            "no dataset found: expected MNIST-style IDX files (train-images-idx3-ubyte[.gz], ...) or CIFAR binaries (data_batch_1.bin / train.bin)",
+            "no dataset found: expected MNIST-style IDX files (train-images-idx3-ubyte[.gz], ...), CIFAR binaries (data_batch_1.bin / train.bin), or an image folder with one sub-folder of PNG/JPEG files per class",
         ))
     }
 }
