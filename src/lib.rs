@@ -28,6 +28,7 @@ pub use selfsup_contrastive as contrastive;
 pub use selfsup_core as core;
 pub use selfsup_data as data;
 pub use selfsup_finetune as finetune;
+pub use selfsup_hub as hub;
 pub use selfsup_kernels as kernels;
 pub use selfsup_pretext as pretext;
 pub use selfsup_text as text;

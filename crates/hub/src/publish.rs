@@ -1,0 +1,416 @@
+//! `cargo xtask publish`: turn a run directory into a Hugging Face model
+//! repository — `model.safetensors`, `config.json` (and `tokenizer.json`
+//! for text runs) and a `README.md` model card whose YAML front matter and
+//! tables come from the run's report — and upload it in one commit.
+//!
+//! Runs understood:
+//! - a pipeline run (`report.json` + `pretrain-<method>/`): the pretrained
+//!   backbone of the method with the best gain over scratch (or `--method`);
+//! - a text run (`report.json` + `checkpoint/`, a `BertForMaskedLM` folder);
+//! - a single stage directory (`config.json` + `model.safetensors`, e.g. a
+//!   `pretrain` or `transfer` output), with a `report.json` beside or above
+//!   it used for metrics when present.
+
+use crate::catalog;
+use crate::client::{client, hub_error, parse_repo_id};
+use selfsup_core::fsutil::{read_json, write_atomic, write_dir_atomic};
+use selfsup_core::{Error, Result};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// What to publish and where.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// The run directory.
+    pub run: PathBuf,
+    /// `user/name` of the model repository.
+    pub repo: String,
+    /// Create the repository as private.
+    pub private: bool,
+    /// Only write the Hub folder.
+    pub dry_run: bool,
+    /// Where the Hub folder goes (default `<run>/hub`).
+    pub out: Option<PathBuf>,
+    /// Pipeline runs: which method's pretrained backbone (default: best gain).
+    pub method: Option<String>,
+}
+
+/// What was written (and uploaded).
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    /// The Hub folder on disk.
+    pub folder: PathBuf,
+    /// Files in it, sorted.
+    pub files: Vec<String>,
+    /// URL of the commit, when uploaded.
+    pub commit_url: Option<String>,
+}
+
+/// The pieces of a run that go to the Hub.
+#[derive(Debug, Clone)]
+struct RunParts {
+    /// Checkpoint directory (config.json + model.safetensors [+ tokenizer.json]).
+    checkpoint: PathBuf,
+    /// The report the metrics come from, if any.
+    report: Option<Value>,
+    /// `rotation`, `simclr`, ..., or `masked-lm`.
+    method: String,
+    /// The checkpoint's own config.json.
+    config: Value,
+}
+
+fn method_dir(run: &Path, method: &str) -> PathBuf {
+    run.join(format!("pretrain-{method}"))
+}
+
+fn locate(run: &Path, method: Option<&str>) -> Result<RunParts> {
+    if !run.is_dir() {
+        return Err(Error::invalid(
+            "--run",
+            format!("{} is not a directory", run.display()),
+        ));
+    }
+    let report_path = run.join("report.json");
+    let report: Option<Value> = if report_path.is_file() {
+        Some(read_json(&report_path)?)
+    } else {
+        None
+    };
+    let (checkpoint, method) = if run.join("checkpoint/config.json").is_file() {
+        (run.join("checkpoint"), "masked-lm".to_string())
+    } else if run.join("model.safetensors").is_file() {
+        let cfg: Value = read_json(&run.join("config.json"))?;
+        let m = cfg["method"].as_str().unwrap_or("supervised").to_string();
+        (run.to_path_buf(), m)
+    } else {
+        let report = report.as_ref().ok_or_else(|| {
+            Error::format(
+                run,
+                "not a run: no report.json, no checkpoint/, no model.safetensors",
+            )
+        })?;
+        let m = match method {
+            Some(m) => m.to_string(),
+            None => best_method(report).ok_or_else(|| {
+                Error::format(
+                    &report_path,
+                    "no pretrained method in this report (only scratch?); pass --method or publish a stage directory",
+                )
+            })?,
+        };
+        let dir = method_dir(run, &m);
+        if !dir.join("model.safetensors").is_file() {
+            return Err(Error::format(
+                &dir,
+                format!("no model.safetensors for method `{m}` in this run"),
+            ));
+        }
+        (dir, m)
+    };
+    for f in ["config.json", "model.safetensors"] {
+        if !checkpoint.join(f).is_file() {
+            return Err(Error::format(checkpoint.join(f), "missing"));
+        }
+    }
+    let config: Value = read_json(&checkpoint.join("config.json"))?;
+    Ok(RunParts {
+        checkpoint,
+        report,
+        method,
+        config,
+    })
+}
+
+/// The pretrained method with the largest gain over scratch in `gains`.
+fn best_method(report: &Value) -> Option<String> {
+    let gains = report["gains"].as_array()?;
+    gains
+        .iter()
+        .filter_map(|g| Some((g["method"].as_str()?, g["gain_vs_scratch_points"].as_f64()?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(m, _)| m.to_string())
+        .or_else(|| {
+            report["pretext"]
+                .as_array()?
+                .first()?
+                .as_str()
+                .map(str::to_string)
+        })
+}
+
+/// A YAML scalar: JSON's double-quoted strings are valid YAML.
+fn y(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// The Hub dataset id a report's dataset name corresponds to, if known.
+fn hub_dataset(name: &str) -> Option<&'static str> {
+    let base = name.split(':').next().unwrap_or(name);
+    match base {
+        "fashion-mnist" | "fashion-mnist-full" => Some("zalando-datasets/fashion_mnist"),
+        other => catalog::spec(other).ok().map(|s| s.repo),
+    }
+}
+
+/// One reported metric: (value, description).
+type Metric = (f64, String);
+
+fn metrics(parts: &RunParts) -> Vec<Metric> {
+    let Some(r) = &parts.report else {
+        return Vec::new();
+    };
+    if parts.method == "masked-lm" {
+        let h = &r["heldout"];
+        return [
+            ("top1", "held-out masked-token top-1 accuracy"),
+            ("top5", "held-out masked-token top-5 accuracy"),
+            ("perplexity", "held-out perplexity over masked positions"),
+        ]
+        .iter()
+        .filter_map(|(k, d)| Some((h[*k].as_f64()?, d.to_string())))
+        .collect();
+    }
+    let Some(rows) = r["summary"].as_array() else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter(|s| s["method"].as_str() == Some(parts.method.as_str()))
+        .filter_map(|s| {
+            Some((
+                s["mean"].as_f64()? * 100.0,
+                format!(
+                    "{} accuracy, {} labels per class, mean of {} seeds",
+                    s["protocol"].as_str()?,
+                    s["labels_per_class"].as_u64()?,
+                    s["n"].as_u64()?
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// The model card (README.md) of a run: YAML front matter for the Hub,
+/// then the recipe, the results and how to load the weights.
+fn model_card(repo: &str, parts: &RunParts) -> String {
+    let r = parts.report.as_ref();
+    let dataset = r
+        .and_then(|r| r["dataset"].as_str().or(r["corpus"].as_str()))
+        .or(parts.config["dataset"].as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    let is_text = parts.method == "masked-lm";
+    let ms = metrics(parts);
+    let mut s = String::from("---\nlibrary_name: selfsup\ntags:\n- self-supervised\n- candle\n");
+    let _ = writeln!(s, "- {}", y(&parts.method));
+    if is_text {
+        s.push_str("- bert\n- fill-mask\n");
+    }
+    if let Some(d) = hub_dataset(&dataset) {
+        let _ = writeln!(s, "datasets:\n- {}", y(d));
+    }
+    if !ms.is_empty() {
+        s.push_str("metrics:\n");
+        s.push_str(if is_text {
+            "- accuracy\n- perplexity\n"
+        } else {
+            "- accuracy\n"
+        });
+        let task = if is_text {
+            "fill-mask"
+        } else {
+            "image-classification"
+        };
+        let _ = writeln!(
+            s,
+            "model-index:\n- name: {}\n  results:\n  - task:\n      type: {task}\n    dataset:\n      name: {}\n      type: {}\n    metrics:",
+            y(repo),
+            y(&dataset),
+            y(hub_dataset(&dataset).unwrap_or(&dataset))
+        );
+        for (v, d) in &ms {
+            let kind = if d.contains("perplexity") {
+                "perplexity"
+            } else {
+                "accuracy"
+            };
+            let _ = writeln!(
+                s,
+                "    - type: {kind}\n      value: {}\n      name: {}",
+                (v * 1e4).round() / 1e4,
+                y(d)
+            );
+        }
+    }
+    s.push_str("---\n\n");
+    let _ = writeln!(s, "# {repo}\n");
+    if is_text {
+        let _ = writeln!(
+            s,
+            "A small BERT encoder pretrained with masked-token prediction by [selfsup](https://github.com/selfsup/selfsup) (Rust, Candle) on `{dataset}`. The folder loads in Hugging Face `transformers` as `BertForMaskedLM` (with `tokenizer.json`).\n"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "A `{}` backbone pretrained without labels by the **{}** objective of [selfsup](https://github.com/selfsup/selfsup) (Rust, Candle) on `{dataset}`.\n",
+            parts.config["backbone"]["kind"].as_str().unwrap_or("?"),
+            parts.method
+        );
+    }
+    s.push_str("## Results\n\n");
+    if ms.is_empty() {
+        s.push_str("This run has no report with test metrics.\n\n");
+    } else {
+        s.push_str("From the run's `report.json`:\n\n| metric | value |\n|---|---|\n");
+        for (v, d) in &ms {
+            let shown = if d.contains("perplexity") {
+                format!("{v:.1}")
+            } else if is_text {
+                format!("{:.2}%", v * 100.0)
+            } else {
+                format!("{v:.2}%")
+            };
+            let _ = writeln!(s, "| {d} | {shown} |");
+        }
+        if let Some(r) = r {
+            if let Some(g) = r["gains"].as_array().and_then(|g| {
+                g.iter()
+                    .find(|g| g["method"].as_str() == Some(parts.method.as_str()))
+            }) {
+                let _ = writeln!(
+                    s,
+                    "\nBest protocol ({}) vs training from scratch: {:+.2} points.",
+                    g["best_protocol"].as_str().unwrap_or("?"),
+                    g["gain_vs_scratch_points"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            if let Some(b) = r["baselines"]["unigram"]["top1"].as_f64() {
+                let _ = writeln!(
+                    s,
+                    "\nUnigram-frequency baseline top-1: {:.2}% (perplexity {:.1}).",
+                    b * 100.0,
+                    r["baselines"]["unigram"]["perplexity"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+                );
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str(
+        "## Training recipe\n\nThe checkpoint's `config.json`, as written by selfsup:\n\n```json\n",
+    );
+    s.push_str(&serde_json::to_string_pretty(&parts.config).unwrap_or_default());
+    s.push_str("\n```\n\n");
+    if let Some(cfg) = r.map(|r| &r["config"]).filter(|c| !c.is_null()) {
+        s.push_str("The run's settings (`report.json` → `config`):\n\n```json\n");
+        s.push_str(&serde_json::to_string_pretty(cfg).unwrap_or_default());
+        s.push_str("\n```\n\n");
+    }
+    s.push_str("## Use it\n\n");
+    if is_text {
+        let _ = writeln!(
+            s,
+            "```sh\ncargo xtask text --checkpoint <download dir> --fill \"Rust is a [MASK] language.\"\n```\n\n```python\nfrom transformers import BertForMaskedLM, PreTrainedTokenizerFast\nmodel = BertForMaskedLM.from_pretrained({repo:?})\n```"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "With selfsup, start any stage from this backbone:\n\n```sh\ncargo xtask transfer --init hub:{repo} --dataset {dataset} --labels-per-class 10\n```\n\nIn your own Rust code, `model.safetensors` holds the backbone's tensors under the names selfsup's backbones use (`VarBuilder::from_mmaped_safetensors` in Candle), and `config.json` its architecture and input normalisation."
+        );
+    }
+    s
+}
+
+/// Writes the Hub folder of `opts.run` (to `opts.out` or `<run>/hub`)
+/// atomically and returns it with its file list.
+pub fn write_folder(opts: &PublishOptions) -> Result<(PathBuf, Vec<String>)> {
+    parse_repo_id(&opts.repo)?;
+    let parts = locate(&opts.run, opts.method.as_deref())?;
+    let folder = opts.out.clone().unwrap_or_else(|| opts.run.join("hub"));
+    let card = model_card(&opts.repo, &parts);
+    let mut files = vec![
+        "README.md".to_string(),
+        "config.json".to_string(),
+        "model.safetensors".to_string(),
+    ];
+    if parts.checkpoint.join("tokenizer.json").is_file() {
+        files.push("tokenizer.json".to_string());
+    }
+    write_dir_atomic(&folder, |tmp| {
+        write_atomic(&tmp.join("README.md"), card.as_bytes())?;
+        for f in files.iter().filter(|f| *f != "README.md") {
+            let from = parts.checkpoint.join(f);
+            std::fs::copy(&from, tmp.join(f)).map_err(|e| Error::io(&from, e))?;
+        }
+        Ok(())
+    })?;
+    files.sort();
+    Ok((folder, files))
+}
+
+/// Writes the Hub folder and, unless `dry_run`, creates the repository if
+/// needed and uploads the folder in one commit.
+pub fn publish(opts: &PublishOptions) -> Result<PublishOutcome> {
+    let (user, name) = parse_repo_id(&opts.repo)?;
+    let (folder, files) = write_folder(opts)?;
+    if opts.dry_run {
+        return Ok(PublishOutcome {
+            folder,
+            files,
+            commit_url: None,
+        });
+    }
+    let hub = client()?;
+    hub.create_repository()
+        .repo_id(&opts.repo)
+        .repo_type(hf_hub::RepoTypeModel)
+        .private(opts.private)
+        .exist_ok(true)
+        .send()
+        .map_err(|e| hub_error(&format!("creating model repository {}", opts.repo), e))?;
+    let info = hub
+        .model(user, name)
+        .upload_folder()
+        .folder_path(folder.clone())
+        .commit_message(format!("Upload selfsup run {}", opts.run.display()))
+        .send()
+        .map_err(|e| {
+            hub_error(
+                &format!("uploading {} to {}", folder.display(), opts.repo),
+                e,
+            )
+        })?;
+    Ok(PublishOutcome {
+        folder,
+        files,
+        commit_url: info.commit_url,
+    })
+}
+
+/// Downloads a published backbone (`config.json` + `model.safetensors`)
+/// for `--init hub:<user/name>` and returns the local directory holding
+/// both (hf-hub's cache snapshot; offline once cached).
+pub fn download_checkpoint(repo_id: &str) -> Result<PathBuf> {
+    let (user, name) = parse_repo_id(repo_id)?;
+    let hub = client()?;
+    let repo = hub.model(user, name);
+    let mut dir = None;
+    for f in ["config.json", "model.safetensors"] {
+        let p = match repo
+            .download_file()
+            .filename(f)
+            .local_files_only(true)
+            .send()
+        {
+            Ok(p) => p,
+            Err(_) => repo
+                .download_file()
+                .filename(f)
+                .send()
+                .map_err(|e| hub_error(&format!("downloading {f} of {repo_id}"), e))?,
+        };
+        dir = p.parent().map(Path::to_path_buf);
+    }
+    dir.ok_or_else(|| Error::invalid("--init", format!("hub:{repo_id}: nothing downloaded")))
+}
