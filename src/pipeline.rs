@@ -40,6 +40,10 @@ use std::time::Instant;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Recipe {
+    /// Keep only these classes (by name, in this order) of the dataset;
+    /// empty = all. Selected classes are relabelled 0..n.
+    #[serde(default)]
+    pub classes: Vec<String>,
     /// Convnet stage widths (ignored by other backbones).
     pub convnet_widths: Vec<usize>,
     /// Convnet 3x3 conv layers per stage.
@@ -140,6 +144,7 @@ impl ViewAugment {
 impl Default for Recipe {
     fn default() -> Self {
         Self {
+            classes: Vec::new(),
             convnet_widths: vec![16, 32, 64],
             convnet_depth: 2,
             resnet_width: 64,
@@ -320,6 +325,63 @@ pub fn prepare(
             format!("{dataset}: images are {h}x{w}; selfsup needs square images of at least 8x8"),
         ));
     }
+    let all: Vec<usize> = (0..pair.train.len()).collect();
+    let norm = batch::fit_normalization(&pair.train, &all);
+    Ok(Prepared { pair, norm })
+}
+
+/// Keeps only the named classes of both splits (relabelled 0..n in the
+/// given order) and refits the normalisation; no-op when `classes` is empty.
+pub fn select_classes(prep: Prepared, classes: &[String]) -> Result<Prepared> {
+    if classes.is_empty() {
+        return Ok(prep);
+    }
+    let names = prep.pair.train.class_names();
+    let map: Vec<usize> = classes
+        .iter()
+        .map(|c| {
+            names.iter().position(|n| n == c).ok_or_else(|| {
+                Error::invalid(
+                    "--classes",
+                    format!(
+                        "{} has no class `{c}`; its classes include: {}",
+                        prep.pair.name,
+                        names
+                            .iter()
+                            .take(12)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    let pick = |ds: &Dataset| -> Result<Dataset> {
+        let labels = ds.labels().expect("prepare checked labels");
+        let idx: Vec<usize> = (0..ds.len())
+            .filter(|&i| map.contains(&(labels[i] as usize)))
+            .collect();
+        let sub = ds.subset(&idx);
+        let relabel = idx
+            .iter()
+            .map(|&i| map.iter().position(|&m| m == labels[i] as usize).unwrap() as u32)
+            .collect();
+        let (c, h, w) = sub.image_shape();
+        Dataset::new(
+            sub.pixels().to_vec(),
+            (idx.len(), c, h, w),
+            Some(relabel),
+            classes.to_vec(),
+        )
+    };
+    let train = pick(&prep.pair.train)?;
+    let test = pick(&prep.pair.test)?;
+    let pair = DatasetPair::new(
+        format!("{}[{}]", prep.pair.name, classes.join(",")),
+        train,
+        test,
+    )?;
     let all: Vec<usize> = (0..pair.train.len()).collect();
     let norm = batch::fit_normalization(&pair.train, &all);
     Ok(Prepared { pair, norm })
@@ -726,7 +788,10 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
 /// `opts.out`. Every input is checked before anything is written.
 pub fn run(opts: &PipelineOptions) -> Result<Report> {
     let t0 = Instant::now();
-    let prep = prepare(&opts.dataset, opts.max_train, opts.max_test)?;
+    let prep = select_classes(
+        prepare(&opts.dataset, opts.max_train, opts.max_test)?,
+        &opts.recipe.classes,
+    )?;
     let backbone = validate(opts, &prep)?;
     let mut times: BTreeMap<&'static str, f64> = BTreeMap::new();
     times.insert("load", t0.elapsed().as_secs_f64());

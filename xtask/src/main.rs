@@ -45,14 +45,58 @@ enum Command {
     /// Masked-token pretraining of a small BERT on a text corpus (or, with
     /// --fill, the top predictions for the [MASK]s of a sentence).
     Text(TextArgs),
+    /// Download a public dataset from the Hugging Face Hub, decode it once
+    /// into the local cache, and make it a --dataset name.
+    Fetch(FetchArgs),
+    /// Turn a run directory into a Hugging Face model repository (weights,
+    /// config, model card) and upload it in one commit.
+    Publish(PublishArgs),
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// svhn, cifar10, cifar100, mnist, fashion-mnist (cached as
+    /// `fashion-mnist-full`), tiny-imagenet or celeba.
+    #[arg(long)]
+    dataset: String,
+    /// Download and decode again even if the dataset is cached.
+    #[arg(long)]
+    force: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// Run directory: a pipeline run, a text run, or one stage directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Model repository, `user/name`.
+    #[arg(long)]
+    repo: String,
+    /// Create the repository as private.
+    #[arg(long)]
+    private: bool,
+    /// Only write the Hub folder (to --out, default <run>/hub); upload nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where to write the Hub folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Pipeline runs: publish this method's backbone (default: the best gain over scratch).
+    #[arg(long)]
+    method: Option<String>,
 }
 
 /// Flags shared by every command.
 #[derive(Args, Clone)]
 struct Common {
     /// Dataset: `fashion-mnist` (embedded subset), `fashion-mnist-full`
-    /// (Debian's dataset-fashion-mnist), or a directory of MNIST-style IDX
-    /// files or CIFAR-10/100 binaries.
+    /// (Debian's dataset-fashion-mnist or a fetched copy), a name fetched
+    /// with `cargo xtask fetch` (svhn, cifar10, cifar100, mnist,
+    /// tiny-imagenet, celeba[:Attribute]), or a directory of MNIST-style
+    /// IDX files, CIFAR-10/100 binaries, or one image sub-folder per class.
     #[arg(long, default_value = "fashion-mnist")]
     dataset: String,
     /// Encoder: convnet, resnet18 (CIFAR stem) or mobilenetv2.
@@ -128,10 +172,24 @@ struct Common {
     /// labeled images) during pretraining.
     #[arg(long)]
     no_knn_monitor: bool,
+    /// Image-folder datasets: images are centre-cropped and resized to
+    /// SIZE x SIZE.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Image-folder datasets: 1 (grayscale) or 3 (RGB) channels.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Keep only these classes (names, comma-separated), relabelled 0..n.
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
 }
 
 #[derive(Args)]
 struct PipelineArgs {
+    /// A named scenario that sets dataset, backbone and label budgets (the
+    /// flags still override): svhn-street-numbers, tiny-imagenet-duck-fish.
+    #[arg(long)]
+    preset: Option<String>,
     #[command(flatten)]
     common: Common,
     /// Pretraining methods, comma-separated: rotation, simclr, byol,
@@ -183,7 +241,8 @@ struct PretrainArgs {
 struct TransferArgs {
     #[command(flatten)]
     common: Common,
-    /// Pretrained stage directory; omit to train from scratch.
+    /// Pretrained stage directory, or `hub:<user/name>` for a published
+    /// backbone; omit to train from scratch.
     #[arg(long)]
     init: Option<PathBuf>,
     /// Labeled images per class.
@@ -220,6 +279,10 @@ struct EvaluateArgs {
 
 #[derive(Args)]
 struct AnomalyArgs {
+    /// A named scenario: celeba-faces-anomaly (one-class on fetched CelebA,
+    /// normal = faces without eyeglasses, anomalies = faces with them).
+    #[arg(long)]
+    preset: Option<String>,
     /// one-class (each class of --dataset in turn is normal), faces (the
     /// shipped LFW faces vs non-faces) or folders (--normal vs --anomalies).
     #[arg(long, default_value = "faces")]
@@ -274,7 +337,8 @@ struct AnomalyArgs {
     /// Convnet 3x3 conv layers per stage.
     #[arg(long)]
     depth: Option<usize>,
-    /// Start each detector's backbone from this pretrained stage directory.
+    /// Start each detector's backbone from this pretrained stage directory
+    /// (or `hub:<user/name>`).
     #[arg(long)]
     init: Option<PathBuf>,
     /// Epochs over the (normal image, transformation) pairs; 0 = ceil(200 / T).
@@ -440,8 +504,26 @@ fn run_text(a: TextArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_anomaly(a: AnomalyArgs) -> Result<()> {
+fn run_anomaly(mut a: AnomalyArgs) -> Result<()> {
     use selfsup::anomaly_run::{self, AnomalyOptions};
+    match a.preset.as_deref() {
+        None => {}
+        Some("celeba-faces-anomaly") => {
+            // Faces without eyeglasses are normal; faces with them are the
+            // attribute-defined outliers. Rotation detector (rot4).
+            a.protocol = "one-class".into();
+            if a.dataset == "fashion-mnist" {
+                a.dataset = "celeba:Eyeglasses".into();
+            }
+            if a.classes.is_empty() {
+                a.classes = vec![0];
+            }
+            if a.transforms == "geo72" {
+                a.transforms = "rot4".into();
+            }
+        }
+        Some(other) => bail!("unknown --preset {other:?}; anomaly presets: celeba-faces-anomaly"),
+    }
     let mut recipe = Recipe::default();
     if let Some(w) = a.widths {
         recipe.convnet_widths = w;
@@ -466,7 +548,7 @@ fn run_anomaly(a: AnomalyArgs) -> Result<()> {
         seeds: a.seeds,
         backbone: a.backbone,
         recipe,
-        init: a.init,
+        init: resolve_init(a.init)?,
         epochs: a.epochs,
         batch_size: a.batch,
         lr: a.lr,
@@ -550,6 +632,9 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
     if c.no_knn_monitor {
         r.knn_monitor = false;
     }
+    if let Some(cl) = &c.classes {
+        r.classes = cl.clone();
+    }
     if let Some(v) = &c.view_augment {
         r.view_augment = pipeline::ViewAugment::Preset(v.clone());
     }
@@ -572,7 +657,11 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
 }
 
 fn init_logging(quiet: bool) {
-    let default = if quiet { "warn" } else { "warn,selfsup=info" };
+    let default = if quiet {
+        "warn,hf_hub=off"
+    } else {
+        "warn,selfsup=info,hf_hub=off"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SELFSUP_LOG")
         .unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
@@ -582,7 +671,123 @@ fn init_logging(quiet: bool) {
         .try_init();
 }
 
-fn run_pipeline(a: PipelineArgs) -> Result<()> {
+/// Applies a pipeline preset: each sets the values a flag left at its
+/// default (so explicit flags still win).
+fn apply_preset(a: &mut PipelineArgs) -> Result<()> {
+    let Some(p) = a.preset.clone() else {
+        return Ok(());
+    };
+    let c = &mut a.common;
+    let default_dataset = c.dataset == "fashion-mnist";
+    let default_backbone = c.backbone == "convnet";
+    let default_k = a.labels_per_class == [10];
+    match p.as_str() {
+        "svhn-street-numbers" => {
+            // Pretrain on every unlabeled training digit, transfer with
+            // 1,000 and 250 labels (100 and 25 per class).
+            if default_dataset {
+                c.dataset = "svhn".into();
+            }
+            if default_backbone {
+                c.backbone = "resnet18".into();
+            }
+            if default_k {
+                a.labels_per_class = vec![100, 25];
+            }
+            c.unlabeled.get_or_insert(0);
+        }
+        "tiny-imagenet-duck-fish" => {
+            // MobileNetV2, rotation pretext, then the waterfowl class
+            // n01855672 (goose) vs n01443537 (goldfish).
+            if default_dataset {
+                c.dataset = "tiny-imagenet".into();
+            }
+            if default_backbone {
+                c.backbone = "mobilenetv2".into();
+            }
+            if default_k {
+                a.labels_per_class = vec![400];
+            }
+            c.classes
+                .get_or_insert_with(|| vec!["n01855672".into(), "n01443537".into()]);
+            c.unlabeled.get_or_insert(0);
+        }
+        other => bail!(
+            "unknown --preset {other:?}; pipeline presets: svhn-street-numbers, tiny-imagenet-duck-fish (anomaly: celeba-faces-anomaly)"
+        ),
+    }
+    Ok(())
+}
+
+/// `hub:<user/name>` becomes the local directory of the downloaded
+/// backbone; a plain path stays as it is.
+fn resolve_init(init: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    let Some(p) = init else { return Ok(None) };
+    match p.to_str().and_then(|s| s.strip_prefix("hub:")) {
+        Some(repo) => Ok(Some(selfsup::hub::download_checkpoint(repo)?)),
+        None => Ok(Some(p)),
+    }
+}
+
+fn run_fetch(a: FetchArgs) -> Result<()> {
+    let spec = selfsup::hub::catalog::spec(&a.dataset)?;
+    if !a.quiet {
+        eprintln!(
+            "fetching {} from the Hub dataset {} ({})",
+            a.dataset, spec.repo, spec.download
+        );
+    }
+    let out = selfsup::hub::fetch(
+        &a.dataset,
+        &selfsup::hub::FetchOptions {
+            cache_root: selfsup::data::cache::root(),
+            force: a.force,
+            quiet: a.quiet,
+        },
+    )?;
+    let m = &out.manifest;
+    let name = if a.dataset == "fashion-mnist" {
+        "fashion-mnist-full"
+    } else {
+        a.dataset.as_str()
+    };
+    println!(
+        "{} {}: {} train + {} {} images of {:?}, {} classes, from {}@{} -> {}",
+        if out.reused { "cached" } else { "fetched" },
+        a.dataset,
+        m.train_images,
+        m.test_images,
+        m.test_split,
+        m.image_shape,
+        m.classes.len(),
+        m.repo,
+        &m.revision[..m.revision.len().min(12)],
+        out.dir.display()
+    );
+    println!("use it with --dataset {name}");
+    Ok(())
+}
+
+fn run_publish(a: PublishArgs) -> Result<()> {
+    let out = selfsup::hub::publish(&selfsup::hub::PublishOptions {
+        run: a.run,
+        repo: a.repo.clone(),
+        private: a.private,
+        dry_run: a.dry_run,
+        out: a.out,
+        method: a.method,
+    })?;
+    println!("wrote {} ({})", out.folder.display(), out.files.join(", "));
+    match out.commit_url {
+        Some(u) => println!("uploaded to {} in one commit: {u}", a.repo),
+        None if a.dry_run => println!("dry run: nothing uploaded"),
+        None => println!("uploaded to {}", a.repo),
+    }
+    Ok(())
+}
+
+fn run_pipeline(mut a: PipelineArgs) -> Result<()> {
+    apply_preset(&mut a)?;
     let opts = PipelineOptions {
         dataset: a.common.dataset.clone(),
         backbone: a.common.backbone.clone(),
@@ -611,7 +816,10 @@ fn run_pipeline(a: PipelineArgs) -> Result<()> {
 
 fn run_pretrain(a: PretrainArgs) -> Result<()> {
     let r = recipe(&a.common, a.epochs)?;
-    let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
+    let prep = pipeline::select_classes(
+        pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?,
+        &r.classes,
+    )?;
     let backbone = r.backbone(&a.common.backbone, prep.pair.train.image_shape().0)?;
     selfsup::methods::check(&a.pretext)?;
     let device = parse_device(&a.common.device)?;
@@ -634,9 +842,13 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
 
 fn run_transfer(a: TransferArgs) -> Result<()> {
     let r = recipe(&a.common, None)?;
-    let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
+    let prep = pipeline::select_classes(
+        pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?,
+        &r.classes,
+    )?;
     let device = parse_device(&a.common.device)?;
-    let backbone = match &a.init {
+    let init = resolve_init(a.init)?;
+    let backbone = match &init {
         Some(dir) => {
             let cfg: selfsup::backbones::checkpoint::StageConfig =
                 selfsup::core::checkpoint::read_config(dir)?;
@@ -647,7 +859,7 @@ fn run_transfer(a: TransferArgs) -> Result<()> {
     pipeline::transfer_stage(
         &prep,
         &backbone,
-        a.init.as_deref(),
+        init.as_deref(),
         &r,
         a.labels_per_class,
         a.seed,
@@ -659,9 +871,13 @@ fn run_transfer(a: TransferArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_evaluate(a: EvaluateArgs) -> Result<()> {
+fn run_evaluate(mut a: EvaluateArgs) -> Result<()> {
+    a.checkpoint = resolve_init(Some(a.checkpoint))?.expect("given");
     let r = recipe(&a.common, None)?;
-    let prep = pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?;
+    let prep = pipeline::select_classes(
+        pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?,
+        &r.classes,
+    )?;
     let device = parse_device(&a.common.device)?;
     let (acc, extra) = match a.protocol.as_str() {
         "finetune" => {
@@ -723,11 +939,17 @@ fn main() {
         Command::Pretrain(a) => Some(&a.common),
         Command::Transfer(a) => Some(&a.common),
         Command::Evaluate(a) => Some(&a.common),
-        Command::Bench(_) | Command::Anomaly(_) | Command::Text(_) => None,
+        Command::Bench(_)
+        | Command::Anomaly(_)
+        | Command::Text(_)
+        | Command::Fetch(_)
+        | Command::Publish(_) => None,
     };
     let (quiet, kernels) = match &cli.command {
         Command::Anomaly(a) => (a.quiet, Some(a.kernels)),
         Command::Text(a) => (a.quiet, None),
+        Command::Fetch(a) => (a.quiet, None),
+        Command::Publish(_) => (false, None),
         // The bench times each kernel choice itself.
         Command::Bench(_) => (false, None),
         _ => (common.is_some_and(|c| c.quiet), common.map(|c| c.kernels)),
@@ -735,6 +957,12 @@ fn main() {
     init_logging(quiet);
     if let Some(k) = kernels {
         selfsup::kernels::set_default(k);
+    }
+    if let Some(c) = common {
+        selfsup::data::registry::set_folder_defaults(selfsup::data::FolderOptions {
+            size: c.image_size,
+            channels: c.channels,
+        });
     }
     let res = match cli.command {
         Command::Pipeline(a) => run_pipeline(a),
@@ -744,6 +972,8 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Anomaly(a) => run_anomaly(a),
         Command::Text(a) => run_text(a),
+        Command::Fetch(a) => run_fetch(a),
+        Command::Publish(a) => run_publish(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
