@@ -362,18 +362,11 @@ pub fn select_classes(prep: Prepared, classes: &[String]) -> Result<Prepared> {
         let idx: Vec<usize> = (0..ds.len())
             .filter(|&i| map.contains(&(labels[i] as usize)))
             .collect();
-        let sub = ds.subset(&idx);
         let relabel = idx
             .iter()
             .map(|&i| map.iter().position(|&m| m == labels[i] as usize).unwrap() as u32)
             .collect();
-        let (c, h, w) = sub.image_shape();
-        Dataset::new(
-            sub.pixels().to_vec(),
-            (idx.len(), c, h, w),
-            Some(relabel),
-            classes.to_vec(),
-        )
+        ds.subset(&idx).relabel(relabel, classes.to_vec())
     };
     let train = pick(&prep.pair.train)?;
     let test = pick(&prep.pair.test)?;

@@ -677,45 +677,38 @@ fn apply_preset(a: &mut PipelineArgs) -> Result<()> {
     let Some(p) = a.preset.clone() else {
         return Ok(());
     };
-    let c = &mut a.common;
-    let default_dataset = c.dataset == "fashion-mnist";
-    let default_backbone = c.backbone == "convnet";
-    let default_k = a.labels_per_class == [10];
-    match p.as_str() {
-        "svhn-street-numbers" => {
-            // Pretrain on every unlabeled training digit, transfer with
-            // 1,000 and 250 labels (100 and 25 per class).
-            if default_dataset {
-                c.dataset = "svhn".into();
-            }
-            if default_backbone {
-                c.backbone = "resnet18".into();
-            }
-            if default_k {
-                a.labels_per_class = vec![100, 25];
-            }
-            c.unlabeled.get_or_insert(0);
-        }
-        "tiny-imagenet-duck-fish" => {
-            // MobileNetV2, rotation pretext, then the waterfowl class
-            // n01855672 (goose) vs n01443537 (goldfish).
-            if default_dataset {
-                c.dataset = "tiny-imagenet".into();
-            }
-            if default_backbone {
-                c.backbone = "mobilenetv2".into();
-            }
-            if default_k {
-                a.labels_per_class = vec![400];
-            }
-            c.classes
-                .get_or_insert_with(|| vec!["n01855672".into(), "n01443537".into()]);
-            c.unlabeled.get_or_insert(0);
-        }
+    // (dataset, backbone, labels per class, classes) of each preset.
+    let (dataset, backbone, ks, classes): (&str, &str, &[usize], &[&str]) = match p.as_str() {
+        // Pretrain on every unlabeled training digit, transfer with 1,000
+        // and 250 labels (100 and 25 per class).
+        "svhn-street-numbers" => ("svhn", "resnet18", &[100, 25], &[]),
+        // MobileNetV2, rotation pretext, then the waterfowl class
+        // n01855672 (goose) vs n01443537 (goldfish).
+        "tiny-imagenet-duck-fish" => (
+            "tiny-imagenet",
+            "mobilenetv2",
+            &[400],
+            &["n01855672", "n01443537"],
+        ),
         other => bail!(
             "unknown --preset {other:?}; pipeline presets: svhn-street-numbers, tiny-imagenet-duck-fish (anomaly: celeba-faces-anomaly)"
         ),
+    };
+    let c = &mut a.common;
+    if c.dataset == "fashion-mnist" {
+        c.dataset = dataset.into();
     }
+    if c.backbone == "convnet" {
+        c.backbone = backbone.into();
+    }
+    if a.labels_per_class == [10] {
+        a.labels_per_class = ks.to_vec();
+    }
+    if !classes.is_empty() {
+        c.classes
+            .get_or_insert_with(|| classes.iter().map(|s| s.to_string()).collect());
+    }
+    c.unlabeled.get_or_insert(0);
     Ok(())
 }
 
@@ -746,11 +739,7 @@ fn run_fetch(a: FetchArgs) -> Result<()> {
         },
     )?;
     let m = &out.manifest;
-    let name = if a.dataset == "fashion-mnist" {
-        "fashion-mnist-full"
-    } else {
-        a.dataset.as_str()
-    };
+    let name = selfsup::data::cache::dataset_name(&a.dataset);
     println!(
         "{} {}: {} train + {} {} images of {:?}, {} classes, from {}@{} -> {}",
         if out.reused { "cached" } else { "fetched" },

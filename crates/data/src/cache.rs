@@ -36,6 +36,17 @@ pub const FETCHABLE: [&str; 7] = [
     "celeba",
 ];
 
+/// The `--dataset` name under which fetched dataset `fetched` is used:
+/// itself, except `fashion-mnist` (that name is the embedded subset), whose
+/// fetched full set is `fashion-mnist-full`.
+pub fn dataset_name(fetched: &str) -> &str {
+    if fetched == "fashion-mnist" {
+        "fashion-mnist-full"
+    } else {
+        fetched
+    }
+}
+
 /// The cache root (see the module docs).
 pub fn root() -> PathBuf {
     if let Some(d) = std::env::var_os("SELFSUP_CACHE").filter(|d| !d.is_empty()) {
@@ -216,19 +227,27 @@ fn read_split(path: &Path, manifest: &Manifest) -> Result<Split> {
     })
 }
 
-/// Reads a cached dataset: its manifest and both splits.
-pub fn load(root: &Path, name: &str) -> Result<(Manifest, Split, Split)> {
-    let dir = dataset_dir(root, name);
-    let manifest: Manifest = read_json(&dir.join("dataset.json"))?;
+/// Reads a cached dataset's `dataset.json` only (no pixels), checking its
+/// layout version.
+pub fn read_manifest(root: &Path, name: &str) -> Result<Manifest> {
+    let path = dataset_dir(root, name).join("dataset.json");
+    let manifest: Manifest = read_json(&path)?;
     if manifest.format_version != FORMAT_VERSION {
         return Err(Error::format(
-            dir.join("dataset.json"),
+            path,
             format!(
                 "cache format {} but this build reads {FORMAT_VERSION}; run `cargo xtask fetch --dataset {name} --force`",
                 manifest.format_version
             ),
         ));
     }
+    Ok(manifest)
+}
+
+/// Reads a cached dataset: its manifest and both splits.
+pub fn load(root: &Path, name: &str) -> Result<(Manifest, Split, Split)> {
+    let dir = dataset_dir(root, name);
+    let manifest = read_manifest(root, name)?;
     let train = read_split(&dir.join("train.safetensors"), &manifest)?;
     let test = read_split(&dir.join("test.safetensors"), &manifest)?;
     Ok((manifest, train, test))
@@ -237,7 +256,7 @@ pub fn load(root: &Path, name: &str) -> Result<(Manifest, Split, Split)> {
 /// Relabels a split by one of its 0/1 attributes (class 0 = without,
 /// class 1 = with), for attribute-defined one-class problems such as
 /// `celeba:Eyeglasses`.
-pub fn by_attribute(manifest: &Manifest, split: &Split, attribute: &str) -> Result<Dataset> {
+pub fn by_attribute(manifest: &Manifest, split: Split, attribute: &str) -> Result<Dataset> {
     let k = manifest
         .attributes
         .iter()
@@ -253,18 +272,13 @@ pub fn by_attribute(manifest: &Manifest, split: &Split, attribute: &str) -> Resu
             )
         })?;
     let a = manifest.attributes.len();
-    let ds = &split.dataset;
-    let labels = (0..ds.len())
+    let labels = (0..split.dataset.len())
         .map(|i| u32::from(split.attributes[i * a + k] != 0))
         .collect();
     let name = &manifest.attributes[k];
-    let (c, h, w) = ds.image_shape();
-    Dataset::new(
-        ds.pixels().to_vec(),
-        (ds.len(), c, h, w),
-        Some(labels),
-        vec![format!("not {name}"), name.clone()],
-    )
+    split
+        .dataset
+        .relabel(labels, vec![format!("not {name}"), name.clone()])
 }
 
 /// Loads a cached dataset as a train/test pair. `spec` is a fetchable name,
@@ -285,17 +299,16 @@ pub fn load_pair(root: &Path, spec: &str) -> Result<DatasetPair> {
         ));
     }
     let (manifest, train, test) = load(root, name)?;
-    let label = if name == "fashion-mnist" {
-        "fashion-mnist-full".to_string()
-    } else {
-        spec.to_string()
+    let label = match attribute {
+        None => dataset_name(name).to_string(),
+        Some(a) => format!("{}:{a}", dataset_name(name)),
     };
     match attribute {
         None => DatasetPair::new(label, train.dataset, test.dataset),
         Some(a) => DatasetPair::new(
             label,
-            by_attribute(&manifest, &train, a)?,
-            by_attribute(&manifest, &test, a)?,
+            by_attribute(&manifest, train, a)?,
+            by_attribute(&manifest, test, a)?,
         ),
     }
 }

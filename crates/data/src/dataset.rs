@@ -122,6 +122,17 @@ impl Dataset {
         }
     }
 
+    /// The same images under new labels and class names (checked as in
+    /// [`Dataset::new`]); the pixels are moved, not copied.
+    pub fn relabel(self, labels: Vec<u32>, class_names: Vec<String>) -> Result<Dataset> {
+        Dataset::new(
+            self.images,
+            (self.n, self.channels, self.height, self.width),
+            Some(labels),
+            class_names,
+        )
+    }
+
     /// The first `n` images (all if fewer).
     pub fn take(&self, n: usize) -> Dataset {
         let idx: Vec<usize> = (0..n.min(self.n)).collect();

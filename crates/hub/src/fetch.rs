@@ -91,9 +91,12 @@ fn fetch_split(
         if let Some(c) = commit_of(&local) {
             revision = c;
         }
-        let rows = reader_rows(&local);
-        let pb = bar(quiet, rows, format!("decode {path}"));
-        let d = match parquet_images::read(&local, spec, &|n| pb.set_position(n as u64)) {
+        let pb = bar(quiet, 0, format!("decode {path}"));
+        let on_rows = |n: usize, total: usize| {
+            pb.set_length(total as u64);
+            pb.set_position(n as u64);
+        };
+        let d = match parquet_images::read(&local, spec, &on_rows) {
             Ok(d) => d,
             Err(e) => {
                 forget_download(&local);
@@ -120,15 +123,6 @@ fn fetch_split(
         });
     }
     Ok((all, sources, revision))
-}
-
-/// Row count from the parquet footer, for the progress bar (0 if unknown).
-fn reader_rows(path: &Path) -> u64 {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    std::fs::File::open(path)
-        .ok()
-        .and_then(|f| SerializedFileReader::new(f).ok())
-        .map_or(0, |r| r.metadata().file_metadata().num_rows().max(0) as u64)
 }
 
 /// Removes a download that did not decode (hf-hub's snapshot link and the
@@ -170,7 +164,7 @@ fn to_split(d: Decoded, spec: &Spec, classes: &[String]) -> Result<Split> {
 pub fn fetch(name: &str, opts: &FetchOptions) -> Result<FetchOutcome> {
     let spec = catalog::spec(name)?;
     if cache::is_cached(&opts.cache_root, name) && !opts.force {
-        let (manifest, _, _) = cache::load(&opts.cache_root, name)?;
+        let manifest = cache::read_manifest(&opts.cache_root, name)?;
         return Ok(FetchOutcome {
             dir: cache::dataset_dir(&opts.cache_root, name),
             manifest,

@@ -53,9 +53,9 @@ fn class_names(reader: &SerializedFileReader<std::fs::File>, column: &str) -> Op
 }
 
 /// Reads and decodes every row of `path` per `spec`. `on_rows` is called
-/// with the number of images decoded so far (for progress bars). Errors
-/// name the file (and the row, for a bad cell).
-pub fn read(path: &Path, spec: &Spec, on_rows: &(dyn Fn(usize) + Sync)) -> Result<Decoded> {
+/// with the number of images decoded so far and the file's row count (for
+/// progress bars). Errors name the file (and the row, for a bad cell).
+pub fn read(path: &Path, spec: &Spec, on_rows: &(dyn Fn(usize, usize) + Sync)) -> Result<Decoded> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(|e| {
         Error::format(
@@ -63,6 +63,7 @@ pub fn read(path: &Path, spec: &Spec, on_rows: &(dyn Fn(usize) + Sync)) -> Resul
             format!("not a readable parquet file (truncated or corrupt?): {e}"),
         )
     })?;
+    let total = reader.metadata().file_metadata().num_rows().max(0) as usize;
     let schema = reader
         .metadata()
         .file_metadata()
@@ -188,12 +189,12 @@ pub fn read(path: &Path, spec: &Spec, on_rows: &(dyn Fn(usize) + Sync)) -> Resul
             )?;
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if n % 1024 == 0 {
-                on_rows(n);
+                on_rows(n, total);
             }
             Ok(px)
         })
         .collect::<Result<_>>()?;
-    on_rows(pixels.len());
+    on_rows(pixels.len(), total);
     out.images = pixels.concat();
     Ok(out)
 }

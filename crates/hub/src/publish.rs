@@ -77,12 +77,12 @@ fn locate(run: &Path, method: Option<&str>) -> Result<RunParts> {
     } else {
         None
     };
+    // The method is known here except for a stage directory, whose
+    // config.json names it.
     let (checkpoint, method) = if run.join("checkpoint/config.json").is_file() {
-        (run.join("checkpoint"), "masked-lm".to_string())
+        (run.join("checkpoint"), Some("masked-lm".to_string()))
     } else if run.join("model.safetensors").is_file() {
-        let cfg: Value = read_json(&run.join("config.json"))?;
-        let m = cfg["method"].as_str().unwrap_or("supervised").to_string();
-        (run.to_path_buf(), m)
+        (run.to_path_buf(), None)
     } else {
         let report = report.as_ref().ok_or_else(|| {
             Error::format(
@@ -106,7 +106,7 @@ fn locate(run: &Path, method: Option<&str>) -> Result<RunParts> {
                 format!("no model.safetensors for method `{m}` in this run"),
             ));
         }
-        (dir, m)
+        (dir, Some(m))
     };
     for f in ["config.json", "model.safetensors"] {
         if !checkpoint.join(f).is_file() {
@@ -114,6 +114,12 @@ fn locate(run: &Path, method: Option<&str>) -> Result<RunParts> {
         }
     }
     let config: Value = read_json(&checkpoint.join("config.json"))?;
+    let method = method.unwrap_or_else(|| {
+        config["method"]
+            .as_str()
+            .unwrap_or("supervised")
+            .to_string()
+    });
     Ok(RunParts {
         checkpoint,
         report,

@@ -62,7 +62,7 @@ fn json(v: serde_json::Value) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
         .with_header(header("Content-Type", "application/json"))
 }
 
-fn sha(bytes: &[u8]) -> String {
+fn etag(bytes: &[u8]) -> String {
     // A content-derived tag is all the client needs from an ETag.
     let mut h: u64 = 0xcbf29ce484222325;
     for &b in bytes {
@@ -101,7 +101,7 @@ fn handle(state: &Mutex<State>, mut req: tiny_http::Request) {
             };
             let entries: Vec<serde_json::Value> = files
                 .iter()
-                .map(|(p, b)| serde_json::json!({"type": "file", "oid": sha(b), "size": b.len(), "path": p}))
+                .map(|(p, b)| serde_json::json!({"type": "file", "oid": etag(b), "size": b.len(), "path": p}))
                 .collect();
             let _ = req.respond(json(serde_json::Value::Array(entries)));
             return;
@@ -140,7 +140,12 @@ fn handle(state: &Mutex<State>, mut req: tiny_http::Request) {
                 .filter(|l| !l.is_empty())
                 .map(|l| serde_json::from_slice(l).unwrap())
                 .collect();
-            use base64_lite::decode;
+            use base64::Engine as _;
+            let decode = |b64: &str| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap()
+            };
             let files = st.repos.entry(repo.to_string()).or_default();
             for l in &lines {
                 if l["key"] == "file" {
@@ -166,7 +171,7 @@ fn handle(state: &Mutex<State>, mut req: tiny_http::Request) {
             let _ = req.respond(not_found());
             return;
         };
-        let etag = format!("\"{}\"", sha(&bytes));
+        let etag = format!("\"{}\"", etag(&bytes));
         let len = bytes.len().to_string();
         let data = if method == "HEAD" { Vec::new() } else { bytes };
         let resp = tiny_http::Response::new(
@@ -188,34 +193,6 @@ fn handle(state: &Mutex<State>, mut req: tiny_http::Request) {
         return;
     }
     let _ = req.respond(not_found());
-}
-
-/// Minimal base64 decoding for the commit payloads.
-mod base64_lite {
-    pub fn decode(s: &str) -> Vec<u8> {
-        let val = |c: u8| -> u32 {
-            match c {
-                b'A'..=b'Z' => u32::from(c - b'A'),
-                b'a'..=b'z' => u32::from(c - b'a') + 26,
-                b'0'..=b'9' => u32::from(c - b'0') + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => 0,
-            }
-        };
-        let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-        let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-        for chunk in bytes.chunks(4) {
-            let mut n = 0u32;
-            for (i, &c) in chunk.iter().enumerate() {
-                n |= val(c) << (18 - 6 * i);
-            }
-            for i in 0..chunk.len().saturating_sub(1) {
-                out.push((n >> (16 - 8 * i)) as u8);
-            }
-        }
-        out
-    }
 }
 
 fn start(state: Arc<Mutex<State>>) -> Server {
