@@ -306,7 +306,8 @@ pub struct FitConfig {
     /// Fraction of the steps spent in linear warmup.
     pub warmup_fraction: f64,
     /// Stop after this many epochs without validation improvement (needs a
-    /// validation closure); `None` trains for all epochs.
+    /// validation closure); `None` trains for all epochs. Epochs that end
+    /// before the warmup does are neither kept nor counted.
     pub patience: Option<usize>,
     /// Seed of the shuffling order.
     pub seed: u64,
@@ -467,7 +468,16 @@ pub fn fit_prefetched<B: Send>(
             let vl = val()?;
             check_finite(vl as f32, stage, trainer.steps())?;
             report.val_loss.push(vl);
-            let decision = stopper.update(vl);
+            // Epochs that end inside the warmup are not candidates: the
+            // learning rate has not reached its peak, and an all but
+            // untrained model can score a deceptively good loss (near-uniform
+            // predictions on a small validation set).
+            let warmed_up = (epoch + 1) * steps_per_epoch >= warmup;
+            let decision = if warmed_up {
+                stopper.update(vl)
+            } else {
+                StopDecision::Continue
+            };
             tracing::debug!(
                 stage,
                 epoch = epoch + 1,
@@ -570,6 +580,44 @@ mod fit_tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!((f64::from(d) - rep.val_loss[4]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn epochs_inside_the_warmup_are_never_kept() {
+        let map = candle_nn::VarMap::new();
+        let vb = crate::params::seeded_var_builder(&map, 0, &Device::Cpu);
+        let w = vb.get(2, "w").unwrap();
+        // 10 epochs of 4 steps, 12 warmup steps: epochs 1 and 2 end inside it.
+        let cfg = FitConfig {
+            epochs: 10,
+            batch_size: 2,
+            lr: 0.01,
+            weight_decay: 0.0,
+            warmup_fraction: 0.3,
+            patience: Some(2),
+            seed: 0,
+            drop_last: false,
+        };
+        // The validation loss is best after epoch 1, then only gets worse.
+        let mut calls = 0;
+        let mut val = || -> Result<f64> {
+            calls += 1;
+            Ok(if calls == 1 { 0.0 } else { calls as f64 })
+        };
+        let rep = fit(
+            &cfg,
+            "test",
+            8,
+            map.all_vars(),
+            &map,
+            true,
+            |idx, _| Ok((w.sqr()?.sum_all()?, idx.len())),
+            Some(&mut val),
+        )
+        .unwrap();
+        assert_eq!(rep.best_epoch, 3, "the first epoch after the warmup");
+        assert_eq!(rep.epochs_run, 5, "then patience 2 runs out");
+        assert_eq!(rep.val_loss.len(), 5);
     }
 
     #[test]
