@@ -128,13 +128,66 @@ impl Pipeline {
         }
     }
 
-    /// Looks a preset up by name (`simclr-cifar`, `simclr-mnist`, `none`).
+    /// Light augmentation for fine-tuning on photos (the classic transfer-
+    /// learning recipe): horizontal flip half of the time, a zoom by a
+    /// factor in [0.9, 1.2] about the centre, and a per-channel contrast
+    /// change of up to 20 %.
+    pub fn flip_zoom_contrast() -> Self {
+        Self {
+            ops: vec![
+                Op::Flip(RandomFlip { p: 0.5 }),
+                Op::Zoom(RandomZoom { factor: [0.9, 1.2] }),
+                Op::Contrast(RandomContrast { factor: 0.2 }),
+            ],
+        }
+    }
+
+    /// The names [`Pipeline::preset`] knows.
+    pub const PRESETS: [&'static str; 4] =
+        ["simclr-cifar", "simclr-mnist", "flip-zoom-contrast", "none"];
+
+    /// Looks a preset up by name (one of [`Pipeline::PRESETS`]).
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "simclr-cifar" => Some(Self::simclr_cifar()),
             "simclr-mnist" => Some(Self::simclr_mnist()),
+            "flip-zoom-contrast" => Some(Self::flip_zoom_contrast()),
             "none" => Some(Self::default()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply_batch;
+
+    #[test]
+    fn every_preset_name_resolves() {
+        for name in Pipeline::PRESETS {
+            assert!(Pipeline::preset(name).is_some(), "{name}");
+        }
+        assert!(Pipeline::preset("zoom").is_none());
+    }
+
+    #[test]
+    fn flip_zoom_contrast_varies_images_and_is_seeded() {
+        // 8 RGB 16x16 images with texture, so every op changes something.
+        let px: Vec<u8> = (0..8 * 3 * 16 * 16)
+            .map(|i| ((i * 37) % 251) as u8)
+            .collect();
+        let p = Pipeline::flip_zoom_contrast();
+        let a = apply_batch(&p, &px, (3, 16, 16), 5, 0);
+        assert_eq!(a.len(), px.len());
+        assert_ne!(a, px);
+        assert_eq!(a, apply_batch(&p, &px, (3, 16, 16), 5, 0));
+        assert_ne!(a, apply_batch(&p, &px, (3, 16, 16), 5, 1));
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(
+            json.contains("\"zoom\"") && json.contains("\"contrast\""),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Pipeline>(&json).unwrap(), p);
     }
 }
