@@ -15,11 +15,11 @@
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarMap};
-use selfsup_augment::{apply_batch, CropFlip};
+use selfsup_augment::{apply_batch, Pipeline};
 use selfsup_backbones::checkpoint::{self, BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
 use selfsup_core::train::{fit, fit_prefetched, FitConfig, FitReport};
-use selfsup_core::{params, Error, Normalization, Result};
+use selfsup_core::{params, rng, Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -27,11 +27,18 @@ use std::path::Path;
 /// Transfer settings shared by all protocols.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferConfig {
-    /// Fine-tune / scratch optimisation (fixed epochs: with K labels there
-    /// is no label to spare for early stopping).
+    /// Fine-tune / scratch optimisation. Without `fit.patience` every
+    /// labeled image trains for all epochs (with K labels per class there is
+    /// rarely one to spare); with it, `val_fraction` of them are held out
+    /// and training stops when their loss stops improving (the best epoch's
+    /// weights are kept).
     pub fit: FitConfig,
     /// Augmentation for fine-tune and scratch.
-    pub augment: CropFlip,
+    pub augment: Pipeline,
+    /// Fraction of each class's labeled images held out for early stopping
+    /// (used only with `fit.patience`).
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
     /// Linear probe: full-batch optimiser steps.
     pub linear_steps: usize,
     /// Linear probe: learning rate.
@@ -42,6 +49,56 @@ pub struct TransferConfig {
     pub knn_ks: Vec<usize>,
     /// Batch size for inference.
     pub eval_batch: usize,
+}
+
+fn default_val_fraction() -> f64 {
+    0.1
+}
+
+/// Splits `labeled` (indices into a dataset with `labels`) into training
+/// and held-out images: of each class, `fraction` (rounded, at least one
+/// and never all) is held out, drawn with `seed`. Both lists are sorted.
+/// Fails when a class has fewer than two labeled images.
+pub fn holdout(
+    labels: &[u32],
+    labeled: &[usize],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    use rand::seq::SliceRandom;
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "transfer_val_fraction",
+            format!("must lie strictly between 0 and 1, got {fraction}"),
+        ));
+    }
+    let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for &i in labeled {
+        by_class.entry(labels[i]).or_default().push(i);
+    }
+    let (mut fit, mut val) = (Vec::new(), Vec::new());
+    for (class, mut idx) in by_class {
+        if idx.len() < 2 {
+            return Err(Error::invalid(
+                "transfer early stopping",
+                format!(
+                    "class {class} has {} labeled image(s); holding one out for validation needs at least 2",
+                    idx.len()
+                ),
+            ));
+        }
+        idx.shuffle(&mut rng::stream_at(
+            seed,
+            "transfer-holdout",
+            u64::from(class),
+        ));
+        let n_val = ((idx.len() as f64 * fraction).round() as usize).clamp(1, idx.len() - 1);
+        val.extend_from_slice(&idx[..n_val]);
+        fit.extend_from_slice(&idx[n_val..]);
+    }
+    fit.sort_unstable();
+    val.sort_unstable();
+    Ok((fit, val))
 }
 
 /// Backbone features of the images at `indices`, eval mode, (N, D).
@@ -73,7 +130,19 @@ pub struct Classifier {
     pub head: Linear,
     /// Training history.
     pub report: FitReport,
+    /// Labeled images held out for early stopping (0 without it).
+    pub validation_images: usize,
+    /// Held-out error rate after each epoch (empty without early stopping).
+    pub val_error: Vec<f64>,
+    /// Held-out cross-entropy after each epoch (empty without early
+    /// stopping). `report.val_loss` holds the score early stopping
+    /// minimised: error + [`VAL_LOSS_WEIGHT`] x cross-entropy.
+    pub val_cross_entropy: Vec<f64>,
 }
+
+/// Weight of the held-out cross-entropy in the early-stopping score (it
+/// only breaks ties between epochs with the same error rate).
+pub const VAL_LOSS_WEIGHT: f64 = 1e-3;
 
 impl Classifier {
     /// Predicted classes of the images at `indices`.
@@ -104,6 +173,9 @@ impl Classifier {
 /// Trains backbone + new head on the `labeled` images of `train`. With
 /// `init`, the backbone starts from that stage directory's weights (and its
 /// config must match `backbone_cfg`); without, from seeded random weights.
+/// With `cfg.fit.patience`, a stratified `cfg.val_fraction` of `labeled` is
+/// held out ([`holdout`]): its error rate after every epoch (ties broken by
+/// cross-entropy) drives early stopping and picks the weights returned.
 #[allow(clippy::too_many_arguments)]
 pub fn train_classifier(
     cfg: &TransferConfig,
@@ -152,15 +224,42 @@ pub fn train_classifier(
         .into_iter()
         .map(|(_, v)| v)
         .collect();
+    let (fit_idx, val_idx) = if cfg.fit.patience.is_some() {
+        holdout(labels, labeled, cfg.val_fraction, seed)?
+    } else {
+        (labeled.to_vec(), Vec::new())
+    };
+    // Early stopping monitors the held-out error rate, ties broken by the
+    // cross-entropy: on a few dozen images the loss alone prefers a timid,
+    // barely trained model over a confident one that classifies better.
+    let mut history: Vec<(f64, f64)> = Vec::new();
+    let mut validate = || -> Result<f64> {
+        let (mut loss_sum, mut wrong) = (0.0, 0usize);
+        for chunk in val_idx.chunks(cfg.eval_batch.max(1)) {
+            let x = batch::gather(train, chunk, norm, device)?;
+            let y: Vec<u32> = chunk.iter().map(|&i| labels[i]).collect();
+            let logits = head.forward(&backbone.forward_t(&x, false)?.detach())?;
+            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            wrong += pred.iter().zip(&y).filter(|(p, t)| p != t).count();
+            let yt = Tensor::from_vec(y, chunk.len(), device)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &yt)?;
+            loss_sum +=
+                f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) * chunk.len() as f64;
+        }
+        let n = val_idx.len().max(1) as f64;
+        let (error, loss) = (wrong as f64 / n, loss_sum / n);
+        history.push((error, loss));
+        Ok(error + VAL_LOSS_WEIGHT * loss)
+    };
     let report = fit_prefetched(
         &cfg.fit,
         stage,
-        labeled.len(),
+        fit_idx.len(),
         vars,
         &map,
         quiet,
         |items, step| {
-            let idx: Vec<usize> = items.iter().map(|&i| labeled[i]).collect();
+            let idx: Vec<usize> = items.iter().map(|&i| fit_idx[i]).collect();
             let px = apply_batch(&cfg.augment, &train.pixels_of(&idx), shape, seed, step);
             let y: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
             Ok((px, y))
@@ -172,9 +271,12 @@ pub fn train_classifier(
             let logits = head.forward(&backbone.forward_t(&x, true)?)?;
             Ok((candle_nn::loss::cross_entropy(&logits, &y)?, n))
         },
-        None,
+        (!val_idx.is_empty()).then_some(&mut validate as &mut dyn FnMut() -> Result<f64>),
     )?;
     Ok(Classifier {
+        validation_images: val_idx.len(),
+        val_error: history.iter().map(|h| h.0).collect(),
+        val_cross_entropy: history.iter().map(|h| h.1).collect(),
         map,
         backbone,
         head,
@@ -352,6 +454,9 @@ pub fn load_classifier(
             backbone: enc.backbone,
             head,
             report: FitReport::default(),
+            validation_images: 0,
+            val_error: Vec::new(),
+            val_cross_entropy: Vec::new(),
         },
         enc.config,
     ))
@@ -391,7 +496,8 @@ mod tests {
                 seed: 0,
                 drop_last: false,
             },
-            augment: CropFlip::NONE,
+            augment: Pipeline::default(),
+            val_fraction: 0.1,
             linear_steps: 100,
             linear_lr: 0.05,
             linear_weight_decay: 1e-4,
@@ -415,6 +521,42 @@ mod tests {
         let sim = vec![vec![1.0, 0.1], vec![0.1, 1.0]];
         assert_eq!(knn_vote(&sim, &[0, 1], 1, 2, false), vec![0, 1]);
         assert_eq!(knn_vote(&sim, &[0, 1], 1, 2, true), vec![1, 0]);
+    }
+
+    #[test]
+    fn holdout_is_stratified_disjoint_and_seeded() {
+        // 3 classes with 10, 4 and 2 labeled images among 40.
+        let labels: Vec<u32> = (0..40).map(|i| (i % 4) as u32).collect();
+        let labeled: Vec<usize> = (0..40)
+            .filter(|&i| match labels[i] {
+                0 => true,
+                1 => i < 16,
+                2 => i < 8,
+                _ => false,
+            })
+            .collect();
+        let (fit, val) = holdout(&labels, &labeled, 0.2, 3).unwrap();
+        let count = |v: &[usize], c: u32| v.iter().filter(|&&i| labels[i] == c).count();
+        // round(0.2 n) clamped to [1, n - 1]
+        assert_eq!([count(&val, 0), count(&val, 1), count(&val, 2)], [2, 1, 1]);
+        assert_eq!(fit.len() + val.len(), labeled.len());
+        assert!(val.iter().all(|i| !fit.contains(i) && labeled.contains(i)));
+        assert_eq!(
+            (fit.clone(), val.clone()),
+            holdout(&labels, &labeled, 0.2, 3).unwrap()
+        );
+        let other: Vec<_> = (0..8)
+            .map(|s| holdout(&labels, &labeled, 0.2, s).unwrap().1)
+            .collect();
+        assert!(
+            other.iter().any(|v| v != &val),
+            "the seed must change the draw"
+        );
+
+        let one = [0usize, 1, 4, 8];
+        let e = holdout(&labels, &one, 0.2, 0).unwrap_err().to_string();
+        assert!(e.contains("class 1") && e.contains("at least 2"), "{e}");
+        assert!(holdout(&labels, &labeled, 1.0, 0).is_err());
     }
 
     #[test]
