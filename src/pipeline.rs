@@ -44,6 +44,11 @@ pub struct Recipe {
     /// empty = all. Selected classes are relabelled 0..n.
     #[serde(default)]
     pub classes: Vec<String>,
+    /// With `classes`: pretrain on the unlabeled training images of every
+    /// class (the point of self-supervision: images of other classes are
+    /// free data), not just the selected ones. The input normalisation is
+    /// then fitted on all training images, for pretraining and transfer.
+    pub pretrain_all_classes: bool,
     /// Convnet stage widths (ignored by other backbones).
     pub convnet_widths: Vec<usize>,
     /// Convnet 3x3 conv layers per stage.
@@ -73,6 +78,20 @@ pub struct Recipe {
     pub transfer_batch: usize,
     /// Fine-tune / scratch learning rate.
     pub transfer_lr: f64,
+    /// Fine-tune / scratch augmentation: `None` (or the preset
+    /// `crop-flip`) is a padded random crop (`crop_pad`) and flip (`flip`);
+    /// otherwise a preset name (e.g. `flip-zoom-contrast`) or an explicit
+    /// pipeline.
+    pub transfer_augment: Option<ViewAugment>,
+    /// Fine-tune / scratch early stopping: hold out `transfer_val_fraction`
+    /// of each class's labeled images and stop after this many epochs
+    /// without improvement of their error rate (ties broken by
+    /// cross-entropy), keeping the best epoch's weights; epochs inside the
+    /// warmup do not count.
+    /// `None` trains on every labeled image for all epochs.
+    pub transfer_patience: Option<usize>,
+    /// Fraction of the labeled images held out for `transfer_patience`.
+    pub transfer_val_fraction: f64,
     /// AdamW weight decay everywhere but the linear probe.
     pub weight_decay: f64,
     /// Linear-probe optimiser steps (full batch).
@@ -145,6 +164,7 @@ impl Default for Recipe {
     fn default() -> Self {
         Self {
             classes: Vec::new(),
+            pretrain_all_classes: true,
             convnet_widths: vec![16, 32, 64],
             convnet_depth: 2,
             resnet_width: 64,
@@ -159,6 +179,9 @@ impl Default for Recipe {
             transfer_epochs: 60,
             transfer_batch: 32,
             transfer_lr: 1e-3,
+            transfer_augment: None,
+            transfer_patience: None,
+            transfer_val_fraction: 0.1,
             weight_decay: 5e-4,
             linear_steps: 300,
             linear_lr: 0.01,
@@ -241,25 +264,48 @@ impl Recipe {
         })
     }
 
-    fn transfer_config(&self, seed: u64) -> TransferConfig {
-        TransferConfig {
+    /// The fine-tune / scratch augmentation.
+    pub fn transfer_pipeline(&self) -> Result<Pipeline> {
+        match &self.transfer_augment {
+            None => Ok(Pipeline {
+                ops: vec![crate::augment::Op::CropFlip(self.augment())],
+            }),
+            Some(ViewAugment::Preset(name)) if name == "crop-flip" => Ok(Pipeline {
+                ops: vec![crate::augment::Op::CropFlip(self.augment())],
+            }),
+            Some(ViewAugment::Custom(p)) => Ok(p.clone()),
+            Some(ViewAugment::Preset(name)) => Pipeline::preset(name).ok_or_else(|| {
+                Error::invalid(
+                    "transfer_augment",
+                    format!(
+                        "unknown preset {name:?}; available: crop-flip, {}",
+                        Pipeline::PRESETS.join(", ")
+                    ),
+                )
+            }),
+        }
+    }
+
+    fn transfer_config(&self, seed: u64) -> Result<TransferConfig> {
+        Ok(TransferConfig {
             fit: FitConfig {
                 epochs: self.transfer_epochs,
                 batch_size: self.transfer_batch,
                 lr: self.transfer_lr,
                 weight_decay: self.weight_decay,
                 warmup_fraction: 0.1,
-                patience: None,
+                patience: self.transfer_patience,
                 seed,
                 drop_last: false,
             },
-            augment: self.augment(),
+            augment: self.transfer_pipeline()?,
+            val_fraction: self.transfer_val_fraction,
             linear_steps: self.linear_steps,
             linear_lr: self.linear_lr,
             linear_weight_decay: self.linear_weight_decay,
             knn_ks: self.knn_ks.clone(),
             eval_batch: self.eval_batch,
-        }
+        })
     }
 }
 
@@ -297,6 +343,20 @@ pub struct Prepared {
     pub pair: DatasetPair,
     /// Input normalisation.
     pub norm: Normalization,
+    /// With a class selection that pretrains on every class: the whole
+    /// training set.
+    pub all_classes: Option<AllClasses>,
+}
+
+/// The training set before a class selection, kept as the pretraining
+/// source.
+pub struct AllClasses {
+    /// The dataset's name without the selection.
+    pub name: String,
+    /// Every training image.
+    pub train: Dataset,
+    /// For each image of the selected training set, its index in `train`.
+    pub index: Vec<usize>,
 }
 
 /// Loads (and optionally truncates) a dataset.
@@ -327,12 +387,19 @@ pub fn prepare(
     }
     let all: Vec<usize> = (0..pair.train.len()).collect();
     let norm = batch::fit_normalization(&pair.train, &all);
-    Ok(Prepared { pair, norm })
+    Ok(Prepared {
+        pair,
+        norm,
+        all_classes: None,
+    })
 }
 
 /// Keeps only the named classes of both splits (relabelled 0..n in the
-/// given order) and refits the normalisation; no-op when `classes` is empty.
-pub fn select_classes(prep: Prepared, classes: &[String]) -> Result<Prepared> {
+/// given order); no-op when `classes` is empty. With `keep_all`, the whole
+/// training set stays available as the pretraining source
+/// ([`Prepared::all_classes`]) and the normalisation fitted on it is kept;
+/// otherwise the normalisation is refitted on the selection.
+pub fn select_classes(prep: Prepared, classes: &[String], keep_all: bool) -> Result<Prepared> {
     if classes.is_empty() {
         return Ok(prep);
     }
@@ -357,7 +424,7 @@ pub fn select_classes(prep: Prepared, classes: &[String]) -> Result<Prepared> {
             })
         })
         .collect::<Result<_>>()?;
-    let pick = |ds: &Dataset| -> Result<Dataset> {
+    let pick = |ds: &Dataset| -> Result<(Dataset, Vec<usize>)> {
         let labels = ds.labels().expect("prepare checked labels");
         let idx: Vec<usize> = (0..ds.len())
             .filter(|&i| map.contains(&(labels[i] as usize)))
@@ -366,18 +433,33 @@ pub fn select_classes(prep: Prepared, classes: &[String]) -> Result<Prepared> {
             .iter()
             .map(|&i| map.iter().position(|&m| m == labels[i] as usize).unwrap() as u32)
             .collect();
-        ds.subset(&idx).relabel(relabel, classes.to_vec())
+        Ok((ds.subset(&idx).relabel(relabel, classes.to_vec())?, idx))
     };
-    let train = pick(&prep.pair.train)?;
-    let test = pick(&prep.pair.test)?;
+    let (train, index) = pick(&prep.pair.train)?;
+    let (test, _) = pick(&prep.pair.test)?;
     let pair = DatasetPair::new(
         format!("{}[{}]", prep.pair.name, classes.join(",")),
         train,
         test,
     )?;
+    if keep_all {
+        return Ok(Prepared {
+            pair,
+            norm: prep.norm,
+            all_classes: Some(AllClasses {
+                name: prep.pair.name,
+                train: prep.pair.train,
+                index,
+            }),
+        });
+    }
     let all: Vec<usize> = (0..pair.train.len()).collect();
     let norm = batch::fit_normalization(&pair.train, &all);
-    Ok(Prepared { pair, norm })
+    Ok(Prepared {
+        pair,
+        norm,
+        all_classes: None,
+    })
 }
 
 /// The pretraining pool: training images outside the labeled split (for
@@ -399,13 +481,52 @@ pub fn unlabeled_pool(
             labeled[i] = true;
         }
     }
-    let mut pool: Vec<usize> = (0..train.len()).filter(|&i| !labeled[i]).collect();
+    Ok(capped_pool(&labeled, seed, cap))
+}
+
+/// The indices whose `labeled` flag is off, capped at `cap` by a draw
+/// seeded with `seed`, sorted.
+fn capped_pool(labeled: &[bool], seed: u64, cap: Option<usize>) -> Vec<usize> {
+    let mut pool: Vec<usize> = (0..labeled.len()).filter(|&i| !labeled[i]).collect();
     if let Some(cap) = cap.filter(|&c| c < pool.len()) {
         pool.shuffle(&mut rng::stream(seed, "pool"));
         pool.truncate(cap);
         pool.sort_unstable();
     }
-    Ok(pool)
+    pool
+}
+
+/// The images pretraining draws from and the pool's indices into them.
+/// Without [`Prepared::all_classes`] this is [`unlabeled_pool`] of the
+/// training set; with it, every training image of every class except the
+/// labeled splits (of the selected classes, for each seed in
+/// `exclude_seeds`), capped the same way.
+pub fn pretrain_pool<'a>(
+    prep: &'a Prepared,
+    max_k: usize,
+    exclude_seeds: &[u64],
+    seed: u64,
+    cap: Option<usize>,
+) -> Result<(&'a Dataset, Vec<usize>)> {
+    let Some(all) = &prep.all_classes else {
+        let train = &prep.pair.train;
+        return Ok((
+            train,
+            unlabeled_pool(train, max_k, exclude_seeds, seed, cap)?,
+        ));
+    };
+    let labels = prep
+        .pair
+        .train
+        .labels()
+        .expect("prepared datasets have labels");
+    let mut labeled = vec![false; all.train.len()];
+    for &s in exclude_seeds {
+        for i in split::stratified(labels, max_k, s)?.labeled {
+            labeled[all.index[i]] = true;
+        }
+    }
+    Ok((&all.train, capped_pool(&labeled, seed, cap)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -458,13 +579,7 @@ pub fn pretrain_stage(
     device: &Device,
     quiet: bool,
 ) -> Result<PretrainOutcome> {
-    let pool = unlabeled_pool(
-        &prep.pair.train,
-        max_k,
-        exclude_seeds,
-        seed,
-        recipe.unlabeled,
-    )?;
+    let (source, pool) = pretrain_pool(prep, max_k, exclude_seeds, seed, recipe.unlabeled)?;
     let cfg = recipe.pretrain_config(method, seed, prep.pair.train.image_shape())?;
     let build = |ctx: &pretext::ObjectiveContext, vb: candle_nn::VarBuilder| {
         methods::build(method, &recipe.siamese, ctx, vb)
@@ -488,7 +603,7 @@ pub fn pretrain_stage(
     let pre = pretext::pretrain_with(
         &cfg,
         backbone,
-        train,
+        source,
         &pool,
         &prep.norm,
         device,
@@ -506,6 +621,7 @@ pub fn pretrain_stage(
         "images_per_s": pre.report.images_per_s,
         "seconds": pre.report.seconds,
         "unlabeled_images": pool.len(),
+        "pretrain_dataset": prep.all_classes.as_ref().map_or(&prep.pair.name, |a| &a.name),
         "knn_monitor": pre.monitor,
         "step_loss": pre.report.step_loss,
     });
@@ -514,7 +630,7 @@ pub fn pretrain_stage(
         "labels_excluded_per_class": max_k,
         "labels_excluded_for_seeds": exclude_seeds,
     });
-    let sc = stage_config(
+    let mut sc = stage_config(
         "pretrain",
         method,
         backbone,
@@ -524,6 +640,9 @@ pub fn pretrain_stage(
         recipe_json,
         metrics,
     );
+    if let Some(all) = &prep.all_classes {
+        sc.dataset = all.name.clone();
+    }
     ckpt::save(dir, &pre.map, &sc)?;
     if !quiet {
         eprintln!(
@@ -647,7 +766,7 @@ pub fn transfer_stage(
         .labels()
         .expect("prepared datasets have labels");
     let sp = split::stratified(labels, k, seed)?;
-    let cfg = recipe.transfer_config(seed);
+    let cfg = recipe.transfer_config(seed)?;
     let method = match init {
         Some(d) => ckpt_method(d)?,
         None => "scratch".to_string(),
@@ -667,6 +786,12 @@ pub fn transfer_stage(
     let metrics = serde_json::json!({
         "train_loss": cls.report.train_loss,
         "seconds": cls.report.seconds,
+        "epochs_run": cls.report.epochs_run,
+        "val_error": cls.val_error,
+        "val_cross_entropy": cls.val_cross_entropy,
+        "val_score": cls.report.val_loss,
+        "best_epoch": cls.report.best_epoch,
+        "validation_images": cls.validation_images,
     });
     let recipe_json = serde_json::json!({
         "protocol": "finetune",
@@ -707,7 +832,7 @@ pub fn frozen_protocols(
     let test = &prep.pair.test;
     let labels = train.labels().expect("labels");
     let sp = split::stratified(labels, k, seed)?;
-    let cfg = recipe.transfer_config(seed);
+    let cfg = recipe.transfer_config(seed)?;
     let tr_x = finetune::extract_features(
         encoder,
         train,
@@ -764,6 +889,16 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
         methods::check(p)?;
     }
     opts.recipe.view_augment.resolve(1, 28)?;
+    let labeled_max = *opts.labels_per_class.iter().max().unwrap_or(&0);
+    opts.recipe.transfer_pipeline()?;
+    if opts.recipe.transfer_patience.is_some() {
+        // Checked here so that a run does not fail after pretraining.
+        let labels: Vec<u32> = (0..prep.pair.train.num_classes() as u32)
+            .flat_map(|c| std::iter::repeat_n(c, labeled_max))
+            .collect();
+        let all: Vec<usize> = (0..labels.len()).collect();
+        finetune::holdout(&labels, &all, opts.recipe.transfer_val_fraction, 0)?;
+    }
     let backbone = opts
         .recipe
         .backbone(&opts.backbone, prep.pair.train.image_shape().0)?;
@@ -784,6 +919,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
     let prep = select_classes(
         prepare(&opts.dataset, opts.max_train, opts.max_test)?,
         &opts.recipe.classes,
+        opts.recipe.pretrain_all_classes,
     )?;
     let backbone = validate(opts, &prep)?;
     let mut times: BTreeMap<&'static str, f64> = BTreeMap::new();

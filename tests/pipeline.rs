@@ -326,3 +326,121 @@ fn every_two_view_method_runs_and_leaves_figures() {
         "the MNIST-scale SimCLR preset was resolved for 28x28 gray images"
     );
 }
+
+#[test]
+fn class_selection_pretrains_on_every_class_and_transfers_on_the_selection() {
+    let classes = vec!["Trouser".to_string(), "Bag".to_string()];
+    let prep = selfsup::pipeline::prepare("fashion-mnist", Some(400), Some(100)).unwrap();
+    let full_labels = prep.pair.train.labels().unwrap().to_vec();
+    let full_norm = prep.norm.clone();
+    let prep = selfsup::pipeline::select_classes(prep, &classes, true).unwrap();
+    assert_eq!(prep.pair.train.class_names(), classes.as_slice());
+    assert_eq!(prep.norm, full_norm, "normalisation of all training images");
+    let all = prep.all_classes.as_ref().unwrap();
+    assert_eq!(all.train.len(), 400);
+    // The selection maps back to the right images of the whole set.
+    let sel_labels = prep.pair.train.labels().unwrap();
+    for (i, &j) in all.index.iter().enumerate() {
+        assert_eq!(all.train.image(j), prep.pair.train.image(i));
+        assert_eq!(full_labels[j], [1, 8][sel_labels[i] as usize]);
+    }
+    let (source, pool) = selfsup::pipeline::pretrain_pool(&prep, 3, &[0, 1], 0, None).unwrap();
+    assert_eq!(source.len(), 400);
+    for s in [0, 1] {
+        for i in selfsup::data::split::stratified(sel_labels, 3, s)
+            .unwrap()
+            .labeled
+        {
+            assert!(
+                !pool.contains(&all.index[i]),
+                "seed {s}: labeled image pretrained on"
+            );
+        }
+    }
+    assert!(pool.len() >= 400 - 12 && pool.len() <= 400 - 6);
+    assert!(pool.iter().any(|&j| ![1, 8].contains(&full_labels[j])));
+
+    // The whole pipeline: pretraining config names the whole dataset and
+    // its pool, transfer has two outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = options("fashion-mnist", &out);
+    o.recipe.classes = classes.clone();
+    o.recipe.unlabeled = None;
+    let report = run(&o).unwrap();
+    assert_eq!(report.dataset, "fashion-mnist[Trouser,Bag]");
+    let pre = read_json(&out.join("pretrain-rotation/config.json"));
+    assert_eq!(pre["dataset"], "fashion-mnist");
+    assert_eq!(pre["metrics"]["unlabeled_images"], 400 - 4);
+    let tr = read_json(&out.join("seed0/k2/rotation-finetune/config.json"));
+    assert_eq!(tr["head_outputs"], 2);
+    assert_eq!(tr["dataset"], "fashion-mnist[Trouser,Bag]");
+    assert_eq!(tr["normalization"], pre["normalization"]);
+
+    // Pretraining on the selection only.
+    o.recipe.pretrain_all_classes = false;
+    o.out = dir.path().join("selected");
+    run(&o).unwrap();
+    let pre = read_json(&o.out.join("pretrain-rotation/config.json"));
+    let n_selected = full_labels.iter().filter(|&&y| y == 1 || y == 8).count();
+    assert_eq!(pre["metrics"]["unlabeled_images"], n_selected as u64 - 4);
+    assert_eq!(pre["dataset"], "fashion-mnist[Trouser,Bag]");
+}
+
+#[test]
+fn transfer_early_stopping_holds_out_labels_and_keeps_the_best_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = options("fashion-mnist", &out);
+    o.pretext = vec![];
+    o.labels_per_class = vec![10];
+    o.recipe.transfer_epochs = 6;
+    o.recipe.transfer_patience = Some(2);
+    o.recipe.transfer_val_fraction = 0.2;
+    o.recipe.transfer_augment = Some(selfsup::pipeline::ViewAugment::Preset(
+        "flip-zoom-contrast".into(),
+    ));
+    run(&o).unwrap();
+    let cfg = read_json(&out.join("seed0/k10/scratch-finetune/config.json"));
+    let m = &cfg["metrics"];
+    assert_eq!(m["validation_images"], 20, "2 of 10 per class, 10 classes");
+    let epochs = m["epochs_run"].as_u64().unwrap() as usize;
+    let val: Vec<f64> = m["val_score"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(val.len(), epochs);
+    let best = m["best_epoch"].as_u64().unwrap() as usize;
+    assert!(best >= 1 && best <= epochs);
+    // 6 epochs of 80 images in batches of 16: the 10% warmup ends in
+    // epoch 1, so every epoch is a candidate and the kept one scores best
+    // (up to the stopper's 1e-4 minimum improvement).
+    let min = val.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(val[best - 1] - min <= 1e-4, "best epoch {best} of {val:?}");
+    let err = m["val_error"].as_array().unwrap();
+    let ce = m["val_cross_entropy"].as_array().unwrap();
+    assert_eq!((err.len(), ce.len()), (epochs, epochs));
+    for e in 0..epochs {
+        let (err, ce) = (err[e].as_f64().unwrap(), ce[e].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&err) && ce > 0.0);
+        assert!((val[e] - (err + 1e-3 * ce)).abs() < 1e-9);
+        // error rates of 20 images are multiples of 1/20
+        assert!(((err * 20.0) - (err * 20.0).round()).abs() < 1e-9);
+    }
+    assert_eq!(
+        cfg["recipe"]["transfer"]["augment"]["ops"][1]["op"], "zoom",
+        "{}",
+        cfg["recipe"]["transfer"]
+    );
+
+    // One labeled image per class leaves nothing to hold out: refused
+    // before any work.
+    let mut o = options("fashion-mnist", &dir.path().join("one"));
+    o.labels_per_class = vec![1];
+    o.recipe.transfer_patience = Some(2);
+    let e = run(&o).unwrap_err().to_string();
+    assert!(e.contains("at least 2"), "{e}");
+    assert!(!dir.path().join("one").exists());
+}

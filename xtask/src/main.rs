@@ -180,8 +180,26 @@ struct Common {
     #[arg(long, default_value_t = 3)]
     channels: usize,
     /// Keep only these classes (names, comma-separated), relabelled 0..n.
+    /// Pretraining still uses the unlabeled images of every class.
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<String>>,
+    /// With --classes: pretrain only on the selected classes' images
+    /// (default: on every class's unlabeled images).
+    #[arg(long)]
+    pretrain_selected_only: bool,
+    /// Fine-tune / scratch augmentation: crop-flip (padded crop + flip, the
+    /// default), flip-zoom-contrast, simclr-cifar, simclr-mnist or none.
+    #[arg(long)]
+    transfer_augment: Option<String>,
+    /// Fine-tune / scratch early stopping: hold out part of the labeled
+    /// images (--transfer-val-fraction) and stop after N epochs without
+    /// improvement of their loss, keeping the best epoch (0 = off).
+    #[arg(long)]
+    transfer_patience: Option<usize>,
+    /// Fraction of each class's labeled images held out for
+    /// --transfer-patience.
+    #[arg(long)]
+    transfer_val_fraction: Option<f64>,
 }
 
 #[derive(Args)]
@@ -635,6 +653,19 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
     if let Some(cl) = &c.classes {
         r.classes = cl.clone();
     }
+    if c.pretrain_selected_only {
+        r.pretrain_all_classes = false;
+    }
+    if let Some(t) = &c.transfer_augment {
+        r.transfer_augment = Some(pipeline::ViewAugment::Preset(t.clone()));
+        r.transfer_pipeline()?;
+    }
+    if let Some(p) = c.transfer_patience {
+        r.transfer_patience = (p > 0).then_some(p);
+    }
+    if let Some(f) = c.transfer_val_fraction {
+        r.transfer_val_fraction = f;
+    }
     if let Some(v) = &c.view_augment {
         r.view_augment = pipeline::ViewAugment::Preset(v.clone());
     }
@@ -677,36 +708,60 @@ fn apply_preset(a: &mut PipelineArgs) -> Result<()> {
     let Some(p) = a.preset.clone() else {
         return Ok(());
     };
-    // (dataset, backbone, labels per class, classes) of each preset.
-    let (dataset, backbone, ks, classes): (&str, &str, &[usize], &[&str]) = match p.as_str() {
+    /// What a preset sets (flags the user gave keep their values).
+    struct Preset {
+        dataset: &'static str,
+        backbone: &'static str,
+        labels_per_class: &'static [usize],
+        classes: &'static [&'static str],
+        /// (augmentation, early-stopping patience, maximum epochs) of the
+        /// fine-tune / scratch stage, if the preset sets them.
+        transfer: Option<(&'static str, usize, usize)>,
+    }
+    let preset = match p.as_str() {
         // Pretrain on every unlabeled training digit, transfer with 1,000
         // and 250 labels (100 and 25 per class).
-        "svhn-street-numbers" => ("svhn", "resnet18", &[100, 25], &[]),
-        // MobileNetV2, rotation pretext, then the waterfowl class
-        // n01855672 (goose) vs n01443537 (goldfish).
-        "tiny-imagenet-duck-fish" => (
-            "tiny-imagenet",
-            "mobilenetv2",
-            &[400],
-            &["n01855672", "n01443537"],
-        ),
+        "svhn-street-numbers" => Preset {
+            dataset: "svhn",
+            backbone: "resnet18",
+            labels_per_class: &[100, 25],
+            classes: &[],
+            transfer: None,
+        },
+        // MobileNetV2 pretrained by rotation on the unlabeled images of all
+        // 200 classes, then the waterfowl class n01855672 (goose) vs
+        // n01443537 (goldfish) from all 500 labeled images per class (and
+        // from 50), with flips, zoom and contrast, warmup + cosine learning
+        // rate and early stopping on a held-out tenth of the labels.
+        "tiny-imagenet-duck-fish" => Preset {
+            dataset: "tiny-imagenet",
+            backbone: "mobilenetv2",
+            labels_per_class: &[500, 50],
+            classes: &["n01855672", "n01443537"],
+            transfer: Some(("flip-zoom-contrast", 5, 40)),
+        },
         other => bail!(
             "unknown --preset {other:?}; pipeline presets: svhn-street-numbers, tiny-imagenet-duck-fish (anomaly: celeba-faces-anomaly)"
         ),
     };
     let c = &mut a.common;
     if c.dataset == "fashion-mnist" {
-        c.dataset = dataset.into();
+        c.dataset = preset.dataset.into();
     }
     if c.backbone == "convnet" {
-        c.backbone = backbone.into();
+        c.backbone = preset.backbone.into();
     }
     if a.labels_per_class == [10] {
-        a.labels_per_class = ks.to_vec();
+        a.labels_per_class = preset.labels_per_class.to_vec();
     }
-    if !classes.is_empty() {
+    if !preset.classes.is_empty() {
         c.classes
-            .get_or_insert_with(|| classes.iter().map(|s| s.to_string()).collect());
+            .get_or_insert_with(|| preset.classes.iter().map(|s| s.to_string()).collect());
+    }
+    if let Some((augment, patience, epochs)) = preset.transfer {
+        c.transfer_augment.get_or_insert_with(|| augment.into());
+        c.transfer_patience.get_or_insert(patience);
+        c.transfer_epochs.get_or_insert(epochs);
     }
     c.unlabeled.get_or_insert(0);
     Ok(())
@@ -808,6 +863,7 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
     let prep = pipeline::select_classes(
         pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?,
         &r.classes,
+        r.pretrain_all_classes,
     )?;
     let backbone = r.backbone(&a.common.backbone, prep.pair.train.image_shape().0)?;
     selfsup::methods::check(&a.pretext)?;
@@ -834,6 +890,7 @@ fn run_transfer(a: TransferArgs) -> Result<()> {
     let prep = pipeline::select_classes(
         pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?,
         &r.classes,
+        r.pretrain_all_classes,
     )?;
     let device = parse_device(&a.common.device)?;
     let init = resolve_init(a.init)?;
@@ -866,6 +923,7 @@ fn run_evaluate(mut a: EvaluateArgs) -> Result<()> {
     let prep = pipeline::select_classes(
         pipeline::prepare(&a.common.dataset, a.common.max_train, a.common.max_test)?,
         &r.classes,
+        r.pretrain_all_classes,
     )?;
     let device = parse_device(&a.common.device)?;
     let (acc, extra) = match a.protocol.as_str() {

@@ -32,7 +32,42 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--transfer-augment",
+                "wobble",
+                "--out",
+                o,
+            ],
+            &["transfer_augment", "wobble", "flip-zoom-contrast"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--labels-per-class",
+                "1",
+                "--transfer-patience",
+                "3",
+                "--out",
+                o,
+            ],
+            &["early stopping", "at least 2"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--classes",
+                "Trouser,Zebra",
+                "--out",
+                o,
+            ],
+            &["--classes", "Zebra", "Trouser"],
+        ),
         (
             &[
                 "pipeline",
@@ -103,6 +138,12 @@ fn help_documents_the_pipeline_flags() {
         "--epochs",
         "--out",
         "--quiet",
+        "--preset",
+        "--classes",
+        "--pretrain-selected-only",
+        "--transfer-augment",
+        "--transfer-patience",
+        "--transfer-val-fraction",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
