@@ -150,9 +150,11 @@ fn y(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialise")
 }
 
-/// The Hub dataset id a report's dataset name corresponds to, if known.
+/// The Hub dataset id a report's dataset name corresponds to, if known
+/// (`celeba:Eyeglasses` and class selections like `svhn[1,7]` name their
+/// source dataset).
 fn hub_dataset(name: &str) -> Option<&'static str> {
-    let base = name.split(':').next().unwrap_or(name);
+    let base = name.split([':', '[']).next().unwrap_or(name);
     match base {
         "fashion-mnist" | "fashion-mnist-full" => Some("zalando-datasets/fashion_mnist"),
         other => catalog::spec(other).ok().map(|s| s.repo),
@@ -419,4 +421,24 @@ pub fn download_checkpoint(repo_id: &str) -> Result<PathBuf> {
         dir = p.parent().map(Path::to_path_buf);
     }
     dir.ok_or_else(|| Error::invalid("--init", format!("hub:{repo_id}: nothing downloaded")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hub_dataset;
+
+    #[test]
+    fn report_dataset_names_map_to_their_hub_repos() {
+        assert_eq!(hub_dataset("svhn"), Some("ufldl-stanford/svhn"));
+        assert_eq!(hub_dataset("celeba:Eyeglasses"), Some("flwrlabs/celeba"));
+        assert_eq!(
+            hub_dataset("tiny-imagenet[n01855672,n01443537]"),
+            Some("zh-plus/tiny-imagenet")
+        );
+        assert_eq!(
+            hub_dataset("fashion-mnist-full"),
+            Some("zalando-datasets/fashion_mnist")
+        );
+        assert_eq!(hub_dataset("/data/my-folder"), None);
+    }
 }
