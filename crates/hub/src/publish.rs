@@ -258,9 +258,17 @@ fn model_card(repo: &str, parts: &RunParts) -> String {
             "A small BERT encoder pretrained with masked-token prediction by [selfsup](https://github.com/selfsup/selfsup) (Rust, Candle) on `{dataset}`. The folder loads in Hugging Face `transformers` as `BertForMaskedLM` (with `tokenizer.json`).\n"
         );
     } else {
+        // A class selection pretrains on the whole dataset (the stage's
+        // config says which) and is evaluated on the selection.
+        let pretrained_on = parts.config["dataset"].as_str().unwrap_or(&dataset);
+        let evaluated = if pretrained_on == dataset {
+            String::new()
+        } else {
+            format!(", then transferred to and evaluated on `{dataset}`")
+        };
         let _ = writeln!(
             s,
-            "A `{}` backbone pretrained without labels by the **{}** objective of [selfsup](https://github.com/selfsup/selfsup) (Rust, Candle) on `{dataset}`.\n",
+            "A `{}` backbone pretrained without labels by the **{}** objective of [selfsup](https://github.com/selfsup/selfsup) (Rust, Candle) on `{pretrained_on}`{evaluated}.\n",
             parts.config["backbone"]["kind"].as_str().unwrap_or("?"),
             parts.method
         );
