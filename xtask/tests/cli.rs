@@ -298,3 +298,123 @@ fn text_flags_and_corpora_are_checked_before_any_work() {
     ];
     fails_cleanly(&cases, &out);
 }
+
+/// Caches a stand-in for the fetched Tiny ImageNet under `root`: real
+/// embedded Fashion-MNIST images (16x16 centre crops, grey copied to RGB),
+/// four classes under WordNet ids, the preset's two among them; 30
+/// training and 10 test images per class.
+fn cache_tiny_imagenet_stand_in(root: &std::path::Path) {
+    use selfsup::data::cache::{self, Manifest, Split};
+    use selfsup::data::Dataset;
+    let pair = selfsup::data::load("fashion-mnist").unwrap();
+    // goose, goldfish, and two other classes
+    let names = ["n01855672", "n01443537", "n01629819", "n02085620"];
+    let sources = [0u32, 6, 1, 9]; // T-shirt, Shirt, Trouser, Ankle boot
+    let split = |ds: &Dataset, per_class: usize| -> Split {
+        let y = ds.labels().unwrap();
+        let (mut px, mut labels) = (Vec::new(), Vec::new());
+        for (c, &src) in sources.iter().enumerate() {
+            for i in (0..ds.len()).filter(|&i| y[i] == src).take(per_class) {
+                for _ in 0..3 {
+                    for r in 6..22 {
+                        px.extend_from_slice(&ds.image(i)[r * 28 + 6..r * 28 + 22]);
+                    }
+                }
+                labels.push(c as u32);
+            }
+        }
+        let n = labels.len();
+        let names = names.iter().map(|s| s.to_string()).collect();
+        Split {
+            dataset: Dataset::new(px, (n, 3, 16, 16), Some(labels), names).unwrap(),
+            attributes: Vec::new(),
+        }
+    };
+    let (train, test) = (split(&pair.train, 30), split(&pair.test, 10));
+    let manifest = Manifest {
+        format_version: cache::FORMAT_VERSION,
+        name: "tiny-imagenet".into(),
+        repo: "zh-plus/tiny-imagenet".into(),
+        revision: "0".repeat(40),
+        train_files: Vec::new(),
+        test_files: Vec::new(),
+        test_split: "valid".into(),
+        label_column: "label".into(),
+        classes: names.iter().map(|s| s.to_string()).collect(),
+        image_shape: [3, 16, 16],
+        train_images: train.dataset.len(),
+        test_images: test.dataset.len(),
+        attributes: Vec::new(),
+    };
+    cache::store(root, &manifest, &train, &test).unwrap();
+}
+
+#[test]
+fn duck_fish_preset_pretrains_on_every_class_and_early_stops_the_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "pipeline",
+            "--preset",
+            "tiny-imagenet-duck-fish",
+            "--quiet",
+            "--out",
+            o,
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(&args)
+            .env("SELFSUP_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    // Not fetched yet: says what to fetch, writes nothing.
+    let r = run(&[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("cargo xtask fetch --dataset tiny-imagenet"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    cache_tiny_imagenet_stand_in(&cache);
+    // The preset's own backbone, augmentation and early stopping; sizes cut
+    // down so the test stays small.
+    let r = run(&[
+        "--labels-per-class",
+        "5",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--transfer-epochs",
+        "3",
+        "--width-multiplier",
+        "0.25",
+        "--no-knn-monitor",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(p)).unwrap()).unwrap()
+    };
+    let report = read("report.json");
+    assert_eq!(report["dataset"], "tiny-imagenet[n01855672,n01443537]");
+    assert_eq!(report["backbone"], "mobilenetv2");
+    let recipe = &report["config"]["recipe"];
+    assert_eq!(recipe["transfer_augment"], "flip-zoom-contrast");
+    assert_eq!(recipe["transfer_patience"], 5);
+    assert_eq!(recipe["pretrain_all_classes"], true);
+    // Pretraining saw all four classes but the 10 labeled images.
+    let pre = read("pretrain-rotation/config.json");
+    assert_eq!(pre["dataset"], "tiny-imagenet");
+    assert_eq!(pre["metrics"]["unlabeled_images"], 4 * 30 - 2 * 5);
+    // A two-way classifier, one labeled image per class held out.
+    let ft = read("seed0/k5/rotation-finetune/config.json");
+    assert_eq!(ft["head_outputs"], 2);
+    assert_eq!(ft["metrics"]["validation_images"], 2);
+    assert_eq!(ft["recipe"]["transfer"]["augment"]["ops"][1]["op"], "zoom");
+}
