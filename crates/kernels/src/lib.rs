@@ -239,8 +239,12 @@ fn input_grad(
     gd.contiguous()?.conv2d(&wf, kh - 1 - pad, 1, 1, 1)
 }
 
-/// Gradient w.r.t. the kernel: correlation of the input with the output
-/// gradient, batch and channel axes swapped (Candle's formulation).
+/// Gradient w.r.t. the kernel. On the CPU (f32): one GEMM of the output
+/// gradient, (C_out, N·Ho·Wo), with the input's im2col matrix,
+/// (N·Ho·Wo, C_in·kh·kw). Elsewhere: correlation of the input with the
+/// output gradient, batch and channel axes swapped (Candle's formulation,
+/// which on the CPU runs C_in thin GEMMs of kh·kw rows each and, for stride
+/// 2, computes a larger result than it keeps).
 fn weight_grad(
     x: &Tensor,
     g: &Tensor,
@@ -249,6 +253,9 @@ fn weight_grad(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && g.dtype() == DType::F32 {
+        return weight_grad_im2col(x, g, kh, kw, stride, pad);
+    }
     let gw = x
         .transpose(0, 1)?
         .conv2d(&g.transpose(0, 1)?, pad, 1, stride, 1)?
@@ -259,6 +266,56 @@ fn weight_grad(
     } else {
         Ok(gw)
     }
+}
+
+/// The CPU weight gradient: im2col of `x` (rows = output positions of every
+/// image, columns = input channel x kernel offset), then
+/// `g (C_out, N·Ho·Wo) @ cols`.
+fn weight_grad_im2col(
+    x: &Tensor,
+    g: &Tensor,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (n, c, h, w) = x.dims4()?;
+    let (_, o, ho, wo) = g.dims4()?;
+    let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let ncol = c * kh * kw;
+    let rows = n * ho * wo;
+    let mut cols = vec![0f32; rows * ncol];
+    cols.par_chunks_mut(wo * ncol)
+        .enumerate()
+        .for_each(|(r, out)| {
+            // one output row (image b, output line oy)
+            let (b, oy) = (r / ho, r % ho);
+            let img = &xv[b * c * h * w..(b + 1) * c * h * w];
+            for ox in 0..wo {
+                let row = &mut out[ox * ncol..(ox + 1) * ncol];
+                for ci in 0..c {
+                    let plane = &img[ci * h * w..(ci + 1) * h * w];
+                    for ky in 0..kh {
+                        let iy = (oy * stride + ky) as isize - pad as isize;
+                        let dst = &mut row[(ci * kh + ky) * kw..(ci * kh + ky + 1) * kw];
+                        if iy < 0 || iy as usize >= h {
+                            continue; // stays zero
+                        }
+                        let line = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        for (kx, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if ix >= 0 && (ix as usize) < w {
+                                *d = line[ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    let cols = Tensor::from_vec(cols, (rows, ncol), x.device())?;
+    let gm = g.transpose(0, 1)?.contiguous()?.reshape((o, rows))?;
+    gm.matmul(&cols)?.reshape((o, c, kh, kw))
 }
 
 /// Identity on the precomputed output `y` (argument 3), with the
