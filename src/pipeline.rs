@@ -475,25 +475,35 @@ pub fn unlabeled_pool(
     let labels = train
         .labels()
         .ok_or_else(|| Error::invalid("dataset", "no labels"))?;
-    let mut labeled = vec![false; train.len()];
-    for &s in exclude_seeds {
-        for i in split::stratified(labels, max_k, s)?.labeled {
-            labeled[i] = true;
-        }
-    }
-    Ok(capped_pool(&labeled, seed, cap))
+    capped_pool(labels, None, train.len(), max_k, exclude_seeds, seed, cap)
 }
 
-/// The indices whose `labeled` flag is off, capped at `cap` by a draw
-/// seeded with `seed`, sorted.
-fn capped_pool(labeled: &[bool], seed: u64, cap: Option<usize>) -> Vec<usize> {
-    let mut pool: Vec<usize> = (0..labeled.len()).filter(|&i| !labeled[i]).collect();
+/// The images of a set of `len` that are outside the labeled split (for
+/// `max_k`) of every seed in `exclude_seeds`, capped at `cap` by a draw
+/// seeded with `seed`, sorted. The splits are drawn from `labels`; `index`
+/// maps their positions into the set (identity when `None`).
+fn capped_pool(
+    labels: &[u32],
+    index: Option<&[usize]>,
+    len: usize,
+    max_k: usize,
+    exclude_seeds: &[u64],
+    seed: u64,
+    cap: Option<usize>,
+) -> Result<Vec<usize>> {
+    let mut labeled = vec![false; len];
+    for &s in exclude_seeds {
+        for i in split::stratified(labels, max_k, s)?.labeled {
+            labeled[index.map_or(i, |m| m[i])] = true;
+        }
+    }
+    let mut pool: Vec<usize> = (0..len).filter(|&i| !labeled[i]).collect();
     if let Some(cap) = cap.filter(|&c| c < pool.len()) {
         pool.shuffle(&mut rng::stream(seed, "pool"));
         pool.truncate(cap);
         pool.sort_unstable();
     }
-    pool
+    Ok(pool)
 }
 
 /// The images pretraining draws from and the pool's indices into them.
@@ -520,13 +530,16 @@ pub fn pretrain_pool<'a>(
         .train
         .labels()
         .expect("prepared datasets have labels");
-    let mut labeled = vec![false; all.train.len()];
-    for &s in exclude_seeds {
-        for i in split::stratified(labels, max_k, s)?.labeled {
-            labeled[all.index[i]] = true;
-        }
-    }
-    Ok((&all.train, capped_pool(&labeled, seed, cap)))
+    let pool = capped_pool(
+        labels,
+        Some(&all.index),
+        all.train.len(),
+        max_k,
+        exclude_seeds,
+        seed,
+        cap,
+    )?;
+    Ok((&all.train, pool))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -621,7 +634,6 @@ pub fn pretrain_stage(
         "images_per_s": pre.report.images_per_s,
         "seconds": pre.report.seconds,
         "unlabeled_images": pool.len(),
-        "pretrain_dataset": prep.all_classes.as_ref().map_or(&prep.pair.name, |a| &a.name),
         "knn_monitor": pre.monitor,
         "step_loss": pre.report.step_loss,
     });

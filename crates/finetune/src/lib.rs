@@ -233,21 +233,23 @@ pub fn train_classifier(
     // cross-entropy: on a few dozen images the loss alone prefers a timid,
     // barely trained model over a confident one that classifies better.
     let mut history: Vec<(f64, f64)> = Vec::new();
+    let val_y: Vec<u32> = val_idx.iter().map(|&i| labels[i]).collect();
     let mut validate = || -> Result<f64> {
-        let (mut loss_sum, mut wrong) = (0.0, 0usize);
-        for chunk in val_idx.chunks(cfg.eval_batch.max(1)) {
-            let x = batch::gather(train, chunk, norm, device)?;
-            let y: Vec<u32> = chunk.iter().map(|&i| labels[i]).collect();
-            let logits = head.forward(&backbone.forward_t(&x, false)?.detach())?;
-            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            wrong += pred.iter().zip(&y).filter(|(p, t)| p != t).count();
-            let yt = Tensor::from_vec(y, chunk.len(), device)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &yt)?;
-            loss_sum +=
-                f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) * chunk.len() as f64;
-        }
-        let n = val_idx.len().max(1) as f64;
-        let (error, loss) = (wrong as f64 / n, loss_sum / n);
+        let feats = extract_features(
+            backbone.as_ref(),
+            train,
+            &val_idx,
+            norm,
+            cfg.eval_batch,
+            device,
+        )?;
+        let logits = head.forward(&feats)?;
+        let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let wrong = pred.iter().zip(&val_y).filter(|(p, t)| p != t).count();
+        let y = Tensor::from_vec(val_y.clone(), val_y.len(), device)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let loss = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        let error = wrong as f64 / val_y.len().max(1) as f64;
         history.push((error, loss));
         Ok(error + VAL_LOSS_WEIGHT * loss)
     };
