@@ -192,8 +192,9 @@ struct Common {
     #[arg(long)]
     transfer_augment: Option<String>,
     /// Fine-tune / scratch early stopping: hold out part of the labeled
-    /// images (--transfer-val-fraction) and stop after N epochs without
-    /// improvement of their loss, keeping the best epoch (0 = off).
+    /// images (--transfer-val-fraction) and stop after N epochs without a
+    /// lower held-out error rate (ties broken by cross-entropy; epochs in
+    /// the warmup do not count), keeping the best epoch (0 = off).
     #[arg(long)]
     transfer_patience: Option<usize>,
     /// Fraction of each class's labeled images held out for
