@@ -34,10 +34,13 @@
 
 pub mod checkpoint;
 
-use candle_core::{ModuleT, Tensor};
+use candle_core::{ModuleT, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, VarBuilder};
 use selfsup_core::{Error, Result};
-use selfsup_kernels::{conv2d_default, Conv2dParams};
+use selfsup_kernels::{
+    add_relu, batch_norm_train, conv2d_default, fused_supported, fusion_enabled, Activation,
+    Conv2dParams,
+};
 use serde::{Deserialize, Serialize};
 
 /// An encoder from images (B, C, H, W) to features (B, D).
@@ -197,10 +200,13 @@ impl Conv {
     }
 }
 
-/// Convolution (padding k / 2) + BatchNorm; the caller applies the activation.
+/// Convolution (padding k / 2) + BatchNorm + activation.
 struct ConvBn {
     conv: Conv,
     bn: BatchNorm,
+    /// The BatchNorm's running mean and variance (sharing its storage), for
+    /// the fused training path to update.
+    running: (Var, Var),
 }
 
 impl ConvBn {
@@ -232,14 +238,56 @@ impl ConvBn {
             padding: k / 2,
             groups,
         };
+        let bn = batch_norm(cout, 1e-5, vb.pp(bn))?;
+        // `running_mean()` is the BatchNorm's own variable: these share it.
+        let running = (
+            Var::from_tensor(bn.running_mean())?,
+            Var::from_tensor(bn.running_var())?,
+        );
         Ok(Self {
             conv: Conv::new(cin, cout, k, p, vb.pp(conv))?,
-            bn: batch_norm(cout, 1e-5, vb.pp(bn))?,
+            bn,
+            running,
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.bn.forward_t(&self.conv.forward(x)?, train)?)
+    /// conv, BatchNorm, then `act`. In training mode with the fast kernels
+    /// on the CPU, BatchNorm and the activation are one fused op
+    /// ([`selfsup_kernels::batch_norm_train`]) and the running averages are
+    /// updated here exactly as `candle_nn::BatchNorm` does; otherwise
+    /// Candle's BatchNorm and activation ops run.
+    fn forward(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+        let h = self.conv.forward(x)?;
+        if train && fusion_enabled() && fused_supported(&h) {
+            if let Some((gamma, beta)) = self.bn.weight_and_bias() {
+                let (y, stats) = batch_norm_train(&h, gamma, beta, self.bn.eps(), act)?;
+                let m = self.bn.momentum();
+                let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+                let (rm, rv) = &self.running;
+                let c = stats.mean.len();
+                let mean = Tensor::from_vec(stats.mean, c, h.device())?;
+                let var = Tensor::from_vec(stats.var, c, h.device())?;
+                rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+                rv.set(&((rv.as_tensor() * (1.0 - m))? + (var * (m * unbias))?)?)?;
+                return Ok(y);
+            }
+        }
+        let y = self.bn.forward_t(&h, train)?;
+        Ok(match act {
+            Activation::Identity => y,
+            Activation::Relu => y.relu()?,
+            Activation::Relu6 => relu6(&y)?,
+        })
+    }
+}
+
+/// `relu(a + b)`: one fused op where [`ConvBn::forward`] would fuse, else
+/// Candle's add and ReLU.
+fn residual_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fusion_enabled() && fused_supported(a) && a.dims() == b.dims() {
+        Ok(add_relu(a, b)?)
+    } else {
+        Ok((a + b)?.relu()?)
     }
 }
 
@@ -313,7 +361,7 @@ impl Backbone for ConvNet {
         let mut pooled = Vec::with_capacity(self.stages.len());
         for (i, layers) in self.stages.iter().enumerate() {
             for l in layers {
-                h = l.forward(&h, train)?.relu()?;
+                h = l.forward(&h, train, Activation::Relu)?;
             }
             pooled.push(global_avg_pool(&h)?);
             if i + 1 < self.stages.len() && h.dim(2)? >= 2 {
@@ -358,13 +406,13 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.a.forward(x, train)?.relu()?;
-        let h = self.b.forward(&h, train)?;
+        let h = self.a.forward(x, train, Activation::Relu)?;
+        let h = self.b.forward(&h, train, Activation::Identity)?;
         let skip = match &self.shortcut {
-            Some(s) => s.forward(x, train)?,
+            Some(s) => s.forward(x, train, Activation::Identity)?,
             None => x.clone(),
         };
-        Ok((h + skip)?.relu()?)
+        residual_relu(&h, &skip)
     }
 }
 
@@ -415,7 +463,7 @@ impl ResNet18 {
 impl Backbone for ResNet18 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.in_channels)?;
-        let mut h = self.stem.forward(x, train)?.relu()?;
+        let mut h = self.stem.forward(x, train, Activation::Relu)?;
         for b in &self.blocks {
             h = b.forward(&h, train)?;
         }
@@ -477,11 +525,11 @@ impl InvertedResidual {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = match &self.expand {
-            Some(e) => relu6(&e.forward(x, train)?)?,
+            Some(e) => e.forward(x, train, Activation::Relu6)?,
             None => x.clone(),
         };
-        let h = relu6(&self.dw.forward(&h, train)?)?;
-        let h = self.project.forward(&h, train)?;
+        let h = self.dw.forward(&h, train, Activation::Relu6)?;
+        let h = self.project.forward(&h, train, Activation::Identity)?;
         if self.skip {
             Ok((h + x)?)
         } else {
@@ -552,11 +600,11 @@ impl MobileNetV2 {
 impl Backbone for MobileNetV2 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.in_channels)?;
-        let mut h = relu6(&self.stem.forward(x, train)?)?;
+        let mut h = self.stem.forward(x, train, Activation::Relu6)?;
         for b in &self.blocks {
             h = b.forward(&h, train)?;
         }
-        global_avg_pool(&relu6(&self.last.forward(&h, train)?)?)
+        global_avg_pool(&self.last.forward(&h, train, Activation::Relu6)?)
     }
 
     fn feature_dim(&self) -> usize {

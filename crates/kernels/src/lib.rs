@@ -20,6 +20,12 @@
 //! layer. [`Kernels::Stock`] calls Candle's ops unchanged, for comparison
 //! (`--kernels stock`).
 //!
+//! On the CPU the crate also fuses what surrounds the convolutions in a
+//! training step: [`batch_norm_train`] (training-mode BatchNorm with its
+//! ReLU/ReLU6 in one pass forward and two backward, instead of Candle's
+//! chain of ten single-threaded ops) and [`add_relu`] (a residual sum and
+//! its ReLU).
+//!
 //! ```
 //! use candle_core::{Device, Tensor};
 //! use selfsup_kernels::{conv2d, Conv2dParams, Kernels};
@@ -31,9 +37,12 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
+mod batchnorm;
 mod depthwise;
+
+pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
 
 /// Which implementation of the convolution ops to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +95,22 @@ pub fn default_kernels() -> Kernels {
     } else {
         Kernels::Fast
     }
+}
+
+static FUSION: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused ops ([`batch_norm_train`], [`add_relu`]) on or off for the
+/// backbones' fast path, process-wide (on by default). Off, the fast kernels
+/// keep their convolutions and use Candle's BatchNorm and activations: for
+/// tests that isolate the fusion, and for measuring what it saves.
+pub fn set_fusion(enabled: bool) {
+    FUSION.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the backbones fuse BatchNorm and activations: [`set_fusion`] left
+/// it on and the process-wide kernels are [`Kernels::Fast`].
+pub fn fusion_enabled() -> bool {
+    FUSION.load(Ordering::Relaxed) && default_kernels() == Kernels::Fast
 }
 
 static FLOPS: AtomicU64 = AtomicU64::new(0);

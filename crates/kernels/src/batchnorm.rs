@@ -1,0 +1,495 @@
+//! Training-mode batch normalisation fused with the activation that follows
+//! it, and a fused residual add + ReLU: f32 on the CPU, multithreaded.
+//!
+//! Candle's `candle_nn::BatchNorm` in training mode is a chain of about ten
+//! tensor ops (transpose, copy, mean, subtract, square, mean, divide,
+//! multiply, add, transpose back), each a full pass over the activation, most
+//! of them single-threaded, and its backward pass walks the same chain again
+//! with two or three passes per op; the ReLU after it adds four more. Here
+//! the forward pass reads the input twice (statistics, then output) and the
+//! backward pass reads input, output and gradient twice (per-channel sums,
+//! then the input gradient), with the activation's mask taken from the
+//! output.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// The activation applied after normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// None: `y = x̂·γ + β`.
+    Identity,
+    /// `max(0, ·)`.
+    Relu,
+    /// `min(max(0, ·), 6)` (MobileNetV2).
+    Relu6,
+}
+
+impl Activation {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Self::Identity => v,
+            Self::Relu => v.max(0.0),
+            Self::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// Whether the gradient flows through an output value `y`: the
+    /// activation's derivative, read off its output.
+    #[inline]
+    fn passes(self, y: f32) -> bool {
+        match self {
+            Self::Identity => true,
+            Self::Relu => y > 0.0,
+            Self::Relu6 => y > 0.0 && y < 6.0,
+        }
+    }
+
+    #[inline]
+    fn masked(self, g: f32, y: f32) -> f32 {
+        if self.passes(y) {
+            g
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Per-channel statistics of the batch a [`batch_norm_train`] call
+/// normalised with, for the caller's running averages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    /// Mean over batch and spatial positions.
+    pub mean: Vec<f32>,
+    /// Biased variance (divided by the number of values, as used to
+    /// normalise). Running averages conventionally store the unbiased one.
+    pub var: Vec<f32>,
+    /// Values per channel (batch x spatial positions).
+    pub count: usize,
+}
+
+/// Whether [`batch_norm_train`] and [`add_relu`] can run on `x`: an f32
+/// tensor on the CPU with at least two dimensions.
+pub fn fused_supported(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() >= 2
+}
+
+/// Training-mode batch normalisation of `x` (N, C, ...) with per-channel
+/// scale `gamma` and shift `beta` (C), then `act`, normalising with the
+/// batch's own mean and biased variance (`eps` added to the variance).
+/// Differentiable in `x`, `gamma` and `beta`. Returns the output and the
+/// batch statistics. CPU, f32 only ([`fused_supported`]).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Activation,
+) -> Result<(Tensor, BatchStats)> {
+    if !fused_supported(x) {
+        candle_core::bail!(
+            "fused batch norm runs on the CPU in f32 on (N, C, ...) tensors, got {:?} {:?} on {:?}",
+            x.dtype(),
+            x.dims(),
+            x.device().location()
+        );
+    }
+    let c = x.dim(1)?;
+    if gamma.dims() != [c] || beta.dims() != [c] {
+        candle_core::bail!(
+            "fused batch norm: input has {c} channels, scale {:?} and shift {:?}",
+            gamma.dims(),
+            beta.dims()
+        );
+    }
+    let stash = Arc::new(Mutex::new(None));
+    let op = BnForward {
+        eps,
+        act,
+        stash: stash.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let saved = stash
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("fused batch norm: poisoned statistics".into()))?
+        .clone();
+    let Some(s) = saved else {
+        candle_core::bail!("fused batch norm: the forward pass left no statistics")
+    };
+    Ok((
+        y,
+        BatchStats {
+            mean: s.mean,
+            var: s.var,
+            count: s.count,
+        },
+    ))
+}
+
+/// `relu(a + b)` in one pass, with its gradient (the same masked gradient
+/// for both operands) in one pass. `a` and `b` have the same shape; CPU, f32
+/// only ([`fused_supported`]).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !fused_supported(a) || a.dims() != b.dims() || a.dtype() != b.dtype() {
+        candle_core::bail!(
+            "fused add + relu needs two CPU f32 tensors of one shape, got {:?} {:?} and {:?} {:?}",
+            a.dtype(),
+            a.dims(),
+            b.dtype(),
+            b.dims()
+        );
+    }
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+}
+
+/// What the forward pass leaves for the backward pass.
+#[derive(Debug, Clone)]
+struct Saved {
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    invstd: Vec<f32>,
+    count: usize,
+}
+
+struct BnForward {
+    eps: f64,
+    act: Activation,
+    stash: Arc<Mutex<Option<Saved>>>,
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused batch norm: {what} must be contiguous"),
+    }
+}
+
+/// (batch, channels, values per channel and image).
+fn nc_s(shape: &Shape) -> Result<(usize, usize, usize)> {
+    let d = shape.dims();
+    if d.len() < 2 {
+        candle_core::bail!("fused batch norm: expected (N, C, ...), got {d:?}");
+    }
+    Ok((d[0], d[1], d[2..].iter().product()))
+}
+
+/// Mean and centred sum of squares of one slab, in f32 (a slab is one image's
+/// plane: at most a few thousand values).
+fn slab_moments(v: &[f32]) -> (f64, f64) {
+    let n = v.len() as f32;
+    let mean = sum8(v.iter().copied()) / n;
+    let m2 = sum8(v.iter().map(|&x| (x - mean) * (x - mean)));
+    (f64::from(mean), f64::from(m2))
+}
+
+/// Sum with eight independent accumulators (vectorisable, and more accurate
+/// than one running sum).
+#[inline]
+fn sum8(it: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, v) in it.enumerate() {
+        acc[i & 7] += v;
+    }
+    acc.iter().sum()
+}
+
+/// Per-channel mean and biased variance, combining slabs with Chan et al.'s
+/// pairwise update in f64; one pass over `x`, parallel over channels.
+fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
+    let per: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let (mut count, mut mean, mut m2) = (0f64, 0f64, 0f64);
+            for b in 0..n {
+                let slab = &x[(b * c + ci) * s..(b * c + ci + 1) * s];
+                let (sm, sm2) = slab_moments(slab);
+                let k = s as f64;
+                let total = count + k;
+                let delta = sm - mean;
+                mean += delta * k / total;
+                m2 += sm2 + delta * delta * count * k / total;
+                count = total;
+            }
+            (mean as f32, (m2 / count.max(1.0)) as f32)
+        })
+        .collect();
+    per.into_iter().unzip()
+}
+
+impl CustomOp3 for BnForward {
+    fn name(&self) -> &'static str {
+        "selfsup-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(sx, lx, "the input")?;
+        let gamma = contiguous(sg, lg, "the scale")?;
+        let beta = contiguous(sb, lb, "the shift")?;
+        let (n, c, s) = nc_s(lx.shape())?;
+        if n * s == 0 {
+            candle_core::bail!("fused batch norm: empty batch {:?}", lx.shape().dims());
+        }
+        let (mean, var) = moments(x, n, c, s);
+        let invstd: Vec<f32> = var
+            .iter()
+            .map(|&v| (1.0 / (f64::from(v) + self.eps).sqrt()) as f32)
+            .collect();
+        let scale: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+        let mut y = vec![0f32; x.len()];
+        let act = self.act;
+        y.par_chunks_mut(s)
+            .zip(x.par_chunks(s))
+            .enumerate()
+            .for_each(|(slab, (out, inp))| {
+                let (a, b) = (scale[slab % c], shift[slab % c]);
+                for (o, &v) in out.iter_mut().zip(inp) {
+                    *o = act.apply(v * a + b);
+                }
+            });
+        let saved = Saved {
+            mean,
+            var,
+            invstd,
+            count: n * s,
+        };
+        *self.stash.lock().map_err(|_| {
+            candle_core::Error::Msg("fused batch norm: poisoned statistics".into())
+        })? = Some(saved);
+        Ok((CpuStorage::F32(y), lx.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self
+            .stash
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused batch norm: poisoned statistics".into()))?
+            .clone();
+        let Some(saved) = saved else {
+            candle_core::bail!("fused batch norm: backward pass before the forward pass")
+        };
+        let g = g.contiguous()?;
+        let wants_dx = x.track_op();
+        let x = x.detach();
+        let sums = x.apply_op3_no_bwd(
+            y,
+            &g,
+            &BnSums {
+                mean: saved.mean.clone(),
+                invstd: saved.invstd.clone(),
+                act: self.act,
+            },
+        )?;
+        let dbeta = sums.get(0)?;
+        let dgamma = sums.get(1)?;
+        let dx = if wants_dx {
+            let sv: Vec<f32> = sums.flatten_all()?.to_vec1()?;
+            let gm: Vec<f32> = gamma.to_vec1()?;
+            let c = gm.len();
+            let m = saved.count as f32;
+            // dx = k (g' - Σg'/M - x̂ Σg'x̂/M), k = γ/σ, x̂ = (x - μ)/σ,
+            // written as a·g' + b·x + d per channel.
+            let mut coef = Vec::with_capacity(3 * c);
+            for i in 0..c {
+                let k = gm[i] * saved.invstd[i];
+                let b = -k * saved.invstd[i] * sv[c + i] / m;
+                let d = -k * sv[i] / m - b * saved.mean[i];
+                coef.extend_from_slice(&[k, b, d]);
+            }
+            Some(x.apply_op3_no_bwd(
+                y,
+                &g,
+                &BnInputGrad {
+                    coef,
+                    act: self.act,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// (x, y, g) -> (2, C): Σ g' and Σ g'·x̂ per channel, g' the gradient
+/// through the activation.
+struct BnSums {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    act: Activation,
+}
+
+impl CustomOp3 for BnSums {
+    fn name(&self) -> &'static str {
+        "selfsup-batch-norm-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(sx, lx, "the input")?;
+        let y = contiguous(sy, ly, "the output")?;
+        let g = contiguous(sg, lg, "the gradient")?;
+        let (n, c, s) = nc_s(lx.shape())?;
+        let act = self.act;
+        let per: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ci| {
+                let (mu, inv) = (self.mean[ci], self.invstd[ci]);
+                let (mut sg_, mut sgx) = (0f64, 0f64);
+                for b in 0..n {
+                    let r = (b * c + ci) * s..(b * c + ci + 1) * s;
+                    let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                    let gp = || gs.iter().zip(ys).map(|(&gv, &yv)| act.masked(gv, yv));
+                    sg_ += f64::from(sum8(gp()));
+                    sgx += f64::from(sum8(gp().zip(xs).map(|(gv, &xv)| gv * (xv - mu))));
+                }
+                (sg_ as f32, (sgx * f64::from(inv)) as f32)
+            })
+            .collect();
+        let (a, b): (Vec<f32>, Vec<f32>) = per.into_iter().unzip();
+        Ok((CpuStorage::F32([a, b].concat()), Shape::from((2, c))))
+    }
+}
+
+/// (x, y, g) -> dL/dx = a·g' + b·x + d with per-channel (a, b, d).
+struct BnInputGrad {
+    coef: Vec<f32>,
+    act: Activation,
+}
+
+impl CustomOp3 for BnInputGrad {
+    fn name(&self) -> &'static str {
+        "selfsup-batch-norm-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(sx, lx, "the input")?;
+        let y = contiguous(sy, ly, "the output")?;
+        let g = contiguous(sg, lg, "the gradient")?;
+        let (_, c, s) = nc_s(lx.shape())?;
+        let act = self.act;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(s).enumerate().for_each(|(slab, out)| {
+            let ci = slab % c;
+            let (a, b, d) = (
+                self.coef[3 * ci],
+                self.coef[3 * ci + 1],
+                self.coef[3 * ci + 2],
+            );
+            let r = slab * s..(slab + 1) * s;
+            for (((o, &xv), &yv), &gv) in out
+                .iter_mut()
+                .zip(&x[r.clone()])
+                .zip(&y[r.clone()])
+                .zip(&g[r])
+            {
+                *o = a * act.masked(gv, yv) + b * xv + d;
+            }
+        });
+        Ok((CpuStorage::F32(dx), lx.shape().clone()))
+    }
+}
+
+/// (a, b) -> relu(a + b).
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "selfsup-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous(sa, la, "the first operand")?;
+        let b = contiguous(sb, lb, "the second operand")?;
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(4096)
+            .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+            .for_each(|(o, (a, b))| {
+                for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
+                    *o = (u + v).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), la.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?.apply_op2_no_bwd(y, &ReluMask)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// (g, y) -> g where y > 0, else 0.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "selfsup-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = contiguous(sg, lg, "the gradient")?;
+        let y = contiguous(sy, ly, "the output")?;
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(y.par_chunks(4096)))
+            .for_each(|(o, (g, y))| {
+                for ((o, &gv), &yv) in o.iter_mut().zip(g).zip(y) {
+                    *o = Activation::Relu.masked(gv, yv);
+                }
+            });
+        Ok((CpuStorage::F32(out), lg.shape().clone()))
+    }
+}
