@@ -10,14 +10,21 @@
 //! - a grouped convolution is split into one convolution per group, so a
 //!   depthwise layer with C channels launches C tiny convolutions.
 //!
-//! [`conv2d`] with [`Kernels::Fast`] keeps Candle's im2col + GEMM forward
-//! pass and replaces the backward pass: the input gradient is a stride-1
-//! convolution of the zero-dilated output gradient with the flipped,
-//! transposed kernel (again im2col + GEMM, cuBLAS on CUDA), computed for each
-//! spatial dimension's own output padding. Depthwise convolutions (f32) are
-//! direct kernels with their own gradients: multithreaded loops on the CPU,
-//! CUDA kernels (compiled at first use with NVRTC) on the GPU, one launch per
-//! layer. [`Kernels::Stock`] calls Candle's ops unchanged, for comparison
+//! [`conv2d`] with [`Kernels::Fast`] replaces them:
+//!
+//! - dense convolutions on the CPU (f32) are this crate's own im2col + GEMM
+//!   (the `gemm` crate Candle also uses) for the forward pass and both
+//!   gradients, built straight from the NCHW layout and parallel over groups
+//!   of images (`cpu_conv`);
+//! - elsewhere (CUDA, other dtypes) the forward pass is Candle's and the
+//!   input gradient a stride-1 convolution of the zero-dilated output
+//!   gradient with the flipped, transposed kernel (im2col + cuBLAS), computed
+//!   for each spatial dimension's own output padding;
+//! - depthwise convolutions (f32) are direct kernels with their own
+//!   gradients: multithreaded loops on the CPU, CUDA kernels (compiled at
+//!   first use with NVRTC) on the GPU, one launch per layer.
+//!
+//! [`Kernels::Stock`] calls Candle's ops unchanged, for comparison
 //! (`--kernels stock`).
 //!
 //! On the CPU the crate also fuses what surrounds the convolutions in a
@@ -40,6 +47,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 mod batchnorm;
+mod cpu_conv;
 mod depthwise;
 
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
@@ -173,6 +181,28 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
     let needs_grad = x.track_op() || w.track_op();
     match k {
         Kernels::Stock => x.conv2d(w, p.padding, p.stride, 1, p.groups),
+        Kernels::Fast
+            if p.groups == 1
+                && x.device().is_cpu()
+                && x.dtype() == DType::F32
+                && w.dtype() == DType::F32 =>
+        {
+            let geo = cpu_conv::Geo {
+                n: b,
+                cin,
+                h,
+                w: wd,
+                cout,
+                kh,
+                kw,
+                stride: p.stride,
+                pad: p.padding,
+                ho,
+                wo,
+            };
+            x.contiguous()?
+                .apply_op2(&w.contiguous()?, cpu_conv::Conv(geo))
+        }
         Kernels::Fast if p.groups == 1 => {
             let y = x.detach().conv2d(&w.detach(), p.padding, p.stride, 1, 1)?;
             if !needs_grad {
@@ -264,12 +294,9 @@ fn input_grad(
     gd.contiguous()?.conv2d(&wf, kh - 1 - pad, 1, 1, 1)
 }
 
-/// Gradient w.r.t. the kernel. On the CPU (f32): one GEMM of the output
-/// gradient, (C_out, N·Ho·Wo), with the input's im2col matrix,
-/// (N·Ho·Wo, C_in·kh·kw). Elsewhere: correlation of the input with the
-/// output gradient, batch and channel axes swapped (Candle's formulation,
-/// which on the CPU runs C_in thin GEMMs of kh·kw rows each and, for stride
-/// 2, computes a larger result than it keeps).
+/// Gradient w.r.t. the kernel off the CPU fast path: correlation of the
+/// input with the output gradient, batch and channel axes swapped (Candle's
+/// formulation; the CPU's f32 path is `cpu_conv::weight_grad`).
 fn weight_grad(
     x: &Tensor,
     g: &Tensor,
@@ -278,9 +305,6 @@ fn weight_grad(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && g.dtype() == DType::F32 {
-        return weight_grad_im2col(x, g, kh, kw, stride, pad);
-    }
     let gw = x
         .transpose(0, 1)?
         .conv2d(&g.transpose(0, 1)?, pad, 1, stride, 1)?
@@ -291,56 +315,6 @@ fn weight_grad(
     } else {
         Ok(gw)
     }
-}
-
-/// The CPU weight gradient: im2col of `x` (rows = output positions of every
-/// image, columns = input channel x kernel offset), then
-/// `g (C_out, N·Ho·Wo) @ cols`.
-fn weight_grad_im2col(
-    x: &Tensor,
-    g: &Tensor,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-) -> Result<Tensor> {
-    use rayon::prelude::*;
-    let (n, c, h, w) = x.dims4()?;
-    let (_, o, ho, wo) = g.dims4()?;
-    let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let ncol = c * kh * kw;
-    let rows = n * ho * wo;
-    let mut cols = vec![0f32; rows * ncol];
-    cols.par_chunks_mut(wo * ncol)
-        .enumerate()
-        .for_each(|(r, out)| {
-            // one output row (image b, output line oy)
-            let (b, oy) = (r / ho, r % ho);
-            let img = &xv[b * c * h * w..(b + 1) * c * h * w];
-            for ox in 0..wo {
-                let row = &mut out[ox * ncol..(ox + 1) * ncol];
-                for ci in 0..c {
-                    let plane = &img[ci * h * w..(ci + 1) * h * w];
-                    for ky in 0..kh {
-                        let iy = (oy * stride + ky) as isize - pad as isize;
-                        let dst = &mut row[(ci * kh + ky) * kw..(ci * kh + ky + 1) * kw];
-                        if iy < 0 || iy as usize >= h {
-                            continue; // stays zero
-                        }
-                        let line = &plane[iy as usize * w..(iy as usize + 1) * w];
-                        for (kx, d) in dst.iter_mut().enumerate() {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            if ix >= 0 && (ix as usize) < w {
-                                *d = line[ix as usize];
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    let cols = Tensor::from_vec(cols, (rows, ncol), x.device())?;
-    let gm = g.transpose(0, 1)?.contiguous()?.reshape((o, rows))?;
-    gm.matmul(&cols)?.reshape((o, c, kh, kw))
 }
 
 /// Identity on the precomputed output `y` (argument 3), with the
