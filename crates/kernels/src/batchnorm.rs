@@ -26,34 +26,57 @@ pub enum Activation {
     Relu6,
 }
 
-impl Activation {
-    #[inline]
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            Self::Identity => v,
-            Self::Relu => v.max(0.0),
-            Self::Relu6 => v.clamp(0.0, 6.0),
-        }
-    }
+/// The activation as a const parameter of the inner loops (`ID`, `RELU`,
+/// `RELU6`), so that each loop is compiled once per activation without a
+/// branch on it, and vectorises.
+const ID: u8 = 0;
+const RELU: u8 = 1;
+const RELU6: u8 = 2;
 
-    /// Whether the gradient flows through an output value `y`: the
-    /// activation's derivative, read off its output.
-    #[inline]
-    fn passes(self, y: f32) -> bool {
-        match self {
-            Self::Identity => true,
-            Self::Relu => y > 0.0,
-            Self::Relu6 => y > 0.0 && y < 6.0,
+/// Runs `$body` with `$a` bound to `act`'s const code.
+macro_rules! with_act {
+    ($act:expr, $a:ident => $body:expr) => {
+        match $act {
+            Activation::Identity => {
+                const $a: u8 = ID;
+                $body
+            }
+            Activation::Relu => {
+                const $a: u8 = RELU;
+                $body
+            }
+            Activation::Relu6 => {
+                const $a: u8 = RELU6;
+                $body
+            }
         }
-    }
+    };
+}
 
-    #[inline]
-    fn masked(self, g: f32, y: f32) -> f32 {
-        if self.passes(y) {
-            g
-        } else {
-            0.0
-        }
+/// The activation with code `A` applied to `v`.
+#[inline(always)]
+fn apply_c<const A: u8>(v: f32) -> f32 {
+    match A {
+        RELU => v.max(0.0),
+        RELU6 => v.clamp(0.0, 6.0),
+        _ => v,
+    }
+}
+
+/// The gradient `g` through the activation with code `A`, its derivative
+/// read off the output `y` (no short-circuit, so that it compiles to a
+/// select).
+#[inline(always)]
+fn masked_c<const A: u8>(g: f32, y: f32) -> f32 {
+    let pass = match A {
+        RELU => y > 0.0,
+        RELU6 => (y > 0.0) & (y < 6.0),
+        _ => true,
+    };
+    if pass {
+        g
+    } else {
+        0.0
     }
 }
 
@@ -182,20 +205,51 @@ fn nc_s(shape: &Shape) -> Result<(usize, usize, usize)> {
 /// plane: at most a few thousand values).
 fn slab_moments(v: &[f32]) -> (f64, f64) {
     let n = v.len() as f32;
-    let mean = sum8(v.iter().copied()) / n;
-    let m2 = sum8(v.iter().map(|&x| (x - mean) * (x - mean)));
+    let mean = sum8(v, |x| x) / n;
+    let m2 = sum8(v, |x| (x - mean) * (x - mean));
     (f64::from(mean), f64::from(m2))
 }
 
-/// Sum with eight independent accumulators (vectorisable, and more accurate
-/// than one running sum).
-#[inline]
-fn sum8(it: impl Iterator<Item = f32>) -> f32 {
+/// `Σ f(v[i])` with eight independent accumulators, element `i` going to
+/// lane `i mod 8`: one SIMD register's worth of partial sums (and more
+/// accurate than one running sum).
+#[inline(always)]
+fn sum8(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
-    for (i, v) in it.enumerate() {
-        acc[i & 7] += v;
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += f(c[l]);
+        }
+    }
+    for (l, &x) in rest.iter().enumerate() {
+        acc[l] += f(x);
     }
     acc.iter().sum()
+}
+
+/// `(Σ g', Σ g'·(x - mu))` over one slab, `g'` the gradient `gs` masked by
+/// the activation `A` read off the output `ys`; lanes as in [`sum8`].
+#[inline(always)]
+fn masked_sums<const A: u8>(xs: &[f32], ys: &[f32], gs: &[f32], mu: f32) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+    let n = xs.len().min(ys.len()).min(gs.len());
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        let (x, y, g) = (&xs[i..i + 8], &ys[i..i + 8], &gs[i..i + 8]);
+        for l in 0..8 {
+            let gv = masked_c::<A>(g[l], y[l]);
+            a[l] += gv;
+            b[l] += gv * (x[l] - mu);
+        }
+    }
+    for i in full..n {
+        let gv = masked_c::<A>(gs[i], ys[i]);
+        a[i - full] += gv;
+        b[i - full] += gv * (xs[i] - mu);
+    }
+    (a.iter().sum(), b.iter().sum())
 }
 
 /// Per-channel mean and biased variance, combining slabs with Chan et al.'s
@@ -256,9 +310,11 @@ impl CustomOp3 for BnForward {
             .enumerate()
             .for_each(|(slab, (out, inp))| {
                 let (a, b) = (scale[slab % c], shift[slab % c]);
-                for (o, &v) in out.iter_mut().zip(inp) {
-                    *o = act.apply(v * a + b);
-                }
+                with_act!(act, A => {
+                    for (o, &v) in out.iter_mut().zip(inp) {
+                        *o = apply_c::<A>(v * a + b);
+                    }
+                })
             });
         let saved = Saved {
             mean,
@@ -366,9 +422,9 @@ impl CustomOp3 for BnSums {
                 for b in 0..n {
                     let r = (b * c + ci) * s..(b * c + ci + 1) * s;
                     let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-                    let gp = || gs.iter().zip(ys).map(|(&gv, &yv)| act.masked(gv, yv));
-                    sg_ += f64::from(sum8(gp()));
-                    sgx += f64::from(sum8(gp().zip(xs).map(|(gv, &xv)| gv * (xv - mu))));
+                    let (a, b) = with_act!(act, A => masked_sums::<A>(xs, ys, gs, mu));
+                    sg_ += f64::from(a);
+                    sgx += f64::from(b);
                 }
                 (sg_ as f32, (sgx * f64::from(inv)) as f32)
             })
@@ -412,14 +468,12 @@ impl CustomOp3 for BnInputGrad {
                 self.coef[3 * ci + 2],
             );
             let r = slab * s..(slab + 1) * s;
-            for (((o, &xv), &yv), &gv) in out
-                .iter_mut()
-                .zip(&x[r.clone()])
-                .zip(&y[r.clone()])
-                .zip(&g[r])
-            {
-                *o = a * act.masked(gv, yv) + b * xv + d;
-            }
+            let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+            with_act!(act, A => {
+                for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xs).zip(ys).zip(gs) {
+                    *o = a * masked_c::<A>(gv, yv) + b * xv + d;
+                }
+            })
         });
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
     }
@@ -487,7 +541,7 @@ impl CustomOp2 for ReluMask {
             .zip(g.par_chunks(4096).zip(y.par_chunks(4096)))
             .for_each(|(o, (g, y))| {
                 for ((o, &gv), &yv) in o.iter_mut().zip(g).zip(y) {
-                    *o = Activation::Relu.masked(gv, yv);
+                    *o = masked_c::<RELU>(gv, yv);
                 }
             });
         Ok((CpuStorage::F32(out), lg.shape().clone()))
