@@ -18,10 +18,37 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// A group of images is processed by one GEMM whose column count (images x
 /// output positions) is at least this (when the batch allows).
 const MIN_COLUMNS: usize = 256;
+
+thread_local! {
+    /// Two scratch buffers per thread for the im2col / gathered / GEMM
+    /// output matrices of one group of images: reused across groups and
+    /// layers instead of a zero-filled allocation each time (a memset of
+    /// every byte, ~4 % of a ResNet-18 step). Each keeps the largest size
+    /// it was asked for.
+    static SCRATCH: [RefCell<Vec<f32>>; 2] = const { [RefCell::new(Vec::new()), RefCell::new(Vec::new())] };
+}
+
+/// Runs `f` on this thread's scratch buffer `slot` (0 or 1), cut to `n`
+/// elements. Its contents are whatever earlier use left: `f` must write
+/// every element before reading it. If the slot is already in use (a
+/// thread re-entering through rayon's work stealing), `f` gets a fresh
+/// buffer instead.
+fn with_scratch<R>(slot: usize, n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|bufs| match bufs[slot].try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+            f(&mut v[..n])
+        }
+        Err(_) => f(&mut vec![0f32; n]),
+    })
+}
 
 /// Sizes of one dense convolution.
 #[derive(Debug, Clone, Copy)]
@@ -269,53 +296,46 @@ pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
     let out = Disjoint::new(&mut y);
     for_groups(g, |b0, nb, par| {
         let ld = nb * p;
-        let mut cols = vec![0f32; k * ld];
-        for j in 0..nb {
-            im2col(
-                &x[(b0 + j) * in_img..(b0 + j + 1) * in_img],
-                g,
-                &mut cols,
-                ld,
-                j * p,
-            );
-        }
-        // SAFETY: images b0..b0 + nb belong to this group only.
-        let dst = unsafe { out.slice(b0 * out_img, nb * out_img) };
-        if nb == 1 {
-            sgemm((cout, p, k), dst, p, false, w, (k, 1), &cols, (ld, 1), par);
-        } else {
-            let mut tmp = vec![0f32; cout * ld];
-            sgemm(
-                (cout, ld, k),
-                &mut tmp,
-                ld,
-                false,
-                w,
-                (k, 1),
-                &cols,
-                (ld, 1),
-                par,
-            );
+        // im2col writes every element of `cols`, the GEMM every one of `tmp`.
+        with_scratch(0, k * ld, |cols| {
             for j in 0..nb {
-                for co in 0..cout {
-                    dst[j * out_img + co * p..j * out_img + (co + 1) * p]
-                        .copy_from_slice(&tmp[co * ld + j * p..co * ld + (j + 1) * p]);
-                }
+                im2col(
+                    &x[(b0 + j) * in_img..(b0 + j + 1) * in_img],
+                    g,
+                    cols,
+                    ld,
+                    j * p,
+                );
             }
-        }
+            // SAFETY: images b0..b0 + nb belong to this group only.
+            let dst = unsafe { out.slice(b0 * out_img, nb * out_img) };
+            if nb == 1 {
+                sgemm((cout, p, k), dst, p, false, w, (k, 1), cols, (ld, 1), par);
+                return;
+            }
+            with_scratch(1, cout * ld, |tmp| {
+                sgemm((cout, ld, k), tmp, ld, false, w, (k, 1), cols, (ld, 1), par);
+                for j in 0..nb {
+                    for co in 0..cout {
+                        dst[j * out_img + co * p..j * out_img + (co + 1) * p]
+                            .copy_from_slice(&tmp[co * ld + j * p..co * ld + (j + 1) * p]);
+                    }
+                }
+            });
+        });
     });
     y
 }
 
 /// The output gradient of images `b0..b0 + nb` as one (C_out, nb·P)
-/// matrix of row stride nb·P: a slice of `gy` itself for one image, a copy
-/// kept in `buf` otherwise.
+/// matrix of row stride nb·P: a slice of `gy` itself for one image, else a
+/// copy written over all of `buf` ([`gather_len`] elements).
 fn gather_images<'a>(
     gy: &'a [f32],
     g: &Geo,
     b0: usize,
     nb: usize,
-    buf: &'a mut Vec<f32>,
+    buf: &'a mut [f32],
 ) -> &'a [f32] {
     let (p, cout) = (g.p(), g.cout);
     let out_img = cout * p;
@@ -323,7 +343,6 @@ fn gather_images<'a>(
         return &gy[b0 * out_img..(b0 + 1) * out_img];
     }
     let ld = nb * p;
-    *buf = vec![0f32; cout * ld];
     for j in 0..nb {
         for co in 0..cout {
             buf[co * ld + j * p..co * ld + (j + 1) * p].copy_from_slice(
@@ -334,6 +353,15 @@ fn gather_images<'a>(
     buf
 }
 
+/// The buffer [`gather_images`] needs for a group of `nb` images.
+fn gather_len(g: &Geo, nb: usize) -> usize {
+    if nb == 1 {
+        0
+    } else {
+        g.cout * nb * g.p()
+    }
+}
+
 /// dL/dx (N, C_in, H, W) from dL/dy (N, C_out, Ho, Wo) and w.
 pub(crate) fn input_grad(gy: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
     let (k, p, cout) = (g.k(), g.p(), g.cout);
@@ -342,27 +370,20 @@ pub(crate) fn input_grad(gy: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
     let out = Disjoint::new(&mut dx);
     for_groups(g, |b0, nb, par| {
         let ld = nb * p;
-        let mut gathered = Vec::new();
-        let gm = gather_images(gy, g, b0, nb, &mut gathered);
-        // dcols (K, nb·P) = Wᵀ (K, C_out) · g (C_out, nb·P); Wᵀ is w read with
-        // row stride 1 and column stride K.
-        let mut dcols = vec![0f32; k * ld];
-        sgemm(
-            (k, ld, cout),
-            &mut dcols,
-            ld,
-            false,
-            w,
-            (1, k),
-            gm,
-            (ld, 1),
-            par,
-        );
-        // SAFETY: images b0..b0 + nb belong to this group only.
-        let dst = unsafe { out.slice(b0 * in_img, nb * in_img) };
-        for j in 0..nb {
-            col2im(&dcols, g, ld, j * p, &mut dst[j * in_img..(j + 1) * in_img]);
-        }
+        with_scratch(0, gather_len(g, nb), |buf| {
+            let gm = gather_images(gy, g, b0, nb, buf);
+            // dcols (K, nb·P) = Wᵀ (K, C_out) · g (C_out, nb·P); Wᵀ is w read
+            // with row stride 1 and column stride K. The GEMM writes every
+            // element of `dcols`.
+            with_scratch(1, k * ld, |dcols| {
+                sgemm((k, ld, cout), dcols, ld, false, w, (1, k), gm, (ld, 1), par);
+                // SAFETY: images b0..b0 + nb belong to this group only.
+                let dst = unsafe { out.slice(b0 * in_img, nb * in_img) };
+                for j in 0..nb {
+                    col2im(dcols, g, ld, j * p, &mut dst[j * in_img..(j + 1) * in_img]);
+                }
+            });
+        });
     });
     dx
 }
@@ -380,36 +401,28 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geo) -> Vec<f32> {
     let groups = g.n.div_ceil(grp);
     // Adds the groups `range` into `acc` with GEMMs of the given parallelism.
     let run = |range: std::ops::Range<usize>, acc: &mut [f32], par: Parallelism| {
-        let mut cols = Vec::new();
-        let mut gathered = Vec::new();
         for i in range {
             let (b0, nb) = (i * grp, grp.min(g.n - i * grp));
             let ld = nb * p;
-            cols.clear();
-            cols.resize(k * ld, 0f32);
-            for j in 0..nb {
-                im2col(
-                    &x[(b0 + j) * in_img..(b0 + j + 1) * in_img],
-                    g,
-                    &mut cols,
-                    ld,
-                    j * p,
-                );
-            }
-            let gm = gather_images(gy, g, b0, nb, &mut gathered);
-            // acc (C_out, K) += g (C_out, ld) · colsᵀ: element (pos, r) of
-            // colsᵀ is cols[r·ld + pos], row stride 1, column stride ld.
-            sgemm(
-                (cout, k, ld),
-                acc,
-                k,
-                true,
-                gm,
-                (ld, 1),
-                &cols,
-                (1, ld),
-                par,
-            );
+            // im2col writes every element of `cols`.
+            with_scratch(0, k * ld, |cols| {
+                for j in 0..nb {
+                    im2col(
+                        &x[(b0 + j) * in_img..(b0 + j + 1) * in_img],
+                        g,
+                        cols,
+                        ld,
+                        j * p,
+                    );
+                }
+                with_scratch(1, gather_len(g, nb), |buf| {
+                    let gm = gather_images(gy, g, b0, nb, buf);
+                    // acc (C_out, K) += g (C_out, ld) · colsᵀ: element (pos, r)
+                    // of colsᵀ is cols[r·ld + pos], row stride 1, column
+                    // stride ld.
+                    sgemm((cout, k, ld), acc, k, true, gm, (ld, 1), cols, (1, ld), par);
+                });
+            });
         }
     };
     let threads = rayon::current_num_threads();
