@@ -479,6 +479,20 @@ impl CustomOp3 for BnInputGrad {
     }
 }
 
+/// `f(a[i], b[i])` for every element, in parallel chunks (`a` and `b` have
+/// the same length).
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(4096)
+        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
+                *o = f(u, v);
+            }
+        });
+    out
+}
+
 /// (a, b) -> relu(a + b).
 struct AddRelu;
 
@@ -496,14 +510,7 @@ impl CustomOp2 for AddRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let a = contiguous(sa, la, "the first operand")?;
         let b = contiguous(sb, lb, "the second operand")?;
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(4096)
-            .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
-                    *o = (u + v).max(0.0);
-                }
-            });
+        let y = zip_map(a, b, |u, v| (u + v).max(0.0));
         Ok((CpuStorage::F32(y), la.shape().clone()))
     }
 
@@ -536,14 +543,7 @@ impl CustomOp2 for ReluMask {
     ) -> Result<(CpuStorage, Shape)> {
         let g = contiguous(sg, lg, "the gradient")?;
         let y = contiguous(sy, ly, "the output")?;
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(4096)
-            .zip(g.par_chunks(4096).zip(y.par_chunks(4096)))
-            .for_each(|(o, (g, y))| {
-                for ((o, &gv), &yv) in o.iter_mut().zip(g).zip(y) {
-                    *o = masked_c::<RELU>(gv, yv);
-                }
-            });
+        let out = zip_map(g, y, masked_c::<RELU>);
         Ok((CpuStorage::F32(out), lg.shape().clone()))
     }
 }

@@ -197,6 +197,22 @@ fn im2col(img: &[f32], g: &Geo, cols: &mut [f32], ld: usize, at: usize) {
     }
 }
 
+/// The (K, nb·P) im2col matrix of images `b0..b0 + nb` of `x`, side by
+/// side, written over all of `cols`.
+fn im2col_group(x: &[f32], g: &Geo, b0: usize, nb: usize, cols: &mut [f32]) {
+    let in_img = g.cin * g.h * g.w;
+    let (p, ld) = (g.p(), nb * g.p());
+    for j in 0..nb {
+        im2col(
+            &x[(b0 + j) * in_img..(b0 + j + 1) * in_img],
+            g,
+            cols,
+            ld,
+            j * p,
+        );
+    }
+}
+
 /// The adjoint of [`im2col`]: adds `cols` (rows of stride `ld`, from column
 /// `at`) onto the image positions they were read from.
 fn col2im(cols: &[f32], g: &Geo, ld: usize, at: usize, img: &mut [f32]) {
@@ -290,7 +306,6 @@ impl Disjoint {
 /// y (N, C_out, Ho, Wo) of x (N, C_in, H, W) and w (C_out, C_in, kh, kw).
 pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
     let (k, p, cout) = (g.k(), g.p(), g.cout);
-    let in_img = g.cin * g.h * g.w;
     let out_img = cout * p;
     let mut y = vec![0f32; g.n * out_img];
     let out = Disjoint::new(&mut y);
@@ -298,15 +313,7 @@ pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
         let ld = nb * p;
         // im2col writes every element of `cols`, the GEMM every one of `tmp`.
         with_scratch(0, k * ld, |cols| {
-            for j in 0..nb {
-                im2col(
-                    &x[(b0 + j) * in_img..(b0 + j + 1) * in_img],
-                    g,
-                    cols,
-                    ld,
-                    j * p,
-                );
-            }
+            im2col_group(x, g, b0, nb, cols);
             // SAFETY: images b0..b0 + nb belong to this group only.
             let dst = unsafe { out.slice(b0 * out_img, nb * out_img) };
             if nb == 1 {
@@ -396,7 +403,6 @@ pub(crate) fn input_grad(gy: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
 /// accumulator; the accumulators are added at the end.
 pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geo) -> Vec<f32> {
     let (k, p, cout) = (g.k(), g.p(), g.cout);
-    let in_img = g.cin * g.h * g.w;
     let grp = g.group();
     let groups = g.n.div_ceil(grp);
     // Adds the groups `range` into `acc` with GEMMs of the given parallelism.
@@ -406,15 +412,7 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geo) -> Vec<f32> {
             let ld = nb * p;
             // im2col writes every element of `cols`.
             with_scratch(0, k * ld, |cols| {
-                for j in 0..nb {
-                    im2col(
-                        &x[(b0 + j) * in_img..(b0 + j + 1) * in_img],
-                        g,
-                        cols,
-                        ld,
-                        j * p,
-                    );
-                }
+                im2col_group(x, g, b0, nb, cols);
                 with_scratch(1, gather_len(g, nb), |buf| {
                     let gm = gather_images(gy, g, b0, nb, buf);
                     // acc (C_out, K) += g (C_out, ld) · colsᵀ: element (pos, r)
