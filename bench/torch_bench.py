@@ -2,7 +2,9 @@
 """PyTorch side of `cargo xtask bench`: the same training step, same models.
 
 Times the rotation pretext's training step (backbone + 4-way linear head,
-cross-entropy, backward, AdamW) on a device-resident batch of 3x32x32 images
+cross-entropy, backward, AdamW) and/or SimCLR's (--objectives simclr: two
+views per image through the backbone as one batch, Linear-BN-ReLU-Linear
+256-128 projector, NT-Xent at 0.2) on a device-resident batch of 3x32x32 images
 for the backbones selfsup implements, built here layer for layer like
 crates/backbones (ConvNet 16-32-64 x2, ResNet-18 with the CIFAR stem,
 MobileNetV2 with CIFAR strides). Prints one JSON object:
@@ -129,19 +131,43 @@ def gpu_mem_mb(device):
     return (total - free) / 2**20
 
 
-def row(name, args, device, impl):
+def nt_xent(z1, z2, tau):
+    """SimCLR's loss: each of the 2N views picks its partner among the other 2N - 1."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.t() / tau
+    sim = sim - 1e9 * torch.eye(2 * n, device=z.device)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def row(name, args, device, impl, objective):
     torch.manual_seed(args.seed)
     backbone = MODELS[name]().to(device)
-    head = nn.Linear(backbone.dim, 4).to(device)
+    if objective == "simclr":
+        # selfsup-contrastive's default projector: Linear-BN-ReLU-Linear, 256-128.
+        head = nn.Sequential(nn.Linear(backbone.dim, 256), nn.BatchNorm1d(256), nn.ReLU(),
+                             nn.Linear(256, 128)).to(device)
+    else:
+        head = nn.Linear(backbone.dim, 4).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=5e-4)
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     y = torch.arange(args.batch, device=device) % 4
+    # SimCLR: two views of each image, through the backbone as one batch.
+    views = torch.randn(2 * args.batch, 3, 32, 32, device=device)
     backbone.train()
+    head.train()
+
+    def loss_fn():
+        if objective == "simclr":
+            z = head(backbone(views))
+            return nt_xent(z[:args.batch], z[args.batch:], 0.2)
+        return F.cross_entropy(head(backbone(x)), y)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(head(backbone(x)), y)
+        loss = loss_fn()
         loss.backward()
         opt.step()
         return loss
@@ -168,7 +194,7 @@ def row(name, args, device, impl):
         opt.zero_grad(set_to_none=True)
         sync()
         t0 = time.perf_counter()
-        loss = F.cross_entropy(head(backbone(x)), y)
+        loss = loss_fn()
         sync()
         t1 = time.perf_counter()
         loss.backward()
@@ -180,7 +206,7 @@ def row(name, args, device, impl):
         for p, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
             p.append(1e3 * v)
     med = statistics.median(rates)
-    return {"model": name, "impl": impl, "objective": "rotation", "batch": args.batch,
+    return {"model": name, "impl": impl, "objective": objective, "batch": args.batch,
             "images_per_s": med, "spread": (max(rates) - min(rates)) / 2, "step_ms": 1e3 * args.batch / med,
             "gflops": None, "gpu_mem_mb": gpu_mem_mb(device),
             "phases_ms": {k: statistics.median(v) for k, v in zip(("forward", "backward", "optimizer"), phases)}}
@@ -191,6 +217,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--models", default="convnet,resnet18,mobilenetv2")
+    p.add_argument("--objectives", default="rotation", help="rotation and/or simclr, comma-separated")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
@@ -203,13 +230,14 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    for name in args.models.split(","):
-        rows.append(row(name, args, device, "pytorch"))
-        print(f"pytorch {name}: {rows[-1]['images_per_s']:.1f} img/s", file=sys.stderr)
-        if args.fp32 and device.type == "cuda":
-            torch.backends.cudnn.allow_tf32 = False
-            rows.append(row(name, args, device, "pytorch-fp32"))
-            torch.backends.cudnn.allow_tf32 = True
+    for objective in args.objectives.split(","):
+        for name in args.models.split(","):
+            rows.append(row(name, args, device, "pytorch", objective))
+            print(f"pytorch {objective} {name}: {rows[-1]['images_per_s']:.1f} img/s", file=sys.stderr)
+            if args.fp32 and device.type == "cuda":
+                torch.backends.cudnn.allow_tf32 = False
+                rows.append(row(name, args, device, "pytorch-fp32", objective))
+                torch.backends.cudnn.allow_tf32 = True
     json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, sys.stdout)
     print()
 

@@ -26,6 +26,8 @@ pub struct BenchOptions {
     pub models: Vec<String>,
     /// Convolution implementations to compare.
     pub kernels: Vec<Kernels>,
+    /// Training objectives to time ([`OBJECTIVES`]).
+    pub objectives: Vec<String>,
     /// Images per training step.
     pub batch: usize,
     /// Untimed steps before timing.
@@ -39,6 +41,12 @@ pub struct BenchOptions {
     /// Seed of the parameters and the synthetic images.
     pub seed: u64,
 }
+
+/// The objectives a bench row can time: `rotation` (one view per image, a
+/// 4-way linear head, cross-entropy) and `simclr` (two views per image
+/// through the backbone in one batch, the 256-128 projector with BatchNorm,
+/// NT-Xent at temperature 0.2 — `selfsup-contrastive`'s defaults).
+pub const OBJECTIVES: [&str; 2] = ["rotation", "simclr"];
 
 /// One measured configuration. `spread` is half the range (max - min) of
 /// the repetitions' images/s.
@@ -150,16 +158,38 @@ fn rotation_inputs(batch: usize, seed: u64, device: &Device) -> Result<(Tensor, 
     Ok((x, y))
 }
 
-/// Times the rotation training step of `model` with `k` kernels.
-pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<BenchRow> {
+/// Times the training step of `objective` on `model` with `k` kernels.
+/// `o.batch` counts images (SimCLR's step sees twice as many views).
+pub fn train_step_row(
+    o: &BenchOptions,
+    model: &str,
+    k: Kernels,
+    objective: &str,
+) -> Result<BenchRow> {
+    if !OBJECTIVES.contains(&objective) {
+        return Err(crate::core::Error::invalid(
+            "bench",
+            format!("unknown objective {objective:?}; expected one of {OBJECTIVES:?}"),
+        ));
+    }
     kernels::set_default(k);
     let cfg = BackboneConfig::from_name(model, 3)?;
     let map = VarMap::new();
     let vb = params::seeded_var_builder(&map, o.seed, &o.device);
     let backbone = cfg.build(vb.pp("backbone"))?;
+    let simclr = objective == "simclr";
     let head = candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?;
+    let projector = crate::contrastive::Mlp::new(
+        &[backbone.feature_dim(), 256, 128],
+        true,
+        vb.pp("projector"),
+    )?;
     let vars = params::trainable_vars(&map)
         .into_iter()
+        .filter(|(name, _)| {
+            name.starts_with(if simclr { "projector" } else { "head" })
+                || name.starts_with("backbone")
+        })
         .map(|(_, v)| v)
         .collect();
     let mut opt = candle_nn::AdamW::new(
@@ -171,7 +201,23 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
         },
     )?;
     let (x, y) = rotation_inputs(o.batch, o.seed, &o.device)?;
+    // SimCLR's two views: the rotation inputs and another draw, one batch.
+    let views = if simclr {
+        let (x2, _) = rotation_inputs(o.batch, o.seed + 1, &o.device)?;
+        Some(Tensor::cat(&[&x, &x2], 0)?)
+    } else {
+        None
+    };
     let forward = || -> Result<Tensor> {
+        if let Some(v) = &views {
+            let z = projector.forward_t(&backbone.forward_t(v, true)?, true)?;
+            let n = o.batch;
+            return crate::contrastive::losses::nt_xent(
+                &z.narrow(0, 0, n)?,
+                &z.narrow(0, n, n)?,
+                0.2,
+            );
+        }
         let logits = head.forward(&backbone.forward_t(&x, true)?)?;
         Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
     };
@@ -225,7 +271,7 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
     Ok(BenchRow {
         model: model.to_string(),
         implementation: k.name().to_string(),
-        objective: "rotation".into(),
+        objective: objective.to_string(),
         batch: o.batch,
         images_per_s: med,
         spread,
@@ -236,17 +282,20 @@ pub fn train_step_row(o: &BenchOptions, model: &str, k: Kernels) -> Result<Bench
     })
 }
 
-/// Every (model, kernels) row of `o`, in order; `each` sees each row as it
-/// is measured. Restores the process-wide kernels to `fast` afterwards.
+/// Every (objective, model, kernels) row of `o`, in order; `each` sees each
+/// row as it is measured. Restores the process-wide kernels to `fast`
+/// afterwards.
 pub fn run(o: &BenchOptions, mut each: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
-    for m in &o.models {
-        for &k in &o.kernels {
-            let r = train_step_row(o, m, k);
-            kernels::set_default(Kernels::Fast);
-            let r = r?;
-            each(&r);
-            rows.push(r);
+    for obj in &o.objectives {
+        for m in &o.models {
+            for &k in &o.kernels {
+                let r = train_step_row(o, m, k, obj);
+                kernels::set_default(Kernels::Fast);
+                let r = r?;
+                each(&r);
+                rows.push(r);
+            }
         }
     }
     Ok(rows)
@@ -267,6 +316,7 @@ mod tests {
         let o = BenchOptions {
             models: vec!["convnet".into()],
             kernels: vec![Kernels::Stock, Kernels::Fast],
+            objectives: vec!["rotation".into(), "simclr".into()],
             batch: 8,
             warmup: 1,
             reps: 2,
@@ -275,7 +325,7 @@ mod tests {
             seed: 0,
         };
         let rows = run(&o, |_| {}).unwrap();
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 4);
         for r in &rows {
             assert!(r.images_per_s > 0.0 && r.images_per_s.is_finite(), "{r:?}");
             assert!(r.gflops.unwrap() > 0.0);
@@ -287,6 +337,13 @@ mod tests {
             );
         }
         assert_eq!(rows[0].implementation, "stock");
+        assert_eq!(rows[0].objective, "rotation");
+        assert_eq!(rows[2].objective, "simclr");
+        assert_eq!(rows[3].implementation, "fast");
+        let mut bad = o.clone();
+        bad.objectives = vec!["jigsaw".into()];
+        let e = run(&bad, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("jigsaw") && e.contains("simclr"), "{e}");
         assert_eq!(crate::kernels::default_kernels(), Kernels::Fast);
     }
 }

@@ -18,6 +18,10 @@ pub struct BenchArgs {
         default_value = "convnet,resnet18,mobilenetv2"
     )]
     models: Vec<String>,
+    /// Training objectives, comma-separated: rotation (one view, 4-way head)
+    /// and/or simclr (two views per image, projector, NT-Xent).
+    #[arg(long, value_delimiter = ',', default_value = "rotation")]
+    objectives: Vec<String>,
     /// Our implementations to time, comma-separated (stock = Candle's ops).
     #[arg(long, value_delimiter = ',', default_value = "stock,fast")]
     kernels: Vec<Kernels>,
@@ -75,6 +79,7 @@ fn pytorch_rows(
         .args(["--device", device])
         .args(["--threads", &threads.to_string()])
         .args(["--models", &a.models.join(",")])
+        .args(["--objectives", &a.objectives.join(",")])
         .args(["--batch", &a.batch.to_string()])
         .args(["--warmup", &a.warmup.to_string()])
         .args(["--reps", &a.reps.to_string()])
@@ -101,13 +106,25 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    for o in &a.objectives {
+        if !bench::OBJECTIVES.contains(&o.as_str()) {
+            bail!(
+                "unknown objective {o:?} in --objectives; expected {}",
+                bench::OBJECTIVES.join(", ")
+            );
+        }
+    }
     let device = parse_device(&a.device)?;
     let steps = a.steps.unwrap_or(if device.is_cpu() { 1 } else { 20 });
     let threads = candle_core::utils::get_num_threads();
     let dev_name = if device.is_cuda() { "cuda" } else { "cpu" };
     eprintln!(
-        "bench: rotation training step, 3x32x32, batch {}, {} warm-up + {} x {} timed steps per row, {dev_name}, {threads} threads",
-        a.batch, a.warmup, a.reps, steps
+        "bench: {} training step, 3x32x32, batch {}, {} warm-up + {} x {} timed steps per row, {dev_name}, {threads} threads",
+        a.objectives.join(" and "),
+        a.batch,
+        a.warmup,
+        a.reps,
+        steps
     );
     let mut rows = Vec::new();
     let mut pytorch_note = None;
@@ -137,6 +154,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         models: a.models.clone(),
         kernels: a.kernels.clone(),
+        objectives: a.objectives.clone(),
         batch: a.batch,
         warmup: a.warmup,
         reps: a.reps,
@@ -146,8 +164,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let report = |r: &BenchRow| {
         eprintln!(
-            "{} {}: {:.1} img/s",
-            r.implementation, r.model, r.images_per_s
+            "{} {} {}: {:.1} img/s",
+            r.implementation, r.objective, r.model, r.images_per_s
         )
     };
     rows.extend(bench::run(&opts, report)?);
@@ -161,18 +179,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }));
     }
     println!(
-        "| model | impl | batch | images/s | ± | step ms | fwd / bwd / opt ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
+        "| model | objective | impl | batch | images/s | ± | step ms | fwd / bwd / opt ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let torch = rows
             .iter()
-            .find(|t| t.model == r.model && t.implementation == "pytorch")
+            .find(|t| {
+                t.model == r.model && t.objective == r.objective && t.implementation == "pytorch"
+            })
             .map(|t| t.images_per_s);
         let flops = r.gflops.or_else(|| {
             // PyTorch rows: the same network does the same FLOPs per image.
             rows.iter()
-                .find(|o| o.model == r.model && o.gflops.is_some())
+                .find(|o| o.model == r.model && o.objective == r.objective && o.gflops.is_some())
                 .and_then(|o| o.gflops.map(|g| g / o.images_per_s * r.images_per_s))
         });
         let phases = r
@@ -180,8 +200,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .map(|p| format!("{:.1} / {:.1} / {:.1}", p.forward, p.backward, p.optimizer))
             .unwrap_or_else(|| "-".into());
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
             r.model,
+            r.objective,
             r.implementation,
             r.batch,
             r.images_per_s,

@@ -182,6 +182,12 @@ fn bench_writes_the_documented_json() {
     }
     let (ok, err) = xtask(&["bench", "--kernels", "turbo", "--no-pytorch"]);
     assert!(!ok && err.contains("turbo"), "{err}");
+    // Checked before anything is timed (PyTorch rows included).
+    let (ok, err) = xtask(&["bench", "--objectives", "rotation,jigsaw"]);
+    assert!(
+        !ok && err.contains("jigsaw") && err.contains("simclr"),
+        "{err}"
+    );
 }
 
 #[test]
