@@ -136,10 +136,7 @@ pub fn batch_norm_train(
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let saved = stash
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("fused batch norm: poisoned statistics".into()))?
-        .clone();
+    let saved = lock(&stash)?.clone();
     let Some(s) = saved else {
         candle_core::bail!("fused batch norm: the forward pass left no statistics")
     };
@@ -178,6 +175,14 @@ struct Saved {
     count: usize,
 }
 
+/// The statistics the forward pass hands to the caller and the backward
+/// pass, locked.
+fn lock(stash: &Mutex<Option<Saved>>) -> Result<std::sync::MutexGuard<'_, Option<Saved>>> {
+    stash
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("fused batch norm: poisoned statistics".into()))
+}
+
 struct BnForward {
     eps: f64,
     act: Activation,
@@ -185,11 +190,7 @@ struct BnForward {
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused batch norm: {what} must be contiguous"),
-    }
+    crate::cpu_f32(s, l, &format!("fused batch norm: {what}"))
 }
 
 /// (batch, channels, values per channel and image).
@@ -322,9 +323,7 @@ impl CustomOp3 for BnForward {
             invstd,
             count: n * s,
         };
-        *self.stash.lock().map_err(|_| {
-            candle_core::Error::Msg("fused batch norm: poisoned statistics".into())
-        })? = Some(saved);
+        *lock(&self.stash)? = Some(saved);
         Ok((CpuStorage::F32(y), lx.shape().clone()))
     }
 
@@ -336,11 +335,7 @@ impl CustomOp3 for BnForward {
         y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .stash
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused batch norm: poisoned statistics".into()))?
-            .clone();
+        let saved = lock(&self.stash)?.clone();
         let Some(saved) = saved else {
             candle_core::bail!("fused batch norm: backward pass before the forward pass")
         };

@@ -82,16 +82,7 @@ impl Geo {
     /// Output columns `ox` whose input column `ox·s + kx - pad` lies inside
     /// the image: `lo..hi`.
     fn valid_cols(&self, kx: usize) -> (usize, usize) {
-        let s = self.stride;
-        // ox·s + kx >= pad  <=>  ox >= ceil((pad - kx) / s)
-        let lo = self.pad.saturating_sub(kx).div_ceil(s);
-        // ox·s + kx - pad <= w - 1  <=>  ox <= (w - 1 + pad - kx) / s
-        let hi = if self.w + self.pad > kx {
-            ((self.w - 1 + self.pad - kx) / s + 1).min(self.wo)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
+        crate::in_image(kx, self.w, self.wo, self.stride, self.pad)
     }
 }
 
@@ -451,11 +442,7 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geo) -> Vec<f32> {
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv2d: operands must be contiguous"),
-    }
+    crate::cpu_f32(s, l, "conv2d: operands")
 }
 
 /// (x, w) -> y, differentiable: the CPU f32 dense convolution.

@@ -20,27 +20,13 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    /// Output positions `lo..hi` along one axis (input size `n`, output size
-    /// `no`) whose input position `o·s + t - p` for tap `t` lies inside the
-    /// image.
-    #[inline]
-    fn valid(&self, t: usize, n: usize, no: usize) -> (usize, usize) {
-        let lo = self.p.saturating_sub(t).div_ceil(self.s);
-        let hi = if n + self.p > t {
-            ((n - 1 + self.p - t) / self.s + 1).min(no)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
-    }
-
     /// For tap (u, v): the valid output rows, the valid output columns and
     /// the input column of the first valid output column. `None` when the
     /// tap reads only padding.
     #[inline]
     fn tap(&self, u: usize, v: usize) -> Option<(std::ops::Range<usize>, usize, usize, usize)> {
-        let (ilo, ihi) = self.valid(u, self.h, self.ho);
-        let (jlo, jhi) = self.valid(v, self.w, self.wo);
+        let (ilo, ihi) = crate::in_image(u, self.h, self.ho, self.s, self.p);
+        let (jlo, jhi) = crate::in_image(v, self.w, self.wo, self.s, self.p);
         (ilo < ihi && jlo < jhi).then(|| (ilo..ihi, jlo, jhi, jlo * self.s + v - self.p))
     }
 
@@ -52,11 +38,7 @@ impl Geometry {
 }
 
 fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("depthwise conv: operands must be contiguous"),
-    }
+    crate::cpu_f32(s, l, "depthwise conv: operands")
 }
 
 /// `Σ a[t]·b[t·stride]` over `a`, in eight independent partial sums so that

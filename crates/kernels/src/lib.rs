@@ -246,6 +246,32 @@ pub fn conv2d_default(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
     conv2d(x, w, p, default_kernels())
 }
 
+/// The f32 data of a contiguous CPU operand; `what` names it in the error
+/// (`"<op>: <operand>"`, followed by "must be contiguous").
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// Along one axis of a convolution (input size `n`, output size `no`,
+/// stride `s`, padding `p`): the output positions `lo..hi` whose input
+/// position `o·s + t - p` for kernel tap `t` lies inside the input.
+#[inline]
+fn in_image(t: usize, n: usize, no: usize, s: usize, p: usize) -> (usize, usize) {
+    // o·s + t >= p  <=>  o >= ceil((p - t) / s)
+    let lo = p.saturating_sub(t).div_ceil(s);
+    // o·s + t - p <= n - 1  <=>  o <= (n - 1 + p - t) / s
+    let hi = if n + p > t {
+        ((n - 1 + p - t) / s + 1).min(no)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
 /// Zero-dilates `g` by `s` along dimension `dim` (2 or 3), keeping `keep`
 /// positions: g0 0 .. 0 g1 0 .. 0 g2 ...
 fn dilate(g: &Tensor, dim: usize, s: usize, keep: usize) -> Result<Tensor> {
