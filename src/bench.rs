@@ -48,6 +48,18 @@ pub struct BenchOptions {
 /// NT-Xent at temperature 0.2 — `selfsup-contrastive`'s defaults).
 pub const OBJECTIVES: [&str; 2] = ["rotation", "simclr"];
 
+/// An error naming `objective` unless it is one of [`OBJECTIVES`].
+pub fn check_objective(objective: &str) -> Result<()> {
+    if OBJECTIVES.contains(&objective) {
+        Ok(())
+    } else {
+        Err(crate::core::Error::invalid(
+            "bench",
+            format!("unknown objective {objective:?}; expected one of {OBJECTIVES:?}"),
+        ))
+    }
+}
+
 /// One measured configuration. `spread` is half the range (max - min) of
 /// the repetitions' images/s.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +170,14 @@ fn rotation_inputs(batch: usize, seed: u64, device: &Device) -> Result<(Tensor, 
     Ok((x, y))
 }
 
+/// What a bench step puts after the backbone.
+enum Tail {
+    /// The 4-way rotation head.
+    Rotation(candle_nn::Linear),
+    /// SimCLR's projector, and both views of the batch as one tensor.
+    SimClr(crate::contrastive::Mlp, Tensor),
+}
+
 /// Times the training step of `objective` on `model` with `k` kernels.
 /// `o.batch` counts images (SimCLR's step sees twice as many views).
 pub fn train_step_row(
@@ -166,30 +186,26 @@ pub fn train_step_row(
     k: Kernels,
     objective: &str,
 ) -> Result<BenchRow> {
-    if !OBJECTIVES.contains(&objective) {
-        return Err(crate::core::Error::invalid(
-            "bench",
-            format!("unknown objective {objective:?}; expected one of {OBJECTIVES:?}"),
-        ));
-    }
+    check_objective(objective)?;
     kernels::set_default(k);
     let cfg = BackboneConfig::from_name(model, 3)?;
     let map = VarMap::new();
     let vb = params::seeded_var_builder(&map, o.seed, &o.device);
     let backbone = cfg.build(vb.pp("backbone"))?;
-    let simclr = objective == "simclr";
-    let head = candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?;
-    let projector = crate::contrastive::Mlp::new(
-        &[backbone.feature_dim(), 256, 128],
-        true,
-        vb.pp("projector"),
-    )?;
+    let (x, y) = rotation_inputs(o.batch, o.seed, &o.device)?;
+    // Rotation's 4-way head, or SimCLR's projector and two views (the
+    // rotation inputs and another draw, one batch): only what the timed step
+    // uses is built, so the optimiser sees exactly its parameters.
+    let tail = if objective == "simclr" {
+        let dims = [backbone.feature_dim(), 256, 128];
+        let projector = crate::contrastive::Mlp::new(&dims, true, vb.pp("projector"))?;
+        let (x2, _) = rotation_inputs(o.batch, o.seed + 1, &o.device)?;
+        Tail::SimClr(projector, Tensor::cat(&[&x, &x2], 0)?)
+    } else {
+        Tail::Rotation(candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?)
+    };
     let vars = params::trainable_vars(&map)
         .into_iter()
-        .filter(|(name, _)| {
-            name.starts_with(if simclr { "projector" } else { "head" })
-                || name.starts_with("backbone")
-        })
         .map(|(_, v)| v)
         .collect();
     let mut opt = candle_nn::AdamW::new(
@@ -200,26 +216,18 @@ pub fn train_step_row(
             ..Default::default()
         },
     )?;
-    let (x, y) = rotation_inputs(o.batch, o.seed, &o.device)?;
-    // SimCLR's two views: the rotation inputs and another draw, one batch.
-    let views = if simclr {
-        let (x2, _) = rotation_inputs(o.batch, o.seed + 1, &o.device)?;
-        Some(Tensor::cat(&[&x, &x2], 0)?)
-    } else {
-        None
-    };
     let forward = || -> Result<Tensor> {
-        if let Some(v) = &views {
-            let z = projector.forward_t(&backbone.forward_t(v, true)?, true)?;
-            let n = o.batch;
-            return crate::contrastive::losses::nt_xent(
-                &z.narrow(0, 0, n)?,
-                &z.narrow(0, n, n)?,
-                0.2,
-            );
+        match &tail {
+            Tail::Rotation(head) => {
+                let logits = head.forward(&backbone.forward_t(&x, true)?)?;
+                Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
+            }
+            Tail::SimClr(projector, views) => {
+                let z = projector.forward_t(&backbone.forward_t(views, true)?, true)?;
+                let n = o.batch;
+                crate::contrastive::losses::nt_xent(&z.narrow(0, 0, n)?, &z.narrow(0, n, n)?, 0.2)
+            }
         }
-        let logits = head.forward(&backbone.forward_t(&x, true)?)?;
-        Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
     };
     let step = |opt: &mut candle_nn::AdamW| -> Result<Tensor> {
         let loss = forward()?;

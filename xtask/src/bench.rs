@@ -106,13 +106,9 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    // Before anything is timed, PyTorch rows included.
     for o in &a.objectives {
-        if !bench::OBJECTIVES.contains(&o.as_str()) {
-            bail!(
-                "unknown objective {o:?} in --objectives; expected {}",
-                bench::OBJECTIVES.join(", ")
-            );
-        }
+        bench::check_objective(o).context("--objectives")?;
     }
     let device = parse_device(&a.device)?;
     let steps = a.steps.unwrap_or(if device.is_cpu() { 1 } else { 20 });
