@@ -204,9 +204,6 @@ impl Conv {
 struct ConvBn {
     conv: Conv,
     bn: BatchNorm,
-    /// The BatchNorm's running mean and variance (sharing its storage), for
-    /// the fused training path to update.
-    running: (Var, Var),
 }
 
 impl ConvBn {
@@ -238,16 +235,9 @@ impl ConvBn {
             padding: k / 2,
             groups,
         };
-        let bn = batch_norm(cout, 1e-5, vb.pp(bn))?;
-        // `running_mean()` is the BatchNorm's own variable: these share it.
-        let running = (
-            Var::from_tensor(bn.running_mean())?,
-            Var::from_tensor(bn.running_var())?,
-        );
         Ok(Self {
             conv: Conv::new(cin, cout, k, p, vb.pp(conv))?,
-            bn,
-            running,
+            bn: batch_norm(cout, 1e-5, vb.pp(bn))?,
         })
     }
 
@@ -263,7 +253,10 @@ impl ConvBn {
                 let (y, stats) = batch_norm_train(&h, gamma, beta, self.bn.eps(), act)?;
                 let m = self.bn.momentum();
                 let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
-                let (rm, rv) = &self.running;
+                // The BatchNorm keeps its running statistics as variables:
+                // `from_tensor` of a variable shares its storage.
+                let rm = Var::from_tensor(self.bn.running_mean())?;
+                let rv = Var::from_tensor(self.bn.running_var())?;
                 let c = stats.mean.len();
                 let mean = Tensor::from_vec(stats.mean, c, h.device())?;
                 let var = Tensor::from_vec(stats.var, c, h.device())?;
