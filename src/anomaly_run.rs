@@ -46,7 +46,7 @@ pub struct AnomalyOptions {
     pub train_fraction: f64,
     /// The transformation set.
     pub transforms: TransformSet,
-    /// Headline score (`nll`, `dirichlet`, `knn`).
+    /// Headline score (`nll`, `dirichlet`, `knn`, `knn-all`).
     pub score: String,
     /// Seeds; each trains its own detectors.
     pub seeds: Vec<u64>,

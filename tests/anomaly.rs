@@ -2,7 +2,7 @@
 //! one-class slice of the embedded Fashion-MNIST, and generated image
 //! folders.
 
-use selfsup::anomaly::TransformSet;
+use selfsup::anomaly::{TransformSet, SCORES};
 use selfsup::anomaly_run::{run, AnomalyOptions};
 use selfsup::pipeline::Recipe;
 use std::path::Path;
@@ -50,7 +50,7 @@ fn faces_detector_separates_faces_from_non_faces() {
     }
     assert_eq!(rows[0]["class"], "face");
     assert_eq!(json["mean_auroc"], rows[0]["auroc"]);
-    assert_eq!(json["scores"].as_array().unwrap().len(), 3);
+    assert_eq!(json["scores"].as_array().unwrap().len(), SCORES.len());
     let run0 = &report.runs[0];
     assert_eq!(
         (run0.normal_train, run0.test_normal, run0.test_anomalies),

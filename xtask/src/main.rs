@@ -360,8 +360,8 @@ struct AnomalyArgs {
     /// Transformations the detector predicts: rot4, rot-flip8 or geo72.
     #[arg(long, default_value = "geo72")]
     transforms: String,
-    /// Headline score of report.json: nll, dirichlet or knn (all three are
-    /// always computed and reported).
+    /// Headline score of report.json: nll, dirichlet, knn or knn-all (all
+    /// four are always computed and reported).
     #[arg(long, default_value = "dirichlet")]
     score: String,
     /// Seeds, comma-separated; each trains its own detectors.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Score names, in report order.
-pub const SCORES: [&str; 3] = ["nll", "dirichlet", "knn"];
+pub const SCORES: [&str; 4] = ["nll", "dirichlet", "knn", "knn-all"];
 
 /// How a detector is trained and scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub struct DetectorConfig {
     pub knn_k: usize,
 }
 
-/// The three scores of a set of images, one value per image each.
+/// The scores of a set of images, one value per image each.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     /// Summed negative log-probability of the applied transformation over
@@ -42,6 +42,12 @@ pub struct Scores {
     /// Mean cosine distance of the untransformed image's features to its
     /// k nearest normal training images.
     pub knn: Vec<f64>,
+    /// The same over all T transformed copies at once: one minus the mean,
+    /// over the k nearest normal training images, of the average cosine
+    /// similarity between the image's and the neighbour's features under
+    /// each transformation (neighbours chosen on that average).
+    #[serde(default)]
+    pub knn_all: Vec<f64>,
 }
 
 impl Scores {
@@ -51,6 +57,7 @@ impl Scores {
             "nll" => Ok(&self.nll),
             "dirichlet" => Ok(&self.dirichlet),
             "knn" => Ok(&self.knn),
+            "knn-all" => Ok(&self.knn_all),
             other => Err(Error::invalid(
                 "--score",
                 format!("unknown score {other:?}; available: {}", SCORES.join(", ")),
@@ -78,6 +85,11 @@ pub struct Detector {
     pub dirichlet: Vec<Dirichlet>,
     /// L2-normalised features of the normal training images, (N, D).
     normal_features: Tensor,
+    /// Features of every transformed copy of the normal training images,
+    /// each copy's L2-normalised and the T copies concatenated and scaled
+    /// by 1/sqrt(T), (N, T·D): a dot product of two rows is the average
+    /// per-transformation cosine similarity.
+    normal_features_all: Tensor,
     /// Accuracy of the transformation head on the normal training images.
     pub train_accuracy: f64,
     /// The training history.
@@ -192,6 +204,7 @@ impl Detector {
             norm,
             dirichlet: Vec::new(),
             normal_features: Tensor::zeros((1, 1), DType::F32, device)?,
+            normal_features_all: Tensor::zeros((1, 1), DType::F32, device)?,
             train_accuracy: 0.0,
             report,
             device: device.clone(),
@@ -224,12 +237,13 @@ impl Detector {
 
     /// Runs every transformation of every image of `pixels` through the
     /// network, `eval_batch` transformed images at a time, and hands each
-    /// chunk's (first image, log-probabilities, identity features) to `visit`.
+    /// chunk's (log-probabilities, identity features, all-copies features;
+    /// see [`Detector::normal_features_all`]) to `visit`.
     fn sweep(
         &self,
         pixels: &[u8],
         shape: (usize, usize, usize),
-        mut visit: impl FnMut(usize, &[f32], Tensor) -> Result<()>,
+        mut visit: impl FnMut(&[f32], Tensor, Tensor) -> Result<()>,
     ) -> Result<()> {
         let per = shape.0 * shape.1 * shape.2;
         let n = pixels.len() / per;
@@ -244,7 +258,8 @@ impl Detector {
             // Rows i*t (transformation 0, the identity) hold the plain images.
             let ids: Vec<u32> = (0..(end - start) as u32).map(|i| i * t as u32).collect();
             let ids = Tensor::from_vec(ids, end - start, &self.device)?;
-            visit(start, &out.log_probs, out.features.index_select(&ids, 0)?)?;
+            let identity = out.features.index_select(&ids, 0)?;
+            visit(&out.log_probs, identity, all_copies(&out.features, t)?)?;
         }
         Ok(())
     }
@@ -256,9 +271,9 @@ impl Detector {
         let mut mean_log = vec![vec![0f64; t]; t];
         let mut mean_p = vec![vec![0f64; t]; t];
         let mut correct = 0usize;
-        let mut feats = Vec::new();
+        let (mut feats, mut feats_all) = (Vec::new(), Vec::new());
         let mut n = 0usize;
-        self.sweep(pixels, shape, |_, lp, f| {
+        self.sweep(pixels, shape, |lp, f, f_all| {
             for row_i in 0..lp.len() / t {
                 let k = row_i % t;
                 let row = &lp[row_i * t..(row_i + 1) * t];
@@ -275,6 +290,7 @@ impl Detector {
             }
             n += lp.len() / (t * t);
             feats.push(f);
+            feats_all.push(f_all);
             Ok(())
         })?;
         self.dirichlet = (0..t)
@@ -286,10 +302,11 @@ impl Detector {
             .collect();
         self.train_accuracy = correct as f64 / (n * t) as f64;
         self.normal_features = l2_normalise(&Tensor::cat(&feats, 0)?)?;
+        self.normal_features_all = Tensor::cat(&feats_all, 0)?;
         Ok(())
     }
 
-    /// All three scores of the images `indices` of `ds`.
+    /// All the scores of the images `indices` of `ds`.
     pub fn score(&self, ds: &Dataset, indices: &[usize]) -> Result<Scores> {
         let t = self.list.len();
         let shape = ds.image_shape();
@@ -299,7 +316,7 @@ impl Detector {
             .config
             .knn_k
             .clamp(1, self.normal_features.dim(0)?.max(1));
-        self.sweep(&pixels, shape, |_, lp, f| {
+        self.sweep(&pixels, shape, |lp, f, f_all| {
             for img in lp.chunks_exact(t * t) {
                 let (mut nll, mut dir) = (0.0, 0.0);
                 for (tt, row) in img.chunks_exact(t).enumerate() {
@@ -310,15 +327,10 @@ impl Detector {
                 s.nll.push(nll);
                 s.dirichlet.push(dir);
             }
-            let sim: Vec<Vec<f32>> = l2_normalise(&f)?
-                .matmul(&self.normal_features.t()?)?
-                .to_device(&Device::Cpu)?
-                .to_vec2()?;
-            for mut row in sim {
-                row.sort_unstable_by(|a, b| b.total_cmp(a));
-                let mean: f64 = row[..k].iter().map(|&v| f64::from(v)).sum::<f64>() / k as f64;
-                s.knn.push(1.0 - mean);
-            }
+            s.knn
+                .extend(knn_distances(&l2_normalise(&f)?, &self.normal_features, k)?);
+            s.knn_all
+                .extend(knn_distances(&f_all, &self.normal_features_all, k)?);
             Ok(())
         })?;
         Ok(s)
@@ -347,8 +359,70 @@ impl Detector {
     }
 }
 
+/// Features of T transformed copies per image, rows ordered image-major
+/// ((B·T, D)), as one row per image: each copy's features L2-normalised,
+/// the T copies concatenated and scaled by 1/sqrt(T), so that the dot
+/// product of two rows is the mean over transformations of the two images'
+/// cosine similarity under that transformation.
+fn all_copies(features: &Tensor, t: usize) -> Result<Tensor> {
+    let (rows, d) = features.dims2()?;
+    Ok((l2_normalise(features)? / (t as f64).sqrt())?.reshape((rows / t, t * d))?)
+}
+
+/// One minus the mean similarity of each row of `queries` to its `k` most
+/// similar rows of `normal` (similarity = dot product).
+fn knn_distances(queries: &Tensor, normal: &Tensor, k: usize) -> Result<Vec<f64>> {
+    let sim: Vec<Vec<f32>> = queries
+        .matmul(&normal.t()?)?
+        .to_device(&Device::Cpu)?
+        .to_vec2()?;
+    Ok(sim
+        .into_iter()
+        .map(|mut row| {
+            row.sort_unstable_by(|a, b| b.total_cmp(a));
+            1.0 - row[..k].iter().map(|&v| f64::from(v)).sum::<f64>() / k as f64
+        })
+        .collect())
+}
+
 /// Rows scaled to unit L2 norm.
 fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     Ok(x.broadcast_div(&norm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(rows: &[&[f32]]) -> Tensor {
+        let d = rows[0].len();
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_vec(flat, (rows.len(), d), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn knn_distance_averages_the_k_most_similar_normals() {
+        let normal = tensor(&[&[1.0, 0.0], &[0.0, 1.0], &[0.6, 0.8]]);
+        let queries = tensor(&[&[1.0, 0.0], &[0.0, -1.0]]);
+        // Similarities: query 0 -> 1, 0, 0.6; query 1 -> 0, -1, -0.8.
+        let k1 = knn_distances(&queries, &normal, 1).unwrap();
+        let k2 = knn_distances(&queries, &normal, 2).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(close(k1[0], 0.0) && close(k1[1], 1.0), "{k1:?}");
+        assert!(close(k2[0], 1.0 - 0.8) && close(k2[1], 1.0 + 0.4), "{k2:?}");
+    }
+
+    #[test]
+    fn all_copies_dot_product_is_the_mean_per_transformation_cosine() {
+        // Two images, T = 2 copies each, D = 2 (rows image-major).
+        let f = tensor(&[&[3.0, 4.0], &[1.0, 0.0], &[0.0, 2.0], &[-5.0, 0.0]]);
+        let all = all_copies(&f, 2).unwrap();
+        assert_eq!(all.dims(), &[2, 4]);
+        let gram: Vec<Vec<f32>> = all.matmul(&all.t().unwrap()).unwrap().to_vec2().unwrap();
+        // Copy 0: cos((3,4),(0,2)) = 0.8; copy 1: cos((1,0),(-5,0)) = -1.
+        let expected = (0.8 - 1.0) / 2.0;
+        assert!((gram[0][1] - expected).abs() < 1e-6, "{gram:?}");
+        assert!((gram[0][0] - 1.0).abs() < 1e-6 && (gram[1][1] - 1.0).abs() < 1e-6);
+    }
 }

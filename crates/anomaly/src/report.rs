@@ -26,7 +26,7 @@ pub struct ClassRow {
 /// All classes under one score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreSummary {
-    /// `nll`, `dirichlet` or `knn`.
+    /// `nll`, `dirichlet`, `knn` or `knn-all`.
     pub score: String,
     /// One row per normal class.
     pub per_class: Vec<ClassRow>,
@@ -226,7 +226,7 @@ impl AnomalyReport {
             "**Mean AUROC ({} score): {:.4} ± {:.4}** (spread over seeds); mean AUPR {:.4}, mean FPR@95%TPR {:.4}.\n\n",
             self.score, self.mean_auroc, self.mean_auroc_std, self.mean_aupr, self.mean_fpr95
         ));
-        m.push_str("Scores (higher = more anomalous): `nll` = summed negative log-probability of the applied transformation over all transformed copies; `dirichlet` = negative log-likelihood of the softmax outputs under per-transformation Dirichlets fitted on the normal training images; `knn` = mean cosine distance to the k nearest normal training images in feature space.\n\n");
+        m.push_str("Scores (higher = more anomalous): `nll` = summed negative log-probability of the applied transformation over all transformed copies; `dirichlet` = negative log-likelihood of the softmax outputs under per-transformation Dirichlets fitted on the normal training images; `knn` = mean cosine distance to the k nearest normal training images in feature space; `knn-all` = the same over all transformed copies (the mean per-transformation cosine similarity to each normal training image).\n\n");
         m.push_str("## Mean AUROC per score\n\n| score | mean AUROC | spread over seeds |\n|---|---|---|\n");
         for s in &self.scores {
             m.push_str(&format!(
