@@ -190,7 +190,7 @@ struct BnForward {
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    crate::cpu_f32(s, l, &format!("fused batch norm: {what}"))
+    crate::cpu_f32(s, l, "fused batch norm", what)
 }
 
 /// (batch, channels, values per channel and image).

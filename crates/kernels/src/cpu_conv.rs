@@ -442,7 +442,7 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geo) -> Vec<f32> {
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    crate::cpu_f32(s, l, "conv2d: operands")
+    crate::cpu_f32(s, l, "conv2d", "operands")
 }
 
 /// (x, w) -> y, differentiable: the CPU f32 dense convolution.

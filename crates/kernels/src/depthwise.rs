@@ -38,7 +38,7 @@ impl Geometry {
 }
 
 fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    crate::cpu_f32(s, l, "depthwise conv: operands")
+    crate::cpu_f32(s, l, "depthwise conv", "operands")
 }
 
 /// `Σ a[t]·b[t·stride]` over `a`, in eight independent partial sums so that

@@ -246,13 +246,13 @@ pub fn conv2d_default(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
     conv2d(x, w, p, default_kernels())
 }
 
-/// The f32 data of a contiguous CPU operand; `what` names it in the error
-/// (`"<op>: <operand>"`, followed by "must be contiguous").
-fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU operand; `op` and `operand` name it in
+/// the error ("<op>: <operand> must be contiguous").
+fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str, operand: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what} must be contiguous"),
+        None => candle_core::bail!("{op}: {operand} must be contiguous"),
     }
 }
 
