@@ -395,16 +395,10 @@ fn l2_normalise(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    fn tensor(rows: &[&[f32]]) -> Tensor {
-        let d = rows[0].len();
-        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-        Tensor::from_vec(flat, (rows.len(), d), &Device::Cpu).unwrap()
-    }
-
     #[test]
     fn knn_distance_averages_the_k_most_similar_normals() {
-        let normal = tensor(&[&[1.0, 0.0], &[0.0, 1.0], &[0.6, 0.8]]);
-        let queries = tensor(&[&[1.0, 0.0], &[0.0, -1.0]]);
+        let normal = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [0.6, 0.8]], &Device::Cpu).unwrap();
+        let queries = Tensor::new(&[[1f32, 0.0], [0.0, -1.0]], &Device::Cpu).unwrap();
         // Similarities: query 0 -> 1, 0, 0.6; query 1 -> 0, -1, -0.8.
         let k1 = knn_distances(&queries, &normal, 1).unwrap();
         let k2 = knn_distances(&queries, &normal, 2).unwrap();
@@ -416,7 +410,11 @@ mod tests {
     #[test]
     fn all_copies_dot_product_is_the_mean_per_transformation_cosine() {
         // Two images, T = 2 copies each, D = 2 (rows image-major).
-        let f = tensor(&[&[3.0, 4.0], &[1.0, 0.0], &[0.0, 2.0], &[-5.0, 0.0]]);
+        let f = Tensor::new(
+            &[[3f32, 4.0], [1.0, 0.0], [0.0, 2.0], [-5.0, 0.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let all = all_copies(&f, 2).unwrap();
         assert_eq!(all.dims(), &[2, 4]);
         let gram: Vec<Vec<f32>> = all.matmul(&all.t().unwrap()).unwrap().to_vec2().unwrap();
