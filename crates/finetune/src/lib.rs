@@ -1,5 +1,5 @@
 //! selfsup-finetune turns an encoder and K labeled images per class into a
-//! classifier, with the four protocols of the few-label literature:
+//! classifier, with the protocols of the few-label literature:
 //!
 //! - [`train_classifier`] with `init = None`: **scratch**, the same network
 //!   from random weights, same augmentation and epoch budget;
@@ -7,7 +7,10 @@
 //!   trained from the pretrained backbone under a new head;
 //! - [`linear_probe`]: a logistic-regression head on frozen features;
 //! - [`knn`]: cosine k-nearest neighbours on frozen features, with k chosen
-//!   by leave-one-out accuracy on the labeled images (never the test set).
+//!   by leave-one-out accuracy on the labeled images (never the test set);
+//! - [`distill`]: a fine-tuned classifier labels the unlabeled images with
+//!   soft labels and a copy of it trains on them under strong augmentation
+//!   (SimCLR v2's self-distillation, with Noisy Student's noise).
 //!
 //! **Invariant:** this crate never imports an objective crate. It works on
 //! checkpoints (`selfsup_backbones::checkpoint`), so any pretraining method
@@ -286,6 +289,172 @@ pub fn train_classifier(
     })
 }
 
+/// Settings of [`distill`], SimCLR v2's third step: the fine-tuned
+/// classifier (the teacher) labels the unlabeled images with its softened
+/// class probabilities and a student trains on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillConfig {
+    /// Optimisation of the student; `epochs` count passes over the
+    /// unlabeled images (plus the repeated labeled ones).
+    pub fit: FitConfig,
+    /// Augmentation of the student's inputs (the teacher sees them plain).
+    pub augment: Pipeline,
+    /// Softmax temperature of both the teacher's targets and the student's
+    /// logits in the distillation loss.
+    pub temperature: f64,
+    /// Share of each epoch's items that are labeled images (with their
+    /// true, one-hot labels); the K labeled images are repeated to reach it.
+    /// 0 trains on the teacher's labels alone.
+    pub labeled_share: f64,
+    /// Batch size for the teacher's inference.
+    pub eval_batch: usize,
+}
+
+impl DistillConfig {
+    /// Fails on a temperature that is not a positive number or a labeled
+    /// share outside [0, 1).
+    pub fn check(&self) -> Result<()> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::invalid(
+                "distill_temperature",
+                format!("must be a positive number, got {}", self.temperature),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.labeled_share) {
+            return Err(Error::invalid(
+                "distill_labeled_share",
+                format!("must lie in [0, 1), got {}", self.labeled_share),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The teacher's softened class probabilities for the images at `indices`
+/// (eval mode, no augmentation): softmax(logits / `temperature`), (N, C).
+pub fn teacher_probabilities(
+    teacher: &Classifier,
+    ds: &Dataset,
+    indices: &[usize],
+    norm: &Normalization,
+    temperature: f64,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let feats = extract_features(
+        teacher.backbone.as_ref(),
+        ds,
+        indices,
+        norm,
+        batch_size,
+        device,
+    )?;
+    let logits = (teacher.head.forward(&feats)? / temperature)?;
+    Ok(candle_nn::ops::softmax(&logits, D::Minus1)?.detach())
+}
+
+/// Cross-entropy of `logits` (N, C) against target distributions `targets`
+/// (N, C), both at `temperature`: mean over rows of
+/// -sum_c targets[c] * log softmax(logits / temperature)[c].
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(&(logits / temperature)?, D::Minus1)?;
+    Ok((targets * log_p)?.sum(D::Minus1)?.mean_all()?.neg()?)
+}
+
+/// Self-distillation on unlabeled images (SimCLR v2's "pretrain, fine-tune,
+/// distill"): `teacher` gives every image of `unlabeled` a soft label
+/// ([`teacher_probabilities`]); `student` (usually a copy of the teacher)
+/// trains on those images under `cfg.augment` against the soft labels
+/// ([`soft_cross_entropy`]), with the `labeled` images mixed in under
+/// their true labels. Labeled images found in `unlabeled` are dropped from
+/// it. The images' labels in `train` are read only for `labeled`.
+///
+/// Returns the trained student and the teacher's predicted class for each
+/// image of `unlabeled` (in its order, after the drop), for diagnostics.
+#[allow(clippy::too_many_arguments)]
+pub fn distill(
+    cfg: &DistillConfig,
+    teacher: &Classifier,
+    student: Classifier,
+    train: &Dataset,
+    labeled: &[usize],
+    unlabeled: &[usize],
+    norm: &Normalization,
+    device: &Device,
+    quiet: bool,
+    stage: &str,
+) -> Result<(Classifier, Vec<u32>)> {
+    cfg.check()?;
+    let labels = train.labels().ok_or_else(|| {
+        Error::invalid("dataset", "distillation needs the labeled images' labels")
+    })?;
+    let is_labeled: std::collections::HashSet<usize> = labeled.iter().copied().collect();
+    let unlabeled: Vec<usize> = unlabeled
+        .iter()
+        .copied()
+        .filter(|i| !is_labeled.contains(i))
+        .collect();
+    if unlabeled.is_empty() {
+        return Err(Error::invalid(stage, "no unlabeled images to distill on"));
+    }
+    let classes = train.num_classes();
+    let probs = teacher_probabilities(
+        teacher,
+        train,
+        &unlabeled,
+        norm,
+        cfg.temperature,
+        cfg.eval_batch,
+        device,
+    )?;
+    let pseudo = probs.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let mut targets: Vec<f32> = to_cpu_f32(&probs)?.flatten_all()?.to_vec1()?;
+    let mut images = unlabeled.clone();
+    if cfg.labeled_share > 0.0 && !labeled.is_empty() {
+        let wanted = cfg.labeled_share / (1.0 - cfg.labeled_share) * unlabeled.len() as f64;
+        let repeats = (wanted / labeled.len() as f64).round().max(1.0) as usize;
+        for _ in 0..repeats {
+            for &i in labeled {
+                images.push(i);
+                targets.extend((0..classes).map(|c| f32::from(c as u32 == labels[i])));
+            }
+        }
+    }
+    let shape = train.image_shape();
+    let seed = cfg.fit.seed;
+    let vars = params::trainable_vars(&student.map)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let (backbone, head) = (&student.backbone, &student.head);
+    let report = fit_prefetched(
+        &cfg.fit,
+        stage,
+        images.len(),
+        vars,
+        &student.map,
+        quiet,
+        |items, step| {
+            let idx: Vec<usize> = items.iter().map(|&i| images[i]).collect();
+            let px = apply_batch(&cfg.augment, &train.pixels_of(&idx), shape, seed, step);
+            let t: Vec<f32> = items
+                .iter()
+                .flat_map(|&i| targets[i * classes..(i + 1) * classes].iter().copied())
+                .collect();
+            Ok((px, t))
+        },
+        |(px, t): (Vec<u8>, Vec<f32>), _| {
+            let n = t.len() / classes;
+            let x = batch::to_tensor(&px, shape, norm, device)?;
+            let t = Tensor::from_vec(t, (n, classes), device)?;
+            let logits = head.forward(&backbone.forward_t(&x, true)?)?;
+            Ok((soft_cross_entropy(&logits, &t, cfg.temperature)?, n))
+        },
+        None,
+    )?;
+    Ok((Classifier { report, ..student }, pseudo))
+}
+
 /// Column mean and std of `x` (N, D), for standardising features.
 fn standardiser(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let mean = x.mean_keepdim(0)?;
@@ -559,6 +728,125 @@ mod tests {
         let e = holdout(&labels, &one, 0.2, 0).unwrap_err().to_string();
         assert!(e.contains("class 1") && e.contains("at least 2"), "{e}");
         assert!(holdout(&labels, &labeled, 1.0, 0).is_err());
+    }
+
+    #[test]
+    fn soft_cross_entropy_matches_hand_values() {
+        let dev = Device::Cpu;
+        // log softmax([0, ln 3]) = [ln 1/4, ln 3/4]
+        let logits = Tensor::new(&[[0f32, 3f32.ln()]], &dev).unwrap();
+        let even = Tensor::new(&[[0.5f32, 0.5]], &dev).unwrap();
+        let got = soft_cross_entropy(&logits, &even, 1.0).unwrap();
+        let want = -0.5 * (0.25f32.ln() + 0.75f32.ln());
+        assert!((got.to_scalar::<f32>().unwrap() - want).abs() < 1e-6);
+        // the temperature divides the logits: twice the logits at T = 2 is the same
+        let doubled = (&logits * 2.0).unwrap();
+        let got2 = soft_cross_entropy(&doubled, &even, 2.0).unwrap();
+        assert!((got2.to_scalar::<f32>().unwrap() - want).abs() < 1e-6);
+        // one-hot targets at T = 1: the ordinary cross-entropy
+        let logits = Tensor::new(&[[1f32, -2.0, 0.5], [0.0, 0.3, 2.0]], &dev).unwrap();
+        let onehot = Tensor::new(&[[0f32, 1.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
+        let y = Tensor::new(&[1u32, 2], &dev).unwrap();
+        let hard = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+        let soft = soft_cross_entropy(&logits, &onehot, 1.0).unwrap();
+        assert!((hard.to_scalar::<f32>().unwrap() - soft.to_scalar::<f32>().unwrap()).abs() < 1e-6);
+    }
+
+    /// 8x8 gray images: class 0 has a bright top half, class 1 a bright
+    /// bottom half, with a little texture.
+    fn halves(n: usize) -> Dataset {
+        let mut px = Vec::with_capacity(n * 64);
+        let mut y = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = (i % 2) as u32;
+            for r in 0..8 {
+                for col in 0..8 {
+                    let bright = (r < 4) == (c == 0);
+                    let noise = ((i * 131 + r * 17 + col * 7) % 40) as u8;
+                    px.push(if bright { 180 + noise } else { 20 + noise });
+                }
+            }
+            y.push(c);
+        }
+        Dataset::new(
+            px,
+            (n, 1, 8, 8),
+            Some(y),
+            vec!["top".into(), "bottom".into()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn distill_trains_the_student_towards_the_teacher() {
+        let dev = Device::Cpu;
+        let ds = halves(64);
+        let all: Vec<usize> = (0..64).collect();
+        let norm = batch::fit_normalization(&ds, &all);
+        let bb = BackboneConfig::ConvNet {
+            in_channels: 1,
+            widths: vec![4, 8],
+            convs_per_stage: 1,
+        };
+        let labeled: Vec<usize> = (0..8).collect();
+        let mut tcfg = cfg();
+        tcfg.fit.epochs = 30;
+        tcfg.fit.lr = 1e-2;
+        let teacher =
+            train_classifier(&tcfg, None, &bb, &ds, &labeled, &norm, &dev, true, "t").unwrap();
+        // a barely trained student from other random weights
+        tcfg.fit.epochs = 1;
+        tcfg.fit.lr = 1e-5;
+        tcfg.fit.seed = 9;
+        let student =
+            train_classifier(&tcfg, None, &bb, &ds, &labeled, &norm, &dev, true, "s").unwrap();
+        let dcfg = DistillConfig {
+            fit: FitConfig {
+                epochs: 8,
+                batch_size: 16,
+                lr: 1e-2,
+                weight_decay: 0.0,
+                warmup_fraction: 0.0,
+                patience: None,
+                seed: 0,
+                drop_last: false,
+            },
+            augment: Pipeline::default(),
+            temperature: 1.0,
+            labeled_share: 0.2,
+            eval_batch: 32,
+        };
+        // the pool overlaps the labeled images: they must be dropped from it
+        let pool: Vec<usize> = (4..64).collect();
+        let (student, pseudo) = distill(
+            &dcfg, &teacher, student, &ds, &labeled, &pool, &norm, &dev, true, "d",
+        )
+        .unwrap();
+        assert_eq!(pseudo.len(), 56, "labeled images 4..8 leave the pool");
+        let unl: Vec<usize> = (8..64).collect();
+        let taught = teacher.predict(&ds, &unl, &norm, 32, &dev).unwrap();
+        assert_eq!(
+            pseudo, taught,
+            "pseudo-labels are the teacher's predictions"
+        );
+        let learned = student.predict(&ds, &unl, &norm, 32, &dev).unwrap();
+        let agree = learned.iter().zip(&taught).filter(|(a, b)| a == b).count();
+        assert!(agree >= 50, "student agrees with the teacher on {agree}/56");
+        let loss = &student.report.train_loss;
+        assert_eq!(loss.len(), 8);
+        assert!(loss[7] < loss[0], "distillation loss must fall: {loss:?}");
+
+        let teacher2 =
+            train_classifier(&cfg(), None, &bb, &ds, &labeled, &norm, &dev, true, "t").unwrap();
+        let mut bad = dcfg.clone();
+        bad.temperature = 0.0;
+        let e = distill(
+            &bad, &teacher, teacher2, &ds, &labeled, &pool, &norm, &dev, true, "d",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("distill_temperature"), "{e}");
     }
 
     #[test]
