@@ -9,13 +9,17 @@
 //! figures/<method>-loss.png, figures/<method>-embedding.png
 //! pretrain-<method>/{model.safetensors, config.json}        (seed<s>/pretrain-<method> with pretrain_per_seed)
 //! seed<s>/k<K>/<method>-finetune/{model.safetensors, config.json}
+//! seed<s>/k<K>/<method>-distill/{model.safetensors, config.json}   (with distill_epochs > 0)
 //! ```
 //!
 //! Label hygiene: the only labels read before the final evaluation are the
 //! K per class of the seed's stratified split. Pretraining reads none (its
 //! early stopping uses the pretext loss on held-out unlabeled images), the
 //! kNN's k is chosen by leave-one-out on the K labeled images, and the test
-//! set is touched only to compute the reported accuracies.
+//! set is touched only to compute the reported accuracies. The `distill`
+//! protocol trains on the teacher's labels of the unlabeled images; their
+//! true labels are read only afterwards, to report how often the teacher
+//! was right (`pseudo_label_accuracy` in the stage's config.json).
 
 use crate::augment::{CropFlip, Pipeline};
 use crate::backbones::checkpoint::{self as ckpt, StageConfig};
@@ -25,7 +29,7 @@ use crate::core::report::{Figure, PretrainSummary, Report, ResultRow, StageTime}
 use crate::core::train::FitConfig;
 use crate::core::{fsutil, metrics, rng, Error, Normalization, Result};
 use crate::data::{batch, split, Dataset, DatasetPair};
-use crate::finetune::{self, TransferConfig};
+use crate::finetune::{self, DistillConfig, TransferConfig};
 use crate::methods;
 use crate::pretext::{self, PretrainConfig};
 use candle_core::Device;
@@ -132,6 +136,27 @@ pub struct Recipe {
     /// After every pretraining epoch, report the leave-one-out kNN accuracy
     /// of the encoder's features on the seed's K labeled images.
     pub knn_monitor: bool,
+    /// Epochs of the `distill` protocol (0 = off): each method's fine-tuned
+    /// classifier labels the unlabeled images with soft labels and a copy
+    /// of it trains on them (SimCLR v2's self-distillation; scratch gets
+    /// the same treatment, so the comparison stays fair).
+    pub distill_epochs: usize,
+    /// Distillation batch size.
+    pub distill_batch: usize,
+    /// Distillation peak learning rate.
+    pub distill_lr: f64,
+    /// Softmax temperature of the teacher's soft labels and of the
+    /// student's logits.
+    pub distill_temperature: f64,
+    /// Share of each distillation epoch made of the K labeled images (with
+    /// their true labels, repeated to reach it).
+    pub distill_labeled_share: f64,
+    /// Augmentation of the student's inputs (Noisy Student: the student
+    /// learns under noise the teacher did not see): `None` uses the SimCLR
+    /// view preset for the image size (as `view_augment`'s `auto`);
+    /// otherwise a preset name (`crop-flip` is the fine-tune default) or a
+    /// pipeline, as for `transfer_augment`.
+    pub distill_augment: Option<ViewAugment>,
 }
 
 /// How the two-view methods make their views.
@@ -198,6 +223,12 @@ impl Default for Recipe {
             siamese: SiameseConfig::default(),
             view_augment: ViewAugment::Preset("auto".into()),
             knn_monitor: true,
+            distill_epochs: 0,
+            distill_batch: 128,
+            distill_lr: 1e-3,
+            distill_temperature: 1.0,
+            distill_labeled_share: 0.25,
+            distill_augment: None,
         }
     }
 }
@@ -266,7 +297,20 @@ impl Recipe {
 
     /// The fine-tune / scratch augmentation.
     pub fn transfer_pipeline(&self) -> Result<Pipeline> {
-        match &self.transfer_augment {
+        self.labeled_pipeline(&self.transfer_augment, "transfer_augment")
+    }
+
+    /// The distillation student's augmentation for images of `channels` x
+    /// `size` x `size`.
+    pub fn distill_pipeline(&self, channels: usize, size: usize) -> Result<Pipeline> {
+        match &self.distill_augment {
+            None => Ok(Pipeline::simclr_for(channels, size)),
+            some => self.labeled_pipeline(some, "distill_augment"),
+        }
+    }
+
+    fn labeled_pipeline(&self, choice: &Option<ViewAugment>, field: &str) -> Result<Pipeline> {
+        match choice {
             None => Ok(Pipeline {
                 ops: vec![crate::augment::Op::CropFlip(self.augment())],
             }),
@@ -276,7 +320,7 @@ impl Recipe {
             Some(ViewAugment::Custom(p)) => Ok(p.clone()),
             Some(ViewAugment::Preset(name)) => Pipeline::preset(name).ok_or_else(|| {
                 Error::invalid(
-                    "transfer_augment",
+                    field,
                     format!(
                         "unknown preset {name:?}; available: crop-flip, {}",
                         Pipeline::PRESETS.join(", ")
@@ -304,6 +348,27 @@ impl Recipe {
             linear_lr: self.linear_lr,
             linear_weight_decay: self.linear_weight_decay,
             knn_ks: self.knn_ks.clone(),
+            eval_batch: self.eval_batch,
+        })
+    }
+
+    /// The `distill` protocol's settings for `seed` and images of `shape`
+    /// (C, H, W).
+    pub fn distill_config(&self, seed: u64, shape: (usize, usize, usize)) -> Result<DistillConfig> {
+        Ok(DistillConfig {
+            fit: FitConfig {
+                epochs: self.distill_epochs,
+                batch_size: self.distill_batch,
+                lr: self.distill_lr,
+                weight_decay: self.weight_decay,
+                warmup_fraction: 0.05,
+                patience: None,
+                seed,
+                drop_last: false,
+            },
+            augment: self.distill_pipeline(shape.0, shape.1)?,
+            temperature: self.distill_temperature,
+            labeled_share: self.distill_labeled_share,
             eval_batch: self.eval_batch,
         })
     }
@@ -825,6 +890,87 @@ pub fn transfer_stage(
     Ok(cls)
 }
 
+/// The `distill` protocol for one method and seed: `teacher` (the
+/// fine-tuned classifier, saved in `teacher_dir`) gives soft labels to the
+/// unlabeled training images (outside this seed's K-shot split, capped by
+/// `recipe.unlabeled`), and a copy of it trains on them with the K labeled
+/// images mixed in ([`finetune::distill`]). Writes the student to `dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn distill_stage(
+    prep: &Prepared,
+    backbone: &BackboneConfig,
+    method: &str,
+    teacher: &finetune::Classifier,
+    teacher_dir: &Path,
+    recipe: &Recipe,
+    k: usize,
+    seed: u64,
+    dir: &Path,
+    device: &Device,
+    quiet: bool,
+) -> Result<finetune::Classifier> {
+    let train = &prep.pair.train;
+    let labels = train.labels().expect("prepared datasets have labels");
+    let sp = split::stratified(labels, k, seed)?;
+    let pool = unlabeled_pool(train, k, &[seed], seed, recipe.unlabeled)?;
+    let cfg = recipe.distill_config(seed, train.image_shape())?;
+    let (student, _) = finetune::load_classifier(teacher_dir, device)?;
+    let (student, pseudo) = finetune::distill(
+        &cfg,
+        teacher,
+        student,
+        train,
+        &sp.labeled,
+        &pool,
+        &prep.norm,
+        device,
+        quiet,
+        &format!("distill/{method}"),
+    )?;
+    // Diagnostics only, after training: how often the teacher's label was
+    // right on the images it labeled.
+    let kept: Vec<u32> = pool
+        .iter()
+        .filter(|i| !sp.labeled.contains(i))
+        .map(|&i| labels[i])
+        .collect();
+    let pseudo_label_accuracy = metrics::accuracy(&pseudo, &kept);
+    let metrics = serde_json::json!({
+        "train_loss": student.report.train_loss,
+        "seconds": student.report.seconds,
+        "epochs_run": student.report.epochs_run,
+        "images_per_s": student.report.images_per_s,
+        "unlabeled_images": pseudo.len(),
+        "pseudo_label_accuracy": pseudo_label_accuracy,
+    });
+    let recipe_json = serde_json::json!({
+        "protocol": "distill",
+        "labels_per_class": k,
+        "teacher": teacher_dir.display().to_string(),
+        "distill": cfg,
+    });
+    let sc = stage_config(
+        "transfer",
+        method,
+        backbone,
+        prep,
+        seed,
+        Some(train.num_classes()),
+        recipe_json,
+        metrics,
+    );
+    ckpt::save(dir, &student.map, &sc)?;
+    tracing::info!(
+        method,
+        seed,
+        k,
+        pseudo_label_accuracy,
+        "distilled on the teacher's labels of {} unlabeled images",
+        pseudo.len()
+    );
+    Ok(student)
+}
+
 fn ckpt_method(dir: &Path) -> Result<String> {
     let cfg: StageConfig = crate::core::checkpoint::read_config(dir)?;
     Ok(cfg.method)
@@ -903,6 +1049,11 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
     opts.recipe.view_augment.resolve(1, 28)?;
     let labeled_max = *opts.labels_per_class.iter().max().unwrap_or(&0);
     opts.recipe.transfer_pipeline()?;
+    if opts.recipe.distill_epochs > 0 {
+        opts.recipe
+            .distill_config(0, prep.pair.train.image_shape())?
+            .check()?;
+    }
     if opts.recipe.transfer_patience.is_some() {
         // Checked here so that a run does not fail after pretraining.
         let labels: Vec<u32> = (0..prep.pair.train.num_classes() as u32)
@@ -1040,6 +1191,27 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                 let t = Instant::now();
                 let acc = classifier_accuracy(&prep, &cls, &opts.recipe, &opts.device)?;
                 push(&method, "finetune", k, seed, acc, opts.quiet);
+                *times.entry("evaluate").or_default() += t.elapsed().as_secs_f64();
+                if opts.recipe.distill_epochs > 0 {
+                    let t = Instant::now();
+                    let student = distill_stage(
+                        &prep,
+                        &backbone,
+                        &method,
+                        &cls,
+                        &k_dir.join(format!("{method}-finetune")),
+                        &opts.recipe,
+                        k,
+                        seed,
+                        &k_dir.join(format!("{method}-distill")),
+                        &opts.device,
+                        opts.quiet,
+                    )?;
+                    *times.entry("distill").or_default() += t.elapsed().as_secs_f64();
+                    let acc = classifier_accuracy(&prep, &student, &opts.recipe, &opts.device)?;
+                    push(&method, "distill", k, seed, acc, opts.quiet);
+                }
+                let t = Instant::now();
                 // Frozen protocols: the pretrained encoder, or for scratch the
                 // randomly initialised one (a random-features baseline).
                 let encoder = match &init {

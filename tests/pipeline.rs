@@ -444,3 +444,53 @@ fn transfer_early_stopping_holds_out_labels_and_keeps_the_best_epoch() {
     assert!(e.contains("at least 2"), "{e}");
     assert!(!dir.path().join("one").exists());
 }
+
+#[test]
+fn distill_protocol_trains_a_student_for_every_method_on_unlabeled_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = options("fashion-mnist", &out);
+    o.recipe.distill_epochs = 2;
+    o.recipe.distill_batch = 32;
+    o.recipe.distill_augment = Some(selfsup::pipeline::ViewAugment::Preset(
+        "simclr-mnist".into(),
+    ));
+    let report = run(&o).unwrap();
+    // 2 methods x (finetune, distill, linear, knn)
+    assert_eq!(report.results.len(), 8);
+    let json = read_json(&out.join("report.json"));
+    let rows: Vec<(&str, &str)> = field_values(&json["results"], "method")
+        .into_iter()
+        .zip(field_values(&json["results"], "protocol"))
+        .collect();
+    for m in ["scratch", "rotation"] {
+        assert!(rows.contains(&(m, "distill")), "{rows:?}");
+        let cfg = read_json(&out.join(format!("seed0/k2/{m}-distill/config.json")));
+        assert_eq!(cfg["method"], m);
+        assert_eq!(cfg["recipe"]["protocol"], "distill");
+        assert_eq!(cfg["head_outputs"], 10);
+        // the 400 training images less this seed's 2 x 10 labeled ones,
+        // capped at the recipe's 128 unlabeled images
+        assert_eq!(cfg["metrics"]["unlabeled_images"], 128);
+        let acc = cfg["metrics"]["pseudo_label_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert_eq!(cfg["metrics"]["train_loss"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            cfg["recipe"]["distill"]["augment"]["ops"][0]["op"],
+            "resized_crop"
+        );
+        assert!(out
+            .join(format!("seed0/k2/{m}-distill/model.safetensors"))
+            .is_file());
+    }
+    let stages: Vec<&str> = field_values(&json["stages"], "name");
+    assert!(stages.contains(&"distill"));
+
+    // A bad temperature is refused before anything is written.
+    let mut o = options("fashion-mnist", &dir.path().join("bad"));
+    o.recipe.distill_epochs = 1;
+    o.recipe.distill_temperature = -1.0;
+    let e = run(&o).unwrap_err().to_string();
+    assert!(e.contains("distill_temperature"), "{e}");
+    assert!(!dir.path().join("bad").exists());
+}

@@ -221,6 +221,26 @@ struct Common {
     /// --transfer-patience.
     #[arg(long)]
     transfer_val_fraction: Option<f64>,
+    /// Pipeline: epochs of the `distill` protocol (0 = off, the default).
+    /// Each method's fine-tuned classifier (scratch's too) labels the
+    /// unlabeled images with soft labels and a copy of it trains on them
+    /// (SimCLR v2's self-distillation).
+    #[arg(long)]
+    distill_epochs: Option<usize>,
+    /// Softmax temperature of the distillation targets.
+    #[arg(long)]
+    distill_temperature: Option<f64>,
+    /// Distillation learning rate.
+    #[arg(long)]
+    distill_lr: Option<f64>,
+    /// Share of each distillation epoch made of the labeled images.
+    #[arg(long)]
+    distill_labeled_share: Option<f64>,
+    /// Augmentation of the distillation student (default: the SimCLR view
+    /// preset for the image size): crop-flip, flip-zoom-contrast,
+    /// simclr-cifar, simclr-mnist or none.
+    #[arg(long)]
+    distill_augment: Option<String>,
 }
 
 #[derive(Args)]
@@ -704,6 +724,22 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
     }
     if let Some(b) = c.eval_batch {
         r.eval_batch = b;
+    }
+    if let Some(e) = c.distill_epochs {
+        r.distill_epochs = e;
+    }
+    if let Some(t) = c.distill_temperature {
+        r.distill_temperature = t;
+    }
+    if let Some(lr) = c.distill_lr {
+        r.distill_lr = lr;
+    }
+    if let Some(f) = c.distill_labeled_share {
+        r.distill_labeled_share = f;
+    }
+    if let Some(a) = &c.distill_augment {
+        r.distill_augment = Some(pipeline::ViewAugment::Preset(a.clone()));
+        r.distill_pipeline(1, 28)?;
     }
     Ok(r)
 }
