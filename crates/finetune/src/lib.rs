@@ -805,11 +805,7 @@ mod tests {
                 epochs: 8,
                 batch_size: 16,
                 lr: 1e-2,
-                weight_decay: 0.0,
-                warmup_fraction: 0.0,
-                patience: None,
-                seed: 0,
-                drop_last: false,
+                ..cfg().fit
             },
             augment: Pipeline::default(),
             temperature: 1.0,
