@@ -157,6 +157,21 @@ impl Classifier {
         batch_size: usize,
         device: &Device,
     ) -> Result<Vec<u32>> {
+        Ok(self
+            .logits(ds, indices, norm, batch_size, device)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?)
+    }
+
+    /// Class logits (N, C) of the images at `indices` (eval mode).
+    pub fn logits(
+        &self,
+        ds: &Dataset,
+        indices: &[usize],
+        norm: &Normalization,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
         let feats = extract_features(
             self.backbone.as_ref(),
             ds,
@@ -165,11 +180,7 @@ impl Classifier {
             batch_size,
             device,
         )?;
-        Ok(self
-            .head
-            .forward(&feats)?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?)
+        Ok(self.head.forward(&feats)?)
     }
 }
 
@@ -341,15 +352,7 @@ pub fn teacher_probabilities(
     batch_size: usize,
     device: &Device,
 ) -> Result<Tensor> {
-    let feats = extract_features(
-        teacher.backbone.as_ref(),
-        ds,
-        indices,
-        norm,
-        batch_size,
-        device,
-    )?;
-    let logits = (teacher.head.forward(&feats)? / temperature)?;
+    let logits = (teacher.logits(ds, indices, norm, batch_size, device)? / temperature)?;
     Ok(candle_nn::ops::softmax(&logits, D::Minus1)?.detach())
 }
 
