@@ -928,13 +928,10 @@ pub fn distill_stage(
         &format!("distill/{method}"),
     )?;
     // Diagnostics only, after training: how often the teacher's label was
-    // right on the images it labeled.
-    let kept: Vec<u32> = pool
-        .iter()
-        .filter(|i| !sp.labeled.contains(i))
-        .map(|&i| labels[i])
-        .collect();
-    let pseudo_label_accuracy = metrics::accuracy(&pseudo, &kept);
+    // right on the images it labeled. The pool already excludes this seed's
+    // labeled images, so distill kept all of it, in order.
+    let truth: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
+    let pseudo_label_accuracy = metrics::accuracy(&pseudo, &truth);
     let metrics = serde_json::json!({
         "train_loss": student.report.train_loss,
         "seconds": student.report.seconds,
