@@ -9,6 +9,7 @@
 //! figures/<method>-loss.png, figures/<method>-embedding.png
 //! pretrain-<method>/{model.safetensors, config.json}        (seed<s>/pretrain-<method> with pretrain_per_seed)
 //! seed<s>/k<K>/<method>-finetune/{model.safetensors, config.json}
+//! seed<s>/k<K>/<method>-lpft/{model.safetensors, config.json}      (unless lpft is off)
 //! seed<s>/k<K>/<method>-distill/{model.safetensors, config.json}   (with distill_epochs > 0)
 //! ```
 //!
@@ -78,6 +79,11 @@ pub struct Recipe {
     pub max_val: usize,
     /// Fine-tune / scratch epochs over the K labeled images.
     pub transfer_epochs: usize,
+    /// Also run the `lpft` protocol for every method and scratch: linear
+    /// probe, then fine-tune (the head starts from a logistic regression on
+    /// the frozen features instead of random weights; same epochs, learning
+    /// rate and augmentation as `finetune`).
+    pub lpft: bool,
     /// Fine-tune / scratch batch size.
     pub transfer_batch: usize,
     /// Fine-tune / scratch learning rate.
@@ -157,6 +163,11 @@ pub struct Recipe {
     /// otherwise a preset name (`crop-flip` is the fine-tune default) or a
     /// pipeline, as for `transfer_augment`.
     pub distill_augment: Option<ViewAugment>,
+    /// Which classifier teaches the `distill` student: `finetune`, `lpft`
+    /// (needs `lpft`), or `auto`: `lpft` for pretrained methods when it
+    /// runs, else `finetune` (always `finetune` for scratch, whose random
+    /// features make a poor probe).
+    pub distill_teacher: String,
 }
 
 /// How the two-view methods make their views.
@@ -202,6 +213,7 @@ impl Default for Recipe {
             val_fraction: 0.05,
             max_val: 500,
             transfer_epochs: 60,
+            lpft: true,
             transfer_batch: 32,
             transfer_lr: 1e-3,
             transfer_augment: None,
@@ -229,6 +241,7 @@ impl Default for Recipe {
             distill_temperature: 1.0,
             distill_labeled_share: 0.25,
             distill_augment: None,
+            distill_teacher: "auto".into(),
         }
     }
 }
@@ -295,6 +308,25 @@ impl Recipe {
         })
     }
 
+    /// The protocol whose classifier teaches `method`'s distillation
+    /// student (`finetune` or `lpft`), from `distill_teacher`.
+    pub fn distill_teacher_for(&self, method: &str) -> Result<&'static str> {
+        match self.distill_teacher.as_str() {
+            "finetune" => Ok("finetune"),
+            "lpft" if self.lpft => Ok("lpft"),
+            "lpft" => Err(Error::invalid(
+                "distill_teacher",
+                "\"lpft\" needs the lpft protocol, which this recipe turns off",
+            )),
+            "auto" if self.lpft && method != "scratch" => Ok("lpft"),
+            "auto" => Ok("finetune"),
+            other => Err(Error::invalid(
+                "distill_teacher",
+                format!("unknown teacher {other:?}; available: auto, finetune, lpft"),
+            )),
+        }
+    }
+
     /// The fine-tune / scratch augmentation.
     pub fn transfer_pipeline(&self) -> Result<Pipeline> {
         self.labeled_pipeline(&self.transfer_augment, "transfer_augment")
@@ -330,8 +362,11 @@ impl Recipe {
         }
     }
 
-    fn transfer_config(&self, seed: u64) -> Result<TransferConfig> {
+    /// The `finetune` protocol's settings for `seed` (also those of the
+    /// linear probe and kNN).
+    pub fn transfer_config(&self, seed: u64) -> Result<TransferConfig> {
         Ok(TransferConfig {
+            probe_init: false,
             fit: FitConfig {
                 epochs: self.transfer_epochs,
                 batch_size: self.transfer_batch,
@@ -824,12 +859,14 @@ pub fn embedding_figure(
 }
 
 /// Fine-tunes (from `init`, or from scratch) on the seed's K-shot split and
-/// writes the classifier to `dir`.
+/// writes the classifier to `dir`. With `probe_init` (the `lpft` protocol)
+/// the head starts from a linear probe on the frozen features.
 #[allow(clippy::too_many_arguments)]
 pub fn transfer_stage(
     prep: &Prepared,
     backbone: &BackboneConfig,
     init: Option<&Path>,
+    probe_init: bool,
     recipe: &Recipe,
     k: usize,
     seed: u64,
@@ -843,12 +880,16 @@ pub fn transfer_stage(
         .labels()
         .expect("prepared datasets have labels");
     let sp = split::stratified(labels, k, seed)?;
-    let cfg = recipe.transfer_config(seed)?;
+    let cfg = TransferConfig {
+        probe_init,
+        ..recipe.transfer_config(seed)?
+    };
+    let protocol = if probe_init { "lpft" } else { "finetune" };
     let method = match init {
         Some(d) => ckpt_method(d)?,
         None => "scratch".to_string(),
     };
-    let stage = format!("transfer/{method}");
+    let stage = format!("{protocol}/{method}");
     let cls = finetune::train_classifier(
         &cfg,
         init,
@@ -871,7 +912,7 @@ pub fn transfer_stage(
         "validation_images": cls.validation_images,
     });
     let recipe_json = serde_json::json!({
-        "protocol": "finetune",
+        "protocol": protocol,
         "labels_per_class": k,
         "init": init.map(|p| p.display().to_string()),
         "transfer": cfg,
@@ -1050,6 +1091,7 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
         opts.recipe
             .distill_config(0, prep.pair.train.image_shape())?
             .check()?;
+        opts.recipe.distill_teacher_for("any")?;
     }
     if opts.recipe.transfer_patience.is_some() {
         // Checked here so that a run does not fail after pretraining.
@@ -1177,6 +1219,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                     &prep,
                     &backbone,
                     init.as_deref(),
+                    false,
                     &opts.recipe,
                     k,
                     seed,
@@ -1189,14 +1232,42 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                 let acc = classifier_accuracy(&prep, &cls, &opts.recipe, &opts.device)?;
                 push(&method, "finetune", k, seed, acc, opts.quiet);
                 *times.entry("evaluate").or_default() += t.elapsed().as_secs_f64();
+                let mut teachers = vec![("finetune", cls)];
+                if opts.recipe.lpft {
+                    let t = Instant::now();
+                    let lp = transfer_stage(
+                        &prep,
+                        &backbone,
+                        init.as_deref(),
+                        true,
+                        &opts.recipe,
+                        k,
+                        seed,
+                        &k_dir.join(format!("{method}-lpft")),
+                        &opts.device,
+                        opts.quiet,
+                    )?;
+                    *times.entry("transfer").or_default() += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let acc = classifier_accuracy(&prep, &lp, &opts.recipe, &opts.device)?;
+                    push(&method, "lpft", k, seed, acc, opts.quiet);
+                    *times.entry("evaluate").or_default() += t.elapsed().as_secs_f64();
+                    teachers.push(("lpft", lp));
+                }
                 if opts.recipe.distill_epochs > 0 {
                     let t = Instant::now();
+                    let protocol = opts.recipe.distill_teacher_for(&method)?;
+                    let teacher = &teachers
+                        .iter()
+                        .find(|(p, _)| *p == protocol)
+                        .expect("the teacher's protocol ran")
+                        .1;
                     let student = distill_stage(
                         &prep,
                         &backbone,
                         &method,
-                        &cls,
-                        &k_dir.join(format!("{method}-finetune")),
+                        teacher,
+                        &k_dir.join(format!("{method}-{protocol}")),
                         &opts.recipe,
                         k,
                         seed,

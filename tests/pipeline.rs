@@ -28,6 +28,8 @@ fn tiny_recipe() -> Recipe {
         max_val: 32,
         transfer_epochs: 2,
         transfer_batch: 16,
+        // on by default; the distill test turns it back on
+        lpft: false,
         linear_steps: 20,
         eval_batch: 100,
         ..Recipe::default()
@@ -446,28 +448,37 @@ fn transfer_early_stopping_holds_out_labels_and_keeps_the_best_epoch() {
 }
 
 #[test]
-fn distill_protocol_trains_a_student_for_every_method_on_unlabeled_images() {
+fn lpft_and_distill_protocols_run_for_every_method() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut o = options("fashion-mnist", &out);
+    o.recipe.lpft = true;
     o.recipe.distill_epochs = 2;
     o.recipe.distill_batch = 32;
     o.recipe.distill_augment = Some(selfsup::pipeline::ViewAugment::Preset(
         "simclr-mnist".into(),
     ));
     let report = run(&o).unwrap();
-    // 2 methods x (finetune, distill, linear, knn)
-    assert_eq!(report.results.len(), 8);
+    // 2 methods x (finetune, lpft, distill, linear, knn)
+    assert_eq!(report.results.len(), 10);
     let json = read_json(&out.join("report.json"));
     let rows: Vec<(&str, &str)> = field_values(&json["results"], "method")
         .into_iter()
         .zip(field_values(&json["results"], "protocol"))
         .collect();
-    for m in ["scratch", "rotation"] {
+    // `auto` teachers: LP-FT for the pretrained method, plain fine-tune for
+    // scratch
+    for (m, teacher) in [("scratch", "finetune"), ("rotation", "lpft")] {
         assert!(rows.contains(&(m, "distill")), "{rows:?}");
+        assert!(rows.contains(&(m, "lpft")), "{rows:?}");
+        let lp = read_json(&out.join(format!("seed0/k2/{m}-lpft/config.json")));
+        assert_eq!(lp["recipe"]["protocol"], "lpft");
+        assert_eq!(lp["recipe"]["transfer"]["probe_init"], true);
         let cfg = read_json(&out.join(format!("seed0/k2/{m}-distill/config.json")));
         assert_eq!(cfg["method"], m);
         assert_eq!(cfg["recipe"]["protocol"], "distill");
+        let t = cfg["recipe"]["teacher"].as_str().unwrap();
+        assert!(t.ends_with(&format!("{m}-{teacher}")), "{t}");
         assert_eq!(cfg["head_outputs"], 10);
         // the 400 training images less this seed's 2 x 10 labeled ones,
         // capped at the recipe's 128 unlabeled images
@@ -492,5 +503,13 @@ fn distill_protocol_trains_a_student_for_every_method_on_unlabeled_images() {
     o.recipe.distill_temperature = -1.0;
     let e = run(&o).unwrap_err().to_string();
     assert!(e.contains("distill_temperature"), "{e}");
+    // So is an LP-FT teacher without the lpft protocol, or an unknown one.
+    o.recipe.distill_temperature = 1.0;
+    o.recipe.distill_teacher = "lpft".into();
+    let e = run(&o).unwrap_err().to_string();
+    assert!(e.contains("distill_teacher") && e.contains("lpft"), "{e}");
+    o.recipe.distill_teacher = "oracle".into();
+    let e = run(&o).unwrap_err().to_string();
+    assert!(e.contains("distill_teacher") && e.contains("oracle"), "{e}");
     assert!(!dir.path().join("bad").exists());
 }

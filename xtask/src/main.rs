@@ -241,6 +241,15 @@ struct Common {
     /// simclr-cifar, simclr-mnist or none.
     #[arg(long)]
     distill_augment: Option<String>,
+    /// Which classifier teaches the distillation student: auto (the `lpft`
+    /// one for pretrained methods, the fine-tuned one for scratch),
+    /// finetune or lpft.
+    #[arg(long)]
+    distill_teacher: Option<String>,
+    /// Pipeline: skip the `lpft` protocol (linear probe, then fine-tune),
+    /// which runs by default for every method and scratch.
+    #[arg(long)]
+    no_lpft: bool,
 }
 
 #[derive(Args)]
@@ -310,6 +319,10 @@ struct TransferArgs {
     /// Seed of the split and the training.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// LP-FT: start the head from a linear probe on the frozen features
+    /// (the pipeline's `lpft` protocol) instead of random weights.
+    #[arg(long)]
+    lpft: bool,
     /// Stage directory to write.
     #[arg(long, default_value = "models/manual/transfer")]
     out: PathBuf,
@@ -741,6 +754,13 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
         r.distill_augment = Some(pipeline::ViewAugment::Preset(a.clone()));
         r.distill_pipeline(1, 28)?;
     }
+    if c.no_lpft {
+        r.lpft = false;
+    }
+    if let Some(t) = &c.distill_teacher {
+        r.distill_teacher = t.clone();
+        r.distill_teacher_for("any")?;
+    }
     Ok(r)
 }
 
@@ -963,6 +983,7 @@ fn run_transfer(a: TransferArgs) -> Result<()> {
         &prep,
         &backbone,
         init.as_deref(),
+        a.lpft,
         &r,
         a.labels_per_class,
         a.seed,

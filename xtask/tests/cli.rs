@@ -32,7 +32,30 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 10] = [
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--distill-teacher",
+                "oracle",
+                "--out",
+                o,
+            ],
+            &["distill_teacher", "oracle", "auto, finetune, lpft"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--no-lpft",
+                "--distill-teacher",
+                "lpft",
+                "--out",
+                o,
+            ],
+            &["distill_teacher", "lpft protocol"],
+        ),
         (
             &[
                 "pipeline",

@@ -38,6 +38,13 @@ pub struct TransferConfig {
     pub fit: FitConfig,
     /// Augmentation for fine-tune and scratch.
     pub augment: Pipeline,
+    /// LP-FT (Kumar et al., 2022, "Fine-tuning can distort pretrained
+    /// features"): before fine-tuning, fit the head as a linear probe
+    /// ([`fit_linear_head`]) on the frozen encoder's features of the
+    /// training images, so the first steps do not bend good features to
+    /// fit a random head. Off: the head starts from seeded random weights.
+    #[serde(default)]
+    pub probe_init: bool,
     /// Fraction of each class's labeled images held out for early stopping
     /// (used only with `fit.patience`).
     #[serde(default = "default_val_fraction")]
@@ -203,7 +210,7 @@ pub fn train_classifier(
     stage: &str,
 ) -> Result<Classifier> {
     let seed = cfg.fit.seed;
-    let (map, backbone) = match init {
+    let (mut map, backbone) = match init {
         Some(dir) => {
             let enc = checkpoint::load(dir, seed, device)?;
             if &enc.config.backbone != backbone_cfg {
@@ -243,6 +250,20 @@ pub fn train_classifier(
     } else {
         (labeled.to_vec(), Vec::new())
     };
+    if cfg.probe_init {
+        let x = extract_features(
+            backbone.as_ref(),
+            train,
+            &fit_idx,
+            norm,
+            cfg.eval_batch,
+            device,
+        )?;
+        let y: Vec<u32> = fit_idx.iter().map(|&i| labels[i]).collect();
+        let (w, b) = fit_linear_head(cfg, &x, &y, classes)?;
+        map.set_one(format!("{HEAD_PREFIX}.weight"), w)?;
+        map.set_one(format!("{HEAD_PREFIX}.bias"), b)?;
+    }
     // Early stopping monitors the held-out error rate, ties broken by the
     // cross-entropy: on a few dozen images the loss alone prefers a timid,
     // barely trained model over a confident one that classifies better.
@@ -513,12 +534,28 @@ pub fn linear_probe(
     test_x: &Tensor,
     classes: usize,
 ) -> Result<Vec<u32>> {
+    let (w, b) = fit_linear_head(cfg, train_x, train_y, classes)?;
+    Ok(test_x
+        .matmul(&w.t()?)?
+        .broadcast_add(&b)?
+        .argmax(D::Minus1)?
+        .to_vec1::<u32>()?)
+}
+
+/// Logistic regression on frozen features, as weight (C, D) and bias (C)
+/// acting on the raw features (the standardisation folded in).
+pub fn fit_linear_head(
+    cfg: &TransferConfig,
+    train_x: &Tensor,
+    train_y: &[u32],
+    classes: usize,
+) -> Result<(Tensor, Tensor)> {
     let device = train_x.device();
     let (mean, std) = standardiser(train_x)?;
     let norm = |x: &Tensor| -> Result<Tensor> {
         Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?.detach())
     };
-    let (tx, vx) = (norm(train_x)?, norm(test_x)?);
+    let tx = norm(train_x)?;
     let map = VarMap::new();
     let head = candle_nn::linear(
         tx.dim(1)?,
@@ -551,7 +588,9 @@ pub fn linear_probe(
         },
         None,
     )?;
-    Ok(head.forward(&vx)?.argmax(D::Minus1)?.to_vec1::<u32>()?)
+    let w = head.weight().broadcast_div(&std)?;
+    let b = (head.bias().expect("linear has a bias") - w.matmul(&mean.t()?)?.squeeze(1)?)?;
+    Ok((w.detach(), b.detach()))
 }
 
 fn l2_normalise(x: &Tensor) -> Result<Tensor> {
@@ -709,6 +748,7 @@ mod tests {
                 drop_last: false,
             },
             augment: Pipeline::default(),
+            probe_init: false,
             val_fraction: 0.1,
             linear_steps: 100,
             linear_lr: 0.05,
@@ -816,6 +856,71 @@ mod tests {
             vec!["top".into(), "bottom".into()],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn linear_head_folds_the_standardisation_into_its_weights() {
+        // Blobs far from the origin at a large scale: a head applied to the
+        // raw features is right only if the training statistics are folded
+        // into it.
+        let (tr, ty) = blobs(6, 0.0);
+        let far = ((tr * 50.0).unwrap() + 1000.0).unwrap();
+        let (w, b) = fit_linear_head(&cfg(), &far, &ty, 3).unwrap();
+        assert_eq!(w.dims(), &[3, 4]);
+        assert_eq!(b.dims(), &[3]);
+        let pred: Vec<u32> = far
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .argmax(D::Minus1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(pred, ty);
+        assert_eq!(linear_probe(&cfg(), &far, &ty, &far, 3).unwrap(), ty);
+    }
+
+    #[test]
+    fn probe_init_starts_the_head_from_the_linear_probe() {
+        let dev = Device::Cpu;
+        let ds = halves(32);
+        let all: Vec<usize> = (0..32).collect();
+        let norm = batch::fit_normalization(&ds, &all);
+        let bb = BackboneConfig::ConvNet {
+            in_channels: 1,
+            widths: vec![4, 8],
+            convs_per_stage: 1,
+        };
+        let labeled: Vec<usize> = (0..12).collect();
+        let mut c = cfg();
+        c.fit.lr = 0.0; // nothing moves: the head is what initialisation left
+        c.probe_init = true;
+        let cls = train_classifier(&c, None, &bb, &ds, &labeled, &norm, &dev, true, "p").unwrap();
+        // The same seeded backbone, probed by hand.
+        let map = VarMap::new();
+        let b0 = bb
+            .build(params::seeded_var_builder(&map, c.fit.seed, &dev).pp(BACKBONE_PREFIX))
+            .unwrap();
+        let x = extract_features(b0.as_ref(), &ds, &labeled, &norm, 64, &dev).unwrap();
+        let y: Vec<u32> = labeled.iter().map(|&i| ds.labels().unwrap()[i]).collect();
+        let (w, b) = fit_linear_head(&c, &x, &y, 2).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(diff(cls.head.weight(), &w) < 1e-5);
+        assert!(diff(cls.head.bias().unwrap(), &b) < 1e-5);
+        // Without it the head keeps its random initialisation.
+        c.probe_init = false;
+        let plain = train_classifier(&c, None, &bb, &ds, &labeled, &norm, &dev, true, "f").unwrap();
+        assert!(diff(plain.head.weight(), &w) > 1e-2);
     }
 
     #[test]
