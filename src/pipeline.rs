@@ -1213,46 +1213,35 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                     .iter()
                     .map(|m| (m.clone(), Some(pretrain_dir(seed, m)))),
             );
+            // `finetune`, then (unless turned off) `lpft`: the same
+            // fine-tune with the head started from a linear probe.
+            let protocols: &[(&str, bool)] = if opts.recipe.lpft {
+                &[("finetune", false), ("lpft", true)]
+            } else {
+                &[("finetune", false)]
+            };
             for (method, init) in inits {
-                let t = Instant::now();
-                let cls = transfer_stage(
-                    &prep,
-                    &backbone,
-                    init.as_deref(),
-                    false,
-                    &opts.recipe,
-                    k,
-                    seed,
-                    &k_dir.join(format!("{method}-finetune")),
-                    &opts.device,
-                    opts.quiet,
-                )?;
-                *times.entry("transfer").or_default() += t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let acc = classifier_accuracy(&prep, &cls, &opts.recipe, &opts.device)?;
-                push(&method, "finetune", k, seed, acc, opts.quiet);
-                *times.entry("evaluate").or_default() += t.elapsed().as_secs_f64();
-                let mut teachers = vec![("finetune", cls)];
-                if opts.recipe.lpft {
+                let mut teachers = Vec::new();
+                for &(protocol, probe_init) in protocols {
                     let t = Instant::now();
-                    let lp = transfer_stage(
+                    let cls = transfer_stage(
                         &prep,
                         &backbone,
                         init.as_deref(),
-                        true,
+                        probe_init,
                         &opts.recipe,
                         k,
                         seed,
-                        &k_dir.join(format!("{method}-lpft")),
+                        &k_dir.join(format!("{method}-{protocol}")),
                         &opts.device,
                         opts.quiet,
                     )?;
                     *times.entry("transfer").or_default() += t.elapsed().as_secs_f64();
                     let t = Instant::now();
-                    let acc = classifier_accuracy(&prep, &lp, &opts.recipe, &opts.device)?;
-                    push(&method, "lpft", k, seed, acc, opts.quiet);
+                    let acc = classifier_accuracy(&prep, &cls, &opts.recipe, &opts.device)?;
+                    push(&method, protocol, k, seed, acc, opts.quiet);
                     *times.entry("evaluate").or_default() += t.elapsed().as_secs_f64();
-                    teachers.push(("lpft", lp));
+                    teachers.push((protocol, cls));
                 }
                 if opts.recipe.distill_epochs > 0 {
                     let t = Instant::now();
