@@ -535,9 +535,8 @@ pub fn linear_probe(
     classes: usize,
 ) -> Result<Vec<u32>> {
     let (w, b) = fit_linear_head(cfg, train_x, train_y, classes)?;
-    Ok(test_x
-        .matmul(&w.t()?)?
-        .broadcast_add(&b)?
+    Ok(Linear::new(w, Some(b))
+        .forward(test_x)?
         .argmax(D::Minus1)?
         .to_vec1::<u32>()?)
 }
@@ -858,6 +857,19 @@ mod tests {
         .unwrap()
     }
 
+    /// `halves(n)`, its normalisation over every image, and a tiny ConvNet.
+    fn tiny_task(n: usize) -> (Dataset, Normalization, BackboneConfig) {
+        let ds = halves(n);
+        let all: Vec<usize> = (0..n).collect();
+        let norm = batch::fit_normalization(&ds, &all);
+        let bb = BackboneConfig::ConvNet {
+            in_channels: 1,
+            widths: vec![4, 8],
+            convs_per_stage: 1,
+        };
+        (ds, norm, bb)
+    }
+
     #[test]
     fn linear_head_folds_the_standardisation_into_its_weights() {
         // Blobs far from the origin at a large scale: a head applied to the
@@ -884,14 +896,7 @@ mod tests {
     #[test]
     fn probe_init_starts_the_head_from_the_linear_probe() {
         let dev = Device::Cpu;
-        let ds = halves(32);
-        let all: Vec<usize> = (0..32).collect();
-        let norm = batch::fit_normalization(&ds, &all);
-        let bb = BackboneConfig::ConvNet {
-            in_channels: 1,
-            widths: vec![4, 8],
-            convs_per_stage: 1,
-        };
+        let (ds, norm, bb) = tiny_task(32);
         let labeled: Vec<usize> = (0..12).collect();
         let mut c = cfg();
         c.fit.lr = 0.0; // nothing moves: the head is what initialisation left
@@ -905,16 +910,7 @@ mod tests {
         let x = extract_features(b0.as_ref(), &ds, &labeled, &norm, 64, &dev).unwrap();
         let y: Vec<u32> = labeled.iter().map(|&i| ds.labels().unwrap()[i]).collect();
         let (w, b) = fit_linear_head(&c, &x, &y, 2).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
+        let diff = |a: &Tensor, b: &Tensor| params::max_abs_diff(a, b).unwrap();
         assert!(diff(cls.head.weight(), &w) < 1e-5);
         assert!(diff(cls.head.bias().unwrap(), &b) < 1e-5);
         // Without it the head keeps its random initialisation.
@@ -926,14 +922,7 @@ mod tests {
     #[test]
     fn distill_trains_the_student_towards_the_teacher() {
         let dev = Device::Cpu;
-        let ds = halves(64);
-        let all: Vec<usize> = (0..64).collect();
-        let norm = batch::fit_normalization(&ds, &all);
-        let bb = BackboneConfig::ConvNet {
-            in_channels: 1,
-            widths: vec![4, 8],
-            convs_per_stage: 1,
-        };
+        let (ds, norm, bb) = tiny_task(64);
         let labeled: Vec<usize> = (0..8).collect();
         let mut tcfg = cfg();
         tcfg.fit.epochs = 30;
@@ -994,17 +983,12 @@ mod tests {
     #[test]
     fn reestimating_batchnorm_makes_eval_mode_match_batch_statistics() {
         let dev = Device::Cpu;
-        let ds = halves(32);
+        let (ds, norm, bb_cfg) = tiny_task(32);
         let all: Vec<usize> = (0..32).collect();
-        let norm = batch::fit_normalization(&ds, &all);
         let map = VarMap::new();
-        let bb = BackboneConfig::ConvNet {
-            in_channels: 1,
-            widths: vec![4, 8],
-            convs_per_stage: 1,
-        }
-        .build(params::seeded_var_builder(&map, 0, &dev))
-        .unwrap();
+        let bb = bb_cfg
+            .build(params::seeded_var_builder(&map, 0, &dev))
+            .unwrap();
         let x = batch::gather(&ds, &all, &norm, &dev).unwrap();
         let train_mode = bb.forward_t(&x, true).unwrap().detach();
         let before = bb.forward_t(&x, false).unwrap();
