@@ -308,9 +308,11 @@ impl Recipe {
         })
     }
 
-    /// The protocol whose classifier teaches `method`'s distillation
-    /// student (`finetune` or `lpft`), from `distill_teacher`.
-    pub fn distill_teacher_for(&self, method: &str) -> Result<&'static str> {
+    /// The protocol whose classifier teaches a distillation student
+    /// (`finetune` or `lpft`), from `distill_teacher`; `pretrained` is
+    /// false for scratch. Checking a recipe asks for a pretrained method,
+    /// the case with the most to check.
+    pub fn distill_teacher_for(&self, pretrained: bool) -> Result<&'static str> {
         match self.distill_teacher.as_str() {
             "finetune" => Ok("finetune"),
             "lpft" if self.lpft => Ok("lpft"),
@@ -318,7 +320,7 @@ impl Recipe {
                 "distill_teacher",
                 "\"lpft\" needs the lpft protocol, which this recipe turns off",
             )),
-            "auto" if self.lpft && method != "scratch" => Ok("lpft"),
+            "auto" if self.lpft && pretrained => Ok("lpft"),
             "auto" => Ok("finetune"),
             other => Err(Error::invalid(
                 "distill_teacher",
@@ -1091,7 +1093,7 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
         opts.recipe
             .distill_config(0, prep.pair.train.image_shape())?
             .check()?;
-        opts.recipe.distill_teacher_for("any")?;
+        opts.recipe.distill_teacher_for(true)?;
     }
     if opts.recipe.transfer_patience.is_some() {
         // Checked here so that a run does not fail after pretraining.
@@ -1245,7 +1247,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                 }
                 if opts.recipe.distill_epochs > 0 {
                     let t = Instant::now();
-                    let protocol = opts.recipe.distill_teacher_for(&method)?;
+                    let protocol = opts.recipe.distill_teacher_for(init.is_some())?;
                     let teacher = &teachers
                         .iter()
                         .find(|(p, _)| *p == protocol)

@@ -759,7 +759,7 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
     }
     if let Some(t) = &c.distill_teacher {
         r.distill_teacher = t.clone();
-        r.distill_teacher_for("any")?;
+        r.distill_teacher_for(true)?;
     }
     Ok(r)
 }
