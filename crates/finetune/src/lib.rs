@@ -494,6 +494,194 @@ pub fn distill(
     Ok((Classifier { report, ..student }, pseudo))
 }
 
+/// Settings of [`fixmatch`]: semi-supervised fine-tuning in which the model
+/// labels the unlabeled images itself, online (Sohn et al. 2020, FixMatch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixMatchConfig {
+    /// Optimisation; `epochs` count passes over the unlabeled images and
+    /// `batch_size` is the number of unlabeled images per step.
+    pub fit: FitConfig,
+    /// Labeled images per step (drawn with replacement, weakly augmented).
+    pub labeled_batch: usize,
+    /// Weak augmentation: labeled images and the views that are labeled.
+    pub weak: Pipeline,
+    /// Strong augmentation: the views that learn from those labels.
+    pub strong: Pipeline,
+    /// Least confidence (top softmax probability on the weak view) for an
+    /// unlabeled image to count in a step.
+    pub threshold: f64,
+    /// Weight of the unlabeled loss against the labeled cross-entropy.
+    pub unlabeled_weight: f64,
+    /// Batch size of the BatchNorm re-estimation after training.
+    pub eval_batch: usize,
+}
+
+impl FixMatchConfig {
+    /// Fails on a threshold outside [0, 1], a negative or non-finite
+    /// weight, or an empty labeled batch.
+    pub fn check(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(Error::invalid(
+                "fixmatch_threshold",
+                format!("must lie in [0, 1], got {}", self.threshold),
+            ));
+        }
+        if !(self.unlabeled_weight >= 0.0 && self.unlabeled_weight.is_finite()) {
+            return Err(Error::invalid(
+                "fixmatch_unlabeled_weight",
+                format!("must be a number >= 0, got {}", self.unlabeled_weight),
+            ));
+        }
+        if self.labeled_batch == 0 {
+            return Err(Error::invalid(
+                "fixmatch_labeled_batch",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What [`fixmatch`] measured besides the losses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FixMatchStats {
+    /// Share of unlabeled images over the threshold, per epoch.
+    pub mask_rate: Vec<f64>,
+}
+
+/// FixMatch-style semi-supervised training of `student` (usually a
+/// fine-tuned classifier): every step takes `cfg.fit.batch_size` unlabeled
+/// images and `cfg.labeled_batch` labeled ones; the model's own prediction
+/// on a weak view of each unlabeled image becomes its hard label where the
+/// model is at least `cfg.threshold` confident, and a strong view of it is
+/// trained towards that label. Loss: cross-entropy on the labeled images +
+/// `cfg.unlabeled_weight` x the masked cross-entropy on the strong views
+/// (averaged over all unlabeled images of the step). The three parts go
+/// through the network as one batch, so BatchNorm sees them together.
+/// Labeled images found in `unlabeled` are dropped from it; the images'
+/// labels in `train` are read only for `labeled`. BatchNorm averages are
+/// re-estimated on the clean unlabeled images at the end.
+#[allow(clippy::too_many_arguments)]
+pub fn fixmatch(
+    cfg: &FixMatchConfig,
+    student: Classifier,
+    train: &Dataset,
+    labeled: &[usize],
+    unlabeled: &[usize],
+    norm: &Normalization,
+    device: &Device,
+    quiet: bool,
+    stage: &str,
+) -> Result<(Classifier, FixMatchStats)> {
+    use rand::Rng as _;
+    cfg.check()?;
+    let labels = train.labels().ok_or_else(|| {
+        Error::invalid(
+            "dataset",
+            "semi-supervised training needs the labeled images' labels",
+        )
+    })?;
+    if labeled.is_empty() {
+        return Err(Error::invalid(stage, "no labeled images"));
+    }
+    let is_labeled: std::collections::HashSet<usize> = labeled.iter().copied().collect();
+    let unlabeled: Vec<usize> = unlabeled
+        .iter()
+        .copied()
+        .filter(|i| !is_labeled.contains(i))
+        .collect();
+    if unlabeled.is_empty() {
+        return Err(Error::invalid(stage, "no unlabeled images to learn from"));
+    }
+    let shape = train.image_shape();
+    let seed = cfg.fit.seed;
+    let vars = params::trainable_vars(&student.map)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let (backbone, head) = (&student.backbone, &student.head);
+    let per_epoch = unlabeled.len().div_ceil(cfg.fit.batch_size);
+    let (mut masked, mut seen) = (vec![0.0f64; cfg.fit.epochs], vec![0.0f64; cfg.fit.epochs]);
+    let report = fit_prefetched(
+        &cfg.fit,
+        stage,
+        unlabeled.len(),
+        vars,
+        &student.map,
+        quiet,
+        |items, step| {
+            let mut r = rng::stream_at(seed, "fixmatch-labeled", step);
+            let lab: Vec<usize> = (0..cfg.labeled_batch)
+                .map(|_| labeled[r.random_range(0..labeled.len())])
+                .collect();
+            let y: Vec<u32> = lab.iter().map(|&i| labels[i]).collect();
+            let xl = apply_batch(&cfg.weak, &train.pixels_of(&lab), shape, seed, step);
+            let idx: Vec<usize> = items.iter().map(|&i| unlabeled[i]).collect();
+            let px = train.pixels_of(&idx);
+            let weak = apply_batch(
+                &cfg.weak,
+                &px,
+                shape,
+                rng::derive_seed(seed, "weak", 0),
+                step,
+            );
+            let strong = apply_batch(
+                &cfg.strong,
+                &px,
+                shape,
+                rng::derive_seed(seed, "strong", 0),
+                step,
+            );
+            Ok((xl, y, weak, strong))
+        },
+        |(xl, y, weak, strong): (Vec<u8>, Vec<u32>, Vec<u8>, Vec<u8>), step| {
+            let (nl, nu) = (y.len(), weak.len() / (shape.0 * shape.1 * shape.2));
+            let x = Tensor::cat(
+                &[
+                    batch::to_tensor(&xl, shape, norm, device)?,
+                    batch::to_tensor(&weak, shape, norm, device)?,
+                    batch::to_tensor(&strong, shape, norm, device)?,
+                ],
+                0,
+            )?;
+            let logits = head.forward(&backbone.forward_t(&x, true)?)?;
+            let y = Tensor::new(y.as_slice(), device)?;
+            let sup = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, nl)?, &y)?;
+            let probs = candle_nn::ops::softmax(&logits.narrow(0, nl, nu)?.detach(), D::Minus1)?;
+            let conf = probs.max(D::Minus1)?;
+            let pseudo = probs.argmax(D::Minus1)?;
+            let mask = conf.ge(cfg.threshold)?.to_dtype(DType::F32)?;
+            let log_p = candle_nn::ops::log_softmax(&logits.narrow(0, nl + nu, nu)?, D::Minus1)?;
+            let nll = log_p.gather(&pseudo.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+            let unsup = ((nll * &mask)?.sum_all()? / nu as f64)?;
+            let epoch = (step as usize / per_epoch).min(cfg.fit.epochs - 1);
+            masked[epoch] += f64::from(mask.sum_all()?.to_scalar::<f32>()?);
+            seen[epoch] += nu as f64;
+            let loss = (sup + (unsup * cfg.unlabeled_weight)?)?;
+            Ok((loss, nl + 2 * nu))
+        },
+        None,
+    )?;
+    reestimate_batchnorm(
+        backbone.as_ref(),
+        train,
+        &unlabeled,
+        norm,
+        cfg.eval_batch,
+        device,
+    )?;
+    let mask_rate = masked
+        .iter()
+        .zip(&seen)
+        .take(report.epochs_run)
+        .map(|(m, n)| m / n.max(1.0))
+        .collect();
+    Ok((
+        Classifier { report, ..student },
+        FixMatchStats { mask_rate },
+    ))
+}
+
 /// Runs the images at `indices` (no augmentation) through `backbone` in
 /// training mode without an optimiser step, once, so that its BatchNorm
 /// running averages move to those images' statistics; the weights do not
@@ -978,6 +1166,91 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("distill_temperature"), "{e}");
+    }
+
+    #[test]
+    fn fixmatch_masks_by_confidence_learns_the_task_and_checks_its_settings() {
+        let dev = Device::Cpu;
+        let (ds, norm, bb) = tiny_task(64);
+        let labeled: Vec<usize> = (0..8).collect();
+        // a barely trained start: near-uniform predictions
+        let mut tcfg = cfg();
+        tcfg.fit.epochs = 1;
+        tcfg.fit.lr = 1e-5;
+        let start =
+            || train_classifier(&tcfg, None, &bb, &ds, &labeled, &norm, &dev, true, "s").unwrap();
+        let fcfg = FixMatchConfig {
+            fit: FitConfig {
+                epochs: 8,
+                batch_size: 16,
+                lr: 1e-2,
+                ..cfg().fit
+            },
+            labeled_batch: 8,
+            weak: Pipeline::default(),
+            strong: Pipeline::default(),
+            threshold: 0.0,
+            unlabeled_weight: 1.0,
+            eval_batch: 32,
+        };
+        // the pool overlaps the labeled images: they are dropped from it
+        let pool: Vec<usize> = (4..64).collect();
+        let unl: Vec<usize> = (8..64).collect();
+        let fm = |c: &FixMatchConfig| {
+            fixmatch(c, start(), &ds, &labeled, &pool, &norm, &dev, true, "fm").unwrap()
+        };
+        // Threshold 0: every unlabeled image counts in every epoch.
+        let (_, stats) = fm(&fcfg);
+        assert_eq!(stats.mask_rate, vec![1.0; 8]);
+        // Threshold 1: a near-uniform start is never that sure, so the
+        // first epoch's unlabeled images all fall under it.
+        let (_, stats) = fm(&FixMatchConfig {
+            threshold: 1.0,
+            ..fcfg.clone()
+        });
+        assert_eq!(stats.mask_rate[0], 0.0, "{:?}", stats.mask_rate);
+        assert!(stats.mask_rate.iter().all(|m| (0.0..=1.0).contains(m)));
+        // The usual threshold: the labeled images teach the task, and the
+        // unlabeled ones join as the model grows sure of them.
+        let (student, stats) = fm(&FixMatchConfig {
+            threshold: 0.95,
+            ..fcfg.clone()
+        });
+        assert_eq!(student.report.train_loss.len(), 8);
+        assert!(
+            stats.mask_rate[7] > stats.mask_rate[0],
+            "{:?}",
+            stats.mask_rate
+        );
+        let truth = ds.labels().unwrap();
+        let p = student.predict(&ds, &unl, &norm, 32, &dev).unwrap();
+        let right = p.iter().zip(&unl).filter(|(p, &i)| **p == truth[i]).count();
+        assert!(right >= 50, "{right}/56 right");
+
+        let bad = |c: FixMatchConfig, pool: &[usize]| {
+            fixmatch(&c, start(), &ds, &labeled, pool, &norm, &dev, true, "fm")
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let e = bad(
+            FixMatchConfig {
+                threshold: 1.5,
+                ..fcfg.clone()
+            },
+            &pool,
+        );
+        assert!(e.contains("fixmatch_threshold"), "{e}");
+        let e = bad(
+            FixMatchConfig {
+                labeled_batch: 0,
+                ..fcfg.clone()
+            },
+            &pool,
+        );
+        assert!(e.contains("fixmatch_labeled_batch"), "{e}");
+        let e = bad(fcfg.clone(), &labeled);
+        assert!(e.contains("no unlabeled images"), "{e}");
     }
 
     #[test]
