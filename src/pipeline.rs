@@ -11,6 +11,7 @@
 //! seed<s>/k<K>/<method>-finetune/{model.safetensors, config.json}
 //! seed<s>/k<K>/<method>-lpft/{model.safetensors, config.json}      (unless lpft is off)
 //! seed<s>/k<K>/<method>-distill/{model.safetensors, config.json}   (with distill_epochs > 0)
+//! seed<s>/k<K>/<method>-fixmatch/{model.safetensors, config.json}  (with fixmatch_epochs > 0)
 //! ```
 //!
 //! Label hygiene: the only labels read before the final evaluation are the
@@ -20,7 +21,9 @@
 //! set is touched only to compute the reported accuracies. The `distill`
 //! protocol trains on the teacher's labels of the unlabeled images; their
 //! true labels are read only afterwards, to report how often the teacher
-//! was right (`pseudo_label_accuracy` in the stage's config.json).
+//! was right (`pseudo_label_accuracy` in the stage's config.json). The
+//! `fixmatch` protocol labels them with the model's own predictions and
+//! never reads their true labels.
 
 use crate::augment::{CropFlip, Pipeline};
 use crate::backbones::checkpoint::{self as ckpt, StageConfig};
@@ -30,7 +33,7 @@ use crate::core::report::{Figure, PretrainSummary, Report, ResultRow, StageTime}
 use crate::core::train::FitConfig;
 use crate::core::{fsutil, metrics, rng, Error, Normalization, Result};
 use crate::data::{batch, split, Dataset, DatasetPair};
-use crate::finetune::{self, DistillConfig, TransferConfig};
+use crate::finetune::{self, DistillConfig, FixMatchConfig, TransferConfig};
 use crate::methods;
 use crate::pretext::{self, PretrainConfig};
 use candle_core::Device;
@@ -168,6 +171,30 @@ pub struct Recipe {
     /// runs, else `finetune` (always `finetune` for scratch, whose random
     /// features make a poor probe).
     pub distill_teacher: String,
+    /// Epochs (passes over the unlabeled images) of the `fixmatch`
+    /// protocol (0 = off): semi-supervised training in which the classifier
+    /// labels weak views of the unlabeled images itself, online, and learns
+    /// strong views of the confident ones (Sohn et al. 2020). Scratch gets
+    /// the same treatment.
+    pub fixmatch_epochs: usize,
+    /// Unlabeled images per `fixmatch` step.
+    pub fixmatch_batch: usize,
+    /// Labeled images per `fixmatch` step (drawn with replacement).
+    pub fixmatch_labeled_batch: usize,
+    /// `fixmatch` peak learning rate.
+    pub fixmatch_lr: f64,
+    /// Least confidence for an unlabeled image's own prediction to become
+    /// its label in a step.
+    pub fixmatch_threshold: f64,
+    /// Weight of the unlabeled loss.
+    pub fixmatch_unlabeled_weight: f64,
+    /// The strong augmentation: `None` uses the SimCLR view preset for the
+    /// image size; otherwise as `distill_augment`. The weak one is the
+    /// fine-tune's (`transfer_augment`).
+    pub fixmatch_augment: Option<ViewAugment>,
+    /// Which classifier `fixmatch` starts from: `finetune`, `lpft` or
+    /// `auto`, chosen as for `distill_teacher`.
+    pub fixmatch_init: String,
 }
 
 /// How the two-view methods make their views.
@@ -242,6 +269,14 @@ impl Default for Recipe {
             distill_labeled_share: 0.25,
             distill_augment: None,
             distill_teacher: "auto".into(),
+            fixmatch_epochs: 0,
+            fixmatch_batch: 128,
+            fixmatch_labeled_batch: 32,
+            fixmatch_lr: 1e-3,
+            fixmatch_threshold: 0.95,
+            fixmatch_unlabeled_weight: 1.0,
+            fixmatch_augment: None,
+            fixmatch_init: "auto".into(),
         }
     }
 }
@@ -313,18 +348,28 @@ impl Recipe {
     /// false for scratch. Checking a recipe asks for a pretrained method,
     /// the case with the most to check.
     pub fn distill_teacher_for(&self, pretrained: bool) -> Result<&'static str> {
-        match self.distill_teacher.as_str() {
+        self.start_protocol(&self.distill_teacher, "distill_teacher", pretrained)
+    }
+
+    /// The protocol whose classifier `fixmatch` starts from, from
+    /// `fixmatch_init`, as [`Recipe::distill_teacher_for`].
+    pub fn fixmatch_init_for(&self, pretrained: bool) -> Result<&'static str> {
+        self.start_protocol(&self.fixmatch_init, "fixmatch_init", pretrained)
+    }
+
+    fn start_protocol(&self, choice: &str, field: &str, pretrained: bool) -> Result<&'static str> {
+        match choice {
             "finetune" => Ok("finetune"),
             "lpft" if self.lpft => Ok("lpft"),
             "lpft" => Err(Error::invalid(
-                "distill_teacher",
+                field,
                 "\"lpft\" needs the lpft protocol, which this recipe turns off",
             )),
             "auto" if self.lpft && pretrained => Ok("lpft"),
             "auto" => Ok("finetune"),
             other => Err(Error::invalid(
-                "distill_teacher",
-                format!("unknown teacher {other:?}; available: auto, finetune, lpft"),
+                field,
+                format!("unknown choice {other:?}; available: auto, finetune, lpft"),
             )),
         }
     }
@@ -409,6 +454,37 @@ impl Recipe {
             eval_batch: self.eval_batch,
         })
     }
+
+    /// The `fixmatch` protocol's settings for `seed` and images of `shape`
+    /// (C, H, W).
+    pub fn fixmatch_config(
+        &self,
+        seed: u64,
+        shape: (usize, usize, usize),
+    ) -> Result<FixMatchConfig> {
+        let strong = match &self.fixmatch_augment {
+            None => Pipeline::simclr_for(shape.0, shape.1),
+            some => self.labeled_pipeline(some, "fixmatch_augment")?,
+        };
+        Ok(FixMatchConfig {
+            fit: FitConfig {
+                epochs: self.fixmatch_epochs,
+                batch_size: self.fixmatch_batch,
+                lr: self.fixmatch_lr,
+                weight_decay: self.weight_decay,
+                warmup_fraction: 0.05,
+                patience: None,
+                seed,
+                drop_last: false,
+            },
+            labeled_batch: self.fixmatch_labeled_batch,
+            weak: self.transfer_pipeline()?,
+            strong,
+            threshold: self.fixmatch_threshold,
+            unlabeled_weight: self.fixmatch_unlabeled_weight,
+            eval_batch: self.eval_batch,
+        })
+    }
 }
 
 /// What to run.
@@ -436,6 +512,10 @@ pub struct PipelineOptions {
     pub max_train: Option<usize>,
     /// Use only the first N test images (tests, quick looks).
     pub max_test: Option<usize>,
+    /// Reuse each finished pretraining stage found in `out` whose settings
+    /// match ([`reuse_pretraining`]) instead of training it again;
+    /// transfer and evaluation always run.
+    pub resume: bool,
 }
 
 /// A loaded dataset with its normalisation (fitted on training pixels, no
@@ -739,24 +819,17 @@ pub fn pretrain_stage(
         "knn_monitor": pre.monitor,
         "step_loss": pre.report.step_loss,
     });
-    let recipe_json = serde_json::json!({
-        "pretrain": cfg,
-        "labels_excluded_per_class": max_k,
-        "labels_excluded_for_seeds": exclude_seeds,
-    });
-    let mut sc = stage_config(
-        "pretrain",
-        method,
-        backbone,
+    let sc = pretrain_stage_config(
         prep,
+        backbone,
+        method,
+        &cfg,
+        max_k,
+        exclude_seeds,
         seed,
         Some(pre.objective.head_outputs()),
-        recipe_json,
         metrics,
     );
-    if let Some(all) = &prep.all_classes {
-        sc.dataset = all.name.clone();
-    }
     ckpt::save(dir, &pre.map, &sc)?;
     if !quiet {
         eprintln!(
@@ -776,9 +849,159 @@ pub fn pretrain_stage(
             images_per_s: pre.report.images_per_s,
             val_loss: pre.val_loss,
             knn_monitor: pre.monitor.last().copied(),
+            reused: false,
         },
         history: pre.report,
     })
+}
+
+/// The config.json of a pretraining stage (`metrics` aside, everything
+/// that decides its weights).
+#[allow(clippy::too_many_arguments)]
+fn pretrain_stage_config(
+    prep: &Prepared,
+    backbone: &BackboneConfig,
+    method: &str,
+    cfg: &PretrainConfig,
+    max_k: usize,
+    exclude_seeds: &[u64],
+    seed: u64,
+    head_outputs: Option<usize>,
+    metrics: serde_json::Value,
+) -> StageConfig {
+    let recipe_json = serde_json::json!({
+        "pretrain": cfg,
+        "labels_excluded_per_class": max_k,
+        "labels_excluded_for_seeds": exclude_seeds,
+    });
+    let mut sc = stage_config(
+        "pretrain",
+        method,
+        backbone,
+        prep,
+        seed,
+        head_outputs,
+        recipe_json,
+        metrics,
+    );
+    if let Some(all) = &prep.all_classes {
+        sc.dataset = all.name.clone();
+    }
+    sc
+}
+
+/// The first place where two JSON values differ, as a dotted path (empty
+/// when they are equal).
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => first_difference(u, v, &sub),
+                    _ => Some(sub),
+                }
+            })
+        }
+        _ if a == b => None,
+        _ => Some(if path.is_empty() {
+            "(root)".into()
+        } else {
+            path.into()
+        }),
+    }
+}
+
+/// With `--resume`: the finished pretraining stage in `dir`, if there is
+/// one, as the outcome [`pretrain_stage`] would have returned. A stage
+/// trained with other settings (recipe, dataset, backbone, seed, excluded
+/// labels) is an error naming the first difference, never silently reused
+/// or overwritten. `None` when `dir` holds no finished stage.
+#[allow(clippy::too_many_arguments)]
+pub fn reuse_pretraining(
+    prep: &Prepared,
+    backbone: &BackboneConfig,
+    method: &str,
+    recipe: &Recipe,
+    max_k: usize,
+    exclude_seeds: &[u64],
+    seed: u64,
+    dir: &Path,
+) -> Result<Option<PretrainOutcome>> {
+    let config_path = dir.join("config.json");
+    if !config_path.exists() || !dir.join("model.safetensors").exists() {
+        return Ok(None);
+    }
+    let saved: StageConfig = crate::core::checkpoint::read_config(dir)?;
+    let cfg = recipe.pretrain_config(method, seed, prep.pair.train.image_shape())?;
+    let want = pretrain_stage_config(
+        prep,
+        backbone,
+        method,
+        &cfg,
+        max_k,
+        exclude_seeds,
+        seed,
+        saved.head_outputs,
+        serde_json::Value::Null,
+    );
+    // Both sides through the same serialise-parse path, so that float
+    // fields compare as they were read from the file.
+    let as_value = |c: &StageConfig| -> serde_json::Value {
+        let text = serde_json::to_string(c).expect("a StageConfig serialises");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).expect("serde_json reads its own output");
+        v.as_object_mut().expect("a struct").remove("metrics");
+        v
+    };
+    if let Some(field) = first_difference(&as_value(&saved), &as_value(&want), "") {
+        return Err(Error::invalid(
+            config_path.display().to_string(),
+            format!(
+                "--resume found a {method} pretraining trained with other settings ({field} differs); \
+                 give another --out, or drop --resume to train it again"
+            ),
+        ));
+    }
+    let m = &saved.metrics;
+    let history: crate::core::train::FitReport = serde_json::from_value(serde_json::json!({
+        "epochs_run": m["epochs_run"],
+        "train_loss": m["train_loss"],
+        "step_loss": m["step_loss"],
+        "val_loss": m["val_loss_per_epoch"],
+        "best_epoch": m["best_epoch"],
+        "seconds": m["seconds"],
+        "images_per_s": m["images_per_s"],
+    }))
+    .map_err(|e| {
+        Error::invalid(
+            config_path.display().to_string(),
+            format!("its metrics cannot be read back: {e}"),
+        )
+    })?;
+    let knn_monitor = m["knn_monitor"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|v| v.as_f64());
+    Ok(Some(PretrainOutcome {
+        summary: PretrainSummary {
+            method: method.to_string(),
+            seed,
+            seconds: history.seconds,
+            epochs_run: history.epochs_run,
+            images_per_s: history.images_per_s,
+            val_loss: m["val_loss"].as_f64().unwrap_or(f64::NAN),
+            knn_monitor,
+            reused: true,
+        },
+        history,
+    }))
 }
 
 /// Draws the training-loss curve of a pretraining run: the loss of every
@@ -1011,6 +1234,68 @@ pub fn distill_stage(
     Ok(student)
 }
 
+/// The `fixmatch` protocol for one method and seed: a copy of the
+/// classifier in `init_dir` trains on the seed's K labeled images and, with
+/// its own confident predictions as labels, on the unlabeled pool
+/// ([`finetune::fixmatch`]). Writes the result to `dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn fixmatch_stage(
+    prep: &Prepared,
+    backbone: &BackboneConfig,
+    method: &str,
+    init_dir: &Path,
+    recipe: &Recipe,
+    k: usize,
+    seed: u64,
+    dir: &Path,
+    device: &Device,
+    quiet: bool,
+) -> Result<finetune::Classifier> {
+    let train = &prep.pair.train;
+    let labels = train.labels().expect("prepared datasets have labels");
+    let sp = split::stratified(labels, k, seed)?;
+    let pool = unlabeled_pool(train, k, &[seed], seed, recipe.unlabeled)?;
+    let cfg = recipe.fixmatch_config(seed, train.image_shape())?;
+    let (start, _) = finetune::load_classifier(init_dir, device)?;
+    let (cls, stats) = finetune::fixmatch(
+        &cfg,
+        start,
+        train,
+        &sp.labeled,
+        &pool,
+        &prep.norm,
+        device,
+        quiet,
+        &format!("fixmatch/{method}"),
+    )?;
+    let metrics = serde_json::json!({
+        "train_loss": cls.report.train_loss,
+        "seconds": cls.report.seconds,
+        "epochs_run": cls.report.epochs_run,
+        "images_per_s": cls.report.images_per_s,
+        "unlabeled_images": pool.len(),
+        "mask_rate": stats.mask_rate,
+    });
+    let recipe_json = serde_json::json!({
+        "protocol": "fixmatch",
+        "labels_per_class": k,
+        "init": init_dir.display().to_string(),
+        "fixmatch": cfg,
+    });
+    let sc = stage_config(
+        "transfer",
+        method,
+        backbone,
+        prep,
+        seed,
+        Some(train.num_classes()),
+        recipe_json,
+        metrics,
+    );
+    ckpt::save(dir, &cls.map, &sc)?;
+    Ok(cls)
+}
+
 fn ckpt_method(dir: &Path) -> Result<String> {
     let cfg: StageConfig = crate::core::checkpoint::read_config(dir)?;
     Ok(cfg.method)
@@ -1095,6 +1380,16 @@ fn validate(opts: &PipelineOptions, prep: &Prepared) -> Result<BackboneConfig> {
             .check()?;
         opts.recipe.distill_teacher_for(true)?;
     }
+    if opts.recipe.fixmatch_epochs > 0 {
+        let cfg = opts
+            .recipe
+            .fixmatch_config(0, prep.pair.train.image_shape())?;
+        cfg.check()?;
+        if cfg.fit.batch_size == 0 {
+            return Err(Error::invalid("fixmatch_batch", "must be at least 1"));
+        }
+        opts.recipe.fixmatch_init_for(true)?;
+    }
     if opts.recipe.transfer_patience.is_some() {
         // Checked here so that a run does not fail after pretraining.
         let labels: Vec<u32> = (0..prep.pair.train.num_classes() as u32)
@@ -1164,18 +1459,44 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
             };
             for method in &opts.pretext {
                 let t = Instant::now();
-                let outcome = pretrain_stage(
-                    &prep,
-                    &backbone,
-                    method,
-                    &opts.recipe,
-                    max_k,
-                    exclude,
-                    seed,
-                    &pretrain_dir(seed, method),
-                    &opts.device,
-                    opts.quiet,
-                )?;
+                let dir = pretrain_dir(seed, method);
+                let reused = if opts.resume {
+                    reuse_pretraining(
+                        &prep,
+                        &backbone,
+                        method,
+                        &opts.recipe,
+                        max_k,
+                        exclude,
+                        seed,
+                        &dir,
+                    )?
+                } else {
+                    None
+                };
+                let outcome = match reused {
+                    Some(outcome) => {
+                        tracing::info!(
+                            method,
+                            seed,
+                            "reusing the finished pretraining in {}",
+                            dir.display()
+                        );
+                        outcome
+                    }
+                    None => pretrain_stage(
+                        &prep,
+                        &backbone,
+                        method,
+                        &opts.recipe,
+                        max_k,
+                        exclude,
+                        seed,
+                        &dir,
+                        &opts.device,
+                        opts.quiet,
+                    )?,
+                };
                 *times.entry("pretrain").or_default() += t.elapsed().as_secs_f64();
                 if si == 0 {
                     let t = Instant::now();
@@ -1269,6 +1590,25 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
                     *times.entry("distill").or_default() += t.elapsed().as_secs_f64();
                     let acc = classifier_accuracy(&prep, &student, &opts.recipe, &opts.device)?;
                     push(&method, "distill", k, seed, acc, opts.quiet);
+                }
+                if opts.recipe.fixmatch_epochs > 0 {
+                    let t = Instant::now();
+                    let protocol = opts.recipe.fixmatch_init_for(init.is_some())?;
+                    let cls = fixmatch_stage(
+                        &prep,
+                        &backbone,
+                        &method,
+                        &k_dir.join(format!("{method}-{protocol}")),
+                        &opts.recipe,
+                        k,
+                        seed,
+                        &k_dir.join(format!("{method}-fixmatch")),
+                        &opts.device,
+                        opts.quiet,
+                    )?;
+                    *times.entry("fixmatch").or_default() += t.elapsed().as_secs_f64();
+                    let acc = classifier_accuracy(&prep, &cls, &opts.recipe, &opts.device)?;
+                    push(&method, "fixmatch", k, seed, acc, opts.quiet);
                 }
                 let t = Instant::now();
                 // Frozen protocols: the pretrained encoder, or for scratch the

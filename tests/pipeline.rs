@@ -49,6 +49,7 @@ fn options(dataset: &str, out: &Path) -> PipelineOptions {
         quiet: true,
         max_train: Some(400),
         max_test: Some(100),
+        resume: false,
     }
 }
 
@@ -512,4 +513,118 @@ fn lpft_and_distill_protocols_run_for_every_method() {
     let e = run(&o).unwrap_err().to_string();
     assert!(e.contains("distill_teacher") && e.contains("oracle"), "{e}");
     assert!(!dir.path().join("bad").exists());
+}
+
+#[test]
+fn fixmatch_protocol_runs_for_every_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = options("fashion-mnist", &out);
+    o.recipe.lpft = true;
+    o.recipe.fixmatch_epochs = 2;
+    o.recipe.fixmatch_batch = 32;
+    o.recipe.fixmatch_labeled_batch = 8;
+    let report = run(&o).unwrap();
+    // 2 methods x (finetune, lpft, fixmatch, linear, knn)
+    assert_eq!(report.results.len(), 10);
+    let json = read_json(&out.join("report.json"));
+    let rows: Vec<(&str, &str)> = field_values(&json["results"], "method")
+        .into_iter()
+        .zip(field_values(&json["results"], "protocol"))
+        .collect();
+    // `auto` start: the LP-FT classifier for the pretrained method, the
+    // plain fine-tune for scratch
+    for (m, init) in [("scratch", "finetune"), ("rotation", "lpft")] {
+        assert!(rows.contains(&(m, "fixmatch")), "{rows:?}");
+        let cfg = read_json(&out.join(format!("seed0/k2/{m}-fixmatch/config.json")));
+        assert_eq!(cfg["method"], m);
+        assert_eq!(cfg["recipe"]["protocol"], "fixmatch");
+        let i = cfg["recipe"]["init"].as_str().unwrap();
+        assert!(i.ends_with(&format!("{m}-{init}")), "{i}");
+        assert_eq!(cfg["head_outputs"], 10);
+        assert_eq!(cfg["metrics"]["unlabeled_images"], 128);
+        let mask = cfg["metrics"]["mask_rate"].as_array().unwrap();
+        assert_eq!(mask.len(), 2);
+        assert!(mask
+            .iter()
+            .all(|m| (0.0..=1.0).contains(&m.as_f64().unwrap())));
+        assert_eq!(cfg["metrics"]["train_loss"].as_array().unwrap().len(), 2);
+        // weak views: the fine-tune's crop + flip; strong: the SimCLR views
+        let fm = &cfg["recipe"]["fixmatch"];
+        assert_eq!(fm["weak"]["ops"][0]["op"], "crop_flip");
+        assert_eq!(fm["strong"]["ops"][0]["op"], "resized_crop");
+        assert_eq!(fm["threshold"], 0.95);
+        assert!(out
+            .join(format!("seed0/k2/{m}-fixmatch/model.safetensors"))
+            .is_file());
+    }
+    let stages: Vec<&str> = field_values(&json["stages"], "name");
+    assert!(stages.contains(&"fixmatch"));
+
+    // Bad settings are refused before anything is written.
+    let bad = dir.path().join("bad");
+    let mut o = options("fashion-mnist", &bad);
+    o.recipe.fixmatch_epochs = 1;
+    o.recipe.fixmatch_threshold = 2.0;
+    let e = run(&o).unwrap_err().to_string();
+    assert!(e.contains("fixmatch_threshold"), "{e}");
+    o.recipe.fixmatch_threshold = 0.9;
+    o.recipe.fixmatch_init = "oracle".into();
+    let e = run(&o).unwrap_err().to_string();
+    assert!(e.contains("fixmatch_init") && e.contains("oracle"), "{e}");
+    o.recipe.fixmatch_init = "auto".into();
+    o.recipe.fixmatch_batch = 0;
+    let e = run(&o).unwrap_err().to_string();
+    assert!(e.contains("fixmatch_batch"), "{e}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn resume_reuses_a_matching_pretraining_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let first = run(&options("fashion-mnist", &out)).unwrap();
+    let weights = out.join("pretrain-rotation/model.safetensors");
+    let (bytes, modified) = (
+        std::fs::read(&weights).unwrap(),
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+    );
+    std::fs::remove_dir_all(out.join("figures")).unwrap();
+
+    let mut o = options("fashion-mnist", &out);
+    o.resume = true;
+    let second = run(&o).unwrap();
+    assert_eq!(std::fs::read(&weights).unwrap(), bytes);
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        modified,
+        "the pretraining was written again"
+    );
+    let (p1, p2) = (&first.pretraining[0], &second.pretraining[0]);
+    assert!(!p1.reused && p2.reused);
+    assert_eq!(
+        (p1.seconds, p1.epochs_run, p1.val_loss),
+        (p2.seconds, p2.epochs_run, p2.val_loss)
+    );
+    // same encoder, same transfer: the same numbers
+    let acc = |r: &selfsup::core::report::Report| -> Vec<f64> {
+        r.results.iter().map(|x| x.test_accuracy).collect()
+    };
+    assert_eq!(acc(&first), acc(&second));
+    // the loss curve is drawn again from the stored history
+    assert!(out.join("figures/rotation-loss.png").is_file());
+    assert!(read_json(&out.join("report.json"))["pretraining"][0]["reused"] == true);
+
+    // Other pretraining settings: refused, naming the file and the field,
+    // and the stage is left as it was.
+    o.recipe.pretrain_lr *= 2.0;
+    let e = run(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("pretrain-rotation/config.json") && e.contains("pretrain.fit.lr"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        modified
+    );
 }

@@ -250,6 +250,23 @@ struct Common {
     /// which runs by default for every method and scratch.
     #[arg(long)]
     no_lpft: bool,
+    /// Pipeline: epochs of the `fixmatch` protocol (0 = off, the default).
+    /// Each method's classifier (scratch's too) keeps training on the K
+    /// labeled images and on the unlabeled ones, labelled online by its own
+    /// confident predictions on weak views and learnt on strong views
+    /// (FixMatch).
+    #[arg(long)]
+    fixmatch_epochs: Option<usize>,
+    /// Least confidence for a `fixmatch` pseudo-label (default 0.95).
+    #[arg(long)]
+    fixmatch_threshold: Option<f64>,
+    /// `fixmatch` learning rate (default 1e-3).
+    #[arg(long)]
+    fixmatch_lr: Option<f64>,
+    /// Which classifier `fixmatch` starts from: auto (the `lpft` one for
+    /// pretrained methods, the fine-tuned one for scratch), finetune or lpft.
+    #[arg(long)]
+    fixmatch_init: Option<String>,
 }
 
 #[derive(Args)]
@@ -282,6 +299,11 @@ struct PipelineArgs {
     /// Output directory (report.json, report.md, checkpoints).
     #[arg(long, default_value = "models/pipeline")]
     out: PathBuf,
+    /// Reuse every finished pretraining in OUT trained with the same
+    /// settings instead of training it again (one trained with other
+    /// settings is an error); transfer and evaluation run anew.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -761,6 +783,19 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
         r.distill_teacher = t.clone();
         r.distill_teacher_for(true)?;
     }
+    if let Some(e) = c.fixmatch_epochs {
+        r.fixmatch_epochs = e;
+    }
+    if let Some(t) = c.fixmatch_threshold {
+        r.fixmatch_threshold = t;
+    }
+    if let Some(lr) = c.fixmatch_lr {
+        r.fixmatch_lr = lr;
+    }
+    if let Some(i) = &c.fixmatch_init {
+        r.fixmatch_init = i.clone();
+        r.fixmatch_init_for(true)?;
+    }
     Ok(r)
 }
 
@@ -924,6 +959,7 @@ fn run_pipeline(mut a: PipelineArgs) -> Result<()> {
         quiet: a.common.quiet,
         max_train: a.common.max_train,
         max_test: a.common.max_test,
+        resume: a.resume,
     };
     let report = pipeline::run(&opts)?;
     println!("{}", report.to_markdown());

@@ -32,7 +32,7 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 10] = [
+    let cases: [(&[&str], &[&str]); 11] = [
         (
             &[
                 "pipeline",
@@ -55,6 +55,17 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
                 o,
             ],
             &["distill_teacher", "lpft protocol"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--fixmatch-init",
+                "oracle",
+                "--out",
+                o,
+            ],
+            &["fixmatch_init", "oracle", "auto, finetune, lpft"],
         ),
         (
             &[

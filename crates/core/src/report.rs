@@ -102,6 +102,10 @@ pub struct PretrainSummary {
     /// kNN monitor after the last epoch (leave-one-out on the K labeled
     /// images), if it ran.
     pub knn_monitor: Option<f64>,
+    /// The stage was not run but loaded from a finished one with the same
+    /// settings (`--resume`); `seconds` is that run's wall time.
+    #[serde(default)]
+    pub reused: bool,
 }
 
 /// A figure of a report.
@@ -252,10 +256,11 @@ impl Report {
             s.push_str("\n## Pretraining\n\n| method | seed | wall time | epochs | inputs/s | held-out loss | kNN monitor |\n|---|---|---|---|---|---|---|\n");
             for p in &self.pretraining {
                 s.push_str(&format!(
-                    "| {} | {} | {:.1} s | {} | {:.0} | {:.4} | {} |\n",
+                    "| {} | {} | {:.1} s{} | {} | {:.0} | {:.4} | {} |\n",
                     p.method,
                     p.seed,
                     p.seconds,
+                    if p.reused { " (reused)" } else { "" },
                     p.epochs_run,
                     p.images_per_s,
                     p.val_loss,
@@ -369,6 +374,7 @@ mod tests {
                 images_per_s: 250.0,
                 val_loss: 0.5,
                 knn_monitor: Some(0.42),
+                reused: false,
             }],
             figures: vec![Figure {
                 method: "rotation".into(),
