@@ -1252,8 +1252,7 @@ pub fn fixmatch_stage(
     quiet: bool,
 ) -> Result<finetune::Classifier> {
     let train = &prep.pair.train;
-    let labels = train.labels().expect("prepared datasets have labels");
-    let sp = split::stratified(labels, k, seed)?;
+    let labeled = split::stratified(train.labels().expect("labels"), k, seed)?.labeled;
     let pool = unlabeled_pool(train, k, &[seed], seed, recipe.unlabeled)?;
     let cfg = recipe.fixmatch_config(seed, train.image_shape())?;
     let (start, _) = finetune::load_classifier(init_dir, device)?;
@@ -1261,7 +1260,7 @@ pub fn fixmatch_stage(
         &cfg,
         start,
         train,
-        &sp.labeled,
+        &labeled,
         &pool,
         &prep.norm,
         device,

@@ -415,15 +415,7 @@ pub fn distill(
     let labels = train.labels().ok_or_else(|| {
         Error::invalid("dataset", "distillation needs the labeled images' labels")
     })?;
-    let is_labeled: std::collections::HashSet<usize> = labeled.iter().copied().collect();
-    let unlabeled: Vec<usize> = unlabeled
-        .iter()
-        .copied()
-        .filter(|i| !is_labeled.contains(i))
-        .collect();
-    if unlabeled.is_empty() {
-        return Err(Error::invalid(stage, "no unlabeled images to distill on"));
-    }
+    let unlabeled = without_labeled(unlabeled, labeled, stage)?;
     let classes = train.num_classes();
     let probs = teacher_probabilities(
         teacher,
@@ -492,6 +484,24 @@ pub fn distill(
         device,
     )?;
     Ok((Classifier { report, ..student }, pseudo))
+}
+
+/// `unlabeled` less any image of `labeled` (in order); an error naming
+/// `stage` when nothing is left.
+fn without_labeled(unlabeled: &[usize], labeled: &[usize], stage: &str) -> Result<Vec<usize>> {
+    let is_labeled: std::collections::HashSet<usize> = labeled.iter().copied().collect();
+    let left: Vec<usize> = unlabeled
+        .iter()
+        .copied()
+        .filter(|i| !is_labeled.contains(i))
+        .collect();
+    if left.is_empty() {
+        return Err(Error::invalid(
+            stage,
+            "no unlabeled images left once the labeled ones are dropped",
+        ));
+    }
+    Ok(left)
 }
 
 /// Settings of [`fixmatch`]: semi-supervised fine-tuning in which the model
@@ -584,15 +594,7 @@ pub fn fixmatch(
     if labeled.is_empty() {
         return Err(Error::invalid(stage, "no labeled images"));
     }
-    let is_labeled: std::collections::HashSet<usize> = labeled.iter().copied().collect();
-    let unlabeled: Vec<usize> = unlabeled
-        .iter()
-        .copied()
-        .filter(|i| !is_labeled.contains(i))
-        .collect();
-    if unlabeled.is_empty() {
-        return Err(Error::invalid(stage, "no unlabeled images to learn from"));
-    }
+    let unlabeled = without_labeled(unlabeled, labeled, stage)?;
     let shape = train.image_shape();
     let seed = cfg.fit.seed;
     let vars = params::trainable_vars(&student.map)
@@ -1250,7 +1252,7 @@ mod tests {
         );
         assert!(e.contains("fixmatch_labeled_batch"), "{e}");
         let e = bad(fcfg.clone(), &labeled);
-        assert!(e.contains("no unlabeled images"), "{e}");
+        assert!(e.contains("no unlabeled images left"), "{e}");
     }
 
     #[test]
