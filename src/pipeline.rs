@@ -890,7 +890,7 @@ fn pretrain_stage_config(
     sc
 }
 
-/// The first place where two JSON values differ, as a dotted path (empty
+/// The first place where two JSON values differ, as a dotted path (`None`
 /// when they are equal).
 fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
     use serde_json::Value;
@@ -934,8 +934,9 @@ pub fn reuse_pretraining(
     seed: u64,
     dir: &Path,
 ) -> Result<Option<PretrainOutcome>> {
-    let config_path = dir.join("config.json");
-    if !config_path.exists() || !dir.join("model.safetensors").exists() {
+    use crate::core::checkpoint::{CONFIG_FILE, WEIGHTS_FILE};
+    let config_path = dir.join(CONFIG_FILE);
+    if !config_path.exists() || !dir.join(WEIGHTS_FILE).exists() {
         return Ok(None);
     }
     let saved: StageConfig = crate::core::checkpoint::read_config(dir)?;
@@ -1142,9 +1143,34 @@ pub fn transfer_stage(
         "init": init.map(|p| p.display().to_string()),
         "transfer": cfg,
     });
+    save_classifier_stage(
+        prep,
+        backbone,
+        &method,
+        seed,
+        dir,
+        &cls,
+        recipe_json,
+        metrics,
+    )?;
+    Ok(cls)
+}
+
+/// Writes a trained classifier as a `transfer` stage directory `dir`.
+#[allow(clippy::too_many_arguments)]
+fn save_classifier_stage(
+    prep: &Prepared,
+    backbone: &BackboneConfig,
+    method: &str,
+    seed: u64,
+    dir: &Path,
+    cls: &finetune::Classifier,
+    recipe_json: serde_json::Value,
+    metrics: serde_json::Value,
+) -> Result<()> {
     let sc = stage_config(
         "transfer",
-        &method,
+        method,
         backbone,
         prep,
         seed,
@@ -1152,8 +1178,22 @@ pub fn transfer_stage(
         recipe_json,
         metrics,
     );
-    ckpt::save(dir, &cls.map, &sc)?;
-    Ok(cls)
+    ckpt::save(dir, &cls.map, &sc)
+}
+
+/// The seed's K labeled images and the unlabeled pool the semi-supervised
+/// protocols (`distill`, `fixmatch`) learn from: every other training
+/// image, capped by `recipe.unlabeled`.
+fn semi_supervised_split(
+    train: &Dataset,
+    recipe: &Recipe,
+    k: usize,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let labels = train.labels().expect("prepared datasets have labels");
+    let labeled = split::stratified(labels, k, seed)?.labeled;
+    let pool = unlabeled_pool(train, k, &[seed], seed, recipe.unlabeled)?;
+    Ok((labeled, pool))
 }
 
 /// The `distill` protocol for one method and seed: `teacher` (the
@@ -1177,8 +1217,7 @@ pub fn distill_stage(
 ) -> Result<finetune::Classifier> {
     let train = &prep.pair.train;
     let labels = train.labels().expect("prepared datasets have labels");
-    let sp = split::stratified(labels, k, seed)?;
-    let pool = unlabeled_pool(train, k, &[seed], seed, recipe.unlabeled)?;
+    let (labeled, pool) = semi_supervised_split(train, recipe, k, seed)?;
     let cfg = recipe.distill_config(seed, train.image_shape())?;
     let (student, _) = finetune::load_classifier(teacher_dir, device)?;
     let (student, pseudo) = finetune::distill(
@@ -1186,7 +1225,7 @@ pub fn distill_stage(
         teacher,
         student,
         train,
-        &sp.labeled,
+        &labeled,
         &pool,
         &prep.norm,
         device,
@@ -1212,17 +1251,16 @@ pub fn distill_stage(
         "teacher": teacher_dir.display().to_string(),
         "distill": cfg,
     });
-    let sc = stage_config(
-        "transfer",
-        method,
-        backbone,
+    save_classifier_stage(
         prep,
+        backbone,
+        method,
         seed,
-        Some(train.num_classes()),
+        dir,
+        &student,
         recipe_json,
         metrics,
-    );
-    ckpt::save(dir, &student.map, &sc)?;
+    )?;
     tracing::info!(
         method,
         seed,
@@ -1252,8 +1290,7 @@ pub fn fixmatch_stage(
     quiet: bool,
 ) -> Result<finetune::Classifier> {
     let train = &prep.pair.train;
-    let labeled = split::stratified(train.labels().expect("labels"), k, seed)?.labeled;
-    let pool = unlabeled_pool(train, k, &[seed], seed, recipe.unlabeled)?;
+    let (labeled, pool) = semi_supervised_split(train, recipe, k, seed)?;
     let cfg = recipe.fixmatch_config(seed, train.image_shape())?;
     let (start, _) = finetune::load_classifier(init_dir, device)?;
     let (cls, stats) = finetune::fixmatch(
@@ -1281,17 +1318,16 @@ pub fn fixmatch_stage(
         "init": init_dir.display().to_string(),
         "fixmatch": cfg,
     });
-    let sc = stage_config(
-        "transfer",
-        method,
-        backbone,
+    save_classifier_stage(
         prep,
+        backbone,
+        method,
         seed,
-        Some(train.num_classes()),
+        dir,
+        &cls,
         recipe_json,
         metrics,
-    );
-    ckpt::save(dir, &cls.map, &sc)?;
+    )?;
     Ok(cls)
 }
 

@@ -317,6 +317,18 @@ pub struct FitConfig {
     pub drop_last: bool,
 }
 
+impl FitConfig {
+    /// Optimiser steps per epoch over `n_items` items: a short last batch
+    /// counts unless `drop_last` (and there is at least one full batch).
+    pub fn steps_per_epoch(&self, n_items: usize) -> usize {
+        if self.drop_last && n_items >= self.batch_size {
+            n_items / self.batch_size
+        } else {
+            n_items.div_ceil(self.batch_size)
+        }
+    }
+}
+
 /// What a [`fit`] run did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FitReport {
@@ -412,11 +424,7 @@ pub fn fit_prefetched<B: Send>(
         ));
     }
     let start = Instant::now();
-    let steps_per_epoch = if cfg.drop_last && n_items >= cfg.batch_size {
-        n_items / cfg.batch_size
-    } else {
-        n_items.div_ceil(cfg.batch_size)
-    };
+    let steps_per_epoch = cfg.steps_per_epoch(n_items);
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (total as f64 * cfg.warmup_fraction).round() as usize;
     let mut trainer = Trainer::new(

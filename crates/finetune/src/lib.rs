@@ -602,7 +602,7 @@ pub fn fixmatch(
         .map(|(_, v)| v)
         .collect();
     let (backbone, head) = (&student.backbone, &student.head);
-    let per_epoch = unlabeled.len().div_ceil(cfg.fit.batch_size);
+    let per_epoch = cfg.fit.steps_per_epoch(unlabeled.len());
     let (mut masked, mut seen) = (vec![0.0f64; cfg.fit.epochs], vec![0.0f64; cfg.fit.epochs]);
     let report = fit_prefetched(
         &cfg.fit,
