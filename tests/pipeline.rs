@@ -627,4 +627,25 @@ fn resume_reuses_a_matching_pretraining_and_refuses_another() {
         std::fs::metadata(&weights).unwrap().modified().unwrap(),
         modified
     );
+
+    // On the reused encoder, a semi-supervised protocol for the pretrained
+    // method only: scratch keeps its supervised rows and gets no fixmatch.
+    o.recipe.pretrain_lr /= 2.0;
+    o.recipe.fixmatch_epochs = 1;
+    o.recipe.fixmatch_batch = 32;
+    o.recipe.fixmatch_labeled_batch = 8;
+    o.recipe.scratch_semi_supervised = false;
+    let third = run(&o).unwrap();
+    let rows: Vec<(&str, &str)> = third
+        .results
+        .iter()
+        .map(|r| (r.method.as_str(), r.protocol.as_str()))
+        .collect();
+    assert!(rows.contains(&("rotation", "fixmatch")), "{rows:?}");
+    assert!(rows.contains(&("scratch", "finetune")), "{rows:?}");
+    assert!(!rows.contains(&("scratch", "fixmatch")), "{rows:?}");
+    assert!(!out.join("seed0/k2/scratch-fixmatch").exists());
+    assert!(out
+        .join("seed0/k2/rotation-fixmatch/model.safetensors")
+        .is_file());
 }

@@ -267,6 +267,11 @@ struct Common {
     /// pretrained methods, the fine-tuned one for scratch), finetune or lpft.
     #[arg(long)]
     fixmatch_init: Option<String>,
+    /// Pipeline: run `distill` and `fixmatch` for the pretrained methods
+    /// only, not for scratch (saves their cost when the scratch figures are
+    /// already known).
+    #[arg(long)]
+    no_scratch_semi_supervised: bool,
 }
 
 #[derive(Args)]
@@ -795,6 +800,9 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
     if let Some(i) = &c.fixmatch_init {
         r.fixmatch_init = i.clone();
         r.fixmatch_init_for(true)?;
+    }
+    if c.no_scratch_semi_supervised {
+        r.scratch_semi_supervised = false;
     }
     Ok(r)
 }
