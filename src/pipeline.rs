@@ -195,6 +195,9 @@ pub struct Recipe {
     /// Which classifier `fixmatch` starts from: `finetune`, `lpft` or
     /// `auto`, chosen as for `distill_teacher`.
     pub fixmatch_init: String,
+    /// Distribution alignment of `fixmatch`'s pseudo-labels (see
+    /// [`FixMatchConfig::distribution_alignment`]).
+    pub fixmatch_align: bool,
     /// Also run the semi-supervised protocols (`distill`, `fixmatch`) for
     /// scratch (the default, so each method's semi-supervised figure has its
     /// from-scratch counterpart in the same report). Turning it off saves
@@ -283,6 +286,7 @@ impl Default for Recipe {
             fixmatch_unlabeled_weight: 1.0,
             fixmatch_augment: None,
             fixmatch_init: "auto".into(),
+            fixmatch_align: false,
             scratch_semi_supervised: true,
         }
     }
@@ -490,6 +494,7 @@ impl Recipe {
             threshold: self.fixmatch_threshold,
             unlabeled_weight: self.fixmatch_unlabeled_weight,
             eval_batch: self.eval_batch,
+            distribution_alignment: self.fixmatch_align,
         })
     }
 }

@@ -267,6 +267,10 @@ struct Common {
     /// pretrained methods, the fine-tuned one for scratch), finetune or lpft.
     #[arg(long)]
     fixmatch_init: Option<String>,
+    /// `fixmatch` distribution alignment: pseudo-labels are taken from
+    /// predictions rescaled towards the labeled images' class balance.
+    #[arg(long)]
+    fixmatch_align: bool,
     /// Pipeline: run `distill` and `fixmatch` for the pretrained methods
     /// only, not for scratch (saves their cost when the scratch figures are
     /// already known).
@@ -800,6 +804,9 @@ fn recipe(c: &Common, epochs: Option<usize>) -> Result<Recipe> {
     if let Some(i) = &c.fixmatch_init {
         r.fixmatch_init = i.clone();
         r.fixmatch_init_for(true)?;
+    }
+    if c.fixmatch_align {
+        r.fixmatch_align = true;
     }
     if c.no_scratch_semi_supervised {
         r.scratch_semi_supervised = false;

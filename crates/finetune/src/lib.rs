@@ -524,6 +524,93 @@ pub struct FixMatchConfig {
     pub unlabeled_weight: f64,
     /// Batch size of the BatchNorm re-estimation after training.
     pub eval_batch: usize,
+    /// Distribution alignment (Berthelot et al., ReMixMatch, 2020): before
+    /// thresholding, each weak-view prediction is multiplied by the class
+    /// distribution of the labeled images over a running average of the
+    /// model's weak-view predictions ([`DistributionAlignment`]) and
+    /// renormalised, so that a model drifting towards a few classes has its
+    /// pseudo-labels pulled back to the labeled images' class balance.
+    #[serde(default)]
+    pub distribution_alignment: bool,
+}
+
+/// Momentum of the running average of predictions that
+/// [`DistributionAlignment`] divides by (about the last 100 steps).
+pub const ALIGNMENT_MOMENTUM: f64 = 0.99;
+
+/// The state of distribution alignment: the target class distribution and
+/// a running average of the model's predicted one.
+#[derive(Debug, Clone)]
+pub struct DistributionAlignment {
+    target: Vec<f64>,
+    running: Option<Vec<f64>>,
+    momentum: f64,
+}
+
+impl DistributionAlignment {
+    /// Aligns to the class distribution of `labels` over `classes` classes.
+    pub fn new(labels: &[u32], classes: usize, momentum: f64) -> Self {
+        let mut target = vec![0.0; classes];
+        for &y in labels {
+            if let Some(t) = target.get_mut(y as usize) {
+                *t += 1.0;
+            }
+        }
+        let n = target.iter().sum::<f64>().max(1.0);
+        target.iter_mut().for_each(|t| *t /= n);
+        Self {
+            target,
+            running: None,
+            momentum,
+        }
+    }
+
+    /// Folds the batch's mean prediction into the running average (the
+    /// first batch starts it), then returns every row of `probs`
+    /// multiplied by target / running and renormalised to sum to 1.
+    pub fn align(&mut self, probs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let k = self.target.len();
+        if probs.is_empty() {
+            return Vec::new();
+        }
+        let mut mean = vec![0.0f64; k];
+        for row in probs {
+            for (m, &p) in mean.iter_mut().zip(row) {
+                *m += f64::from(p) / probs.len() as f64;
+            }
+        }
+        let running = match self.running.take() {
+            None => mean,
+            Some(r) => r
+                .iter()
+                .zip(&mean)
+                .map(|(r, m)| self.momentum * r + (1.0 - self.momentum) * m)
+                .collect(),
+        };
+        let scale: Vec<f64> = self
+            .target
+            .iter()
+            .zip(&running)
+            .map(|(t, r)| t / r.max(1e-6))
+            .collect();
+        self.running = Some(running);
+        probs
+            .iter()
+            .map(|row| {
+                let w: Vec<f64> = row
+                    .iter()
+                    .zip(&scale)
+                    .map(|(&p, s)| f64::from(p) * s)
+                    .collect();
+                let sum = w.iter().sum::<f64>();
+                if sum > 0.0 {
+                    w.iter().map(|v| (v / sum) as f32).collect()
+                } else {
+                    row.clone()
+                }
+            })
+            .collect()
+    }
 }
 
 impl FixMatchConfig {
@@ -604,6 +691,8 @@ pub fn fixmatch(
     let (backbone, head) = (&student.backbone, &student.head);
     let per_epoch = cfg.fit.steps_per_epoch(unlabeled.len());
     let (mut masked, mut seen) = (vec![0.0f64; cfg.fit.epochs], vec![0.0f64; cfg.fit.epochs]);
+    let labeled_y: Vec<u32> = labeled.iter().map(|&i| labels[i]).collect();
+    let mut alignment: Option<DistributionAlignment> = None;
     let report = fit_prefetched(
         &cfg.fit,
         stage,
@@ -649,7 +738,17 @@ pub fn fixmatch(
             let logits = head.forward(&backbone.forward_t(&x, true)?)?;
             let y = Tensor::new(y.as_slice(), device)?;
             let sup = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, nl)?, &y)?;
-            let probs = candle_nn::ops::softmax(&logits.narrow(0, nl, nu)?.detach(), D::Minus1)?;
+            let mut probs =
+                candle_nn::ops::softmax(&logits.narrow(0, nl, nu)?.detach(), D::Minus1)?;
+            if cfg.distribution_alignment {
+                let classes = probs.dim(1)?;
+                let da = alignment.get_or_insert_with(|| {
+                    DistributionAlignment::new(&labeled_y, classes, ALIGNMENT_MOMENTUM)
+                });
+                let rows = da.align(&probs.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+                let flat: Vec<f32> = rows.into_iter().flatten().collect();
+                probs = Tensor::from_vec(flat, (nu, classes), device)?.to_dtype(probs.dtype())?;
+            }
             let conf = probs.max(D::Minus1)?;
             let pseudo = probs.argmax(D::Minus1)?;
             let mask = conf.ge(cfg.threshold)?.to_dtype(DType::F32)?;
@@ -1171,6 +1270,39 @@ mod tests {
     }
 
     #[test]
+    fn distribution_alignment_pulls_predictions_to_the_labeled_balance() {
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        // balanced labels; a model that favours class 0
+        let mut da = DistributionAlignment::new(&[0, 1, 0, 1], 2, 0.99);
+        let out = da.align(&[vec![0.9, 0.1], vec![0.7, 0.3]]);
+        // running mean (0.8, 0.2): weights (0.5/0.8, 0.5/0.2), renormalised
+        assert!(close(&out[0], &[0.5625 / 0.8125, 0.25 / 0.8125]), "{out:?}");
+        assert!(close(&out[1], &[0.4375 / 1.1875, 0.75 / 1.1875]), "{out:?}");
+        for row in &out {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        // the running average moves slowly: the next uniform batch is still
+        // pushed away from class 0
+        let out = da.align(&[vec![0.5, 0.5]]);
+        let r0 = 0.99 * 0.8 + 0.01 * 0.5;
+        let w = [0.5 * 0.5 / r0, 0.5 * 0.5 / (1.0 - r0)];
+        let want = [w[0] / (w[0] + w[1]), w[1] / (w[0] + w[1])];
+        assert!(close(&out[0], &[want[0] as f32, want[1] as f32]), "{out:?}");
+        // predictions already in the labeled balance are left as they are
+        let mut da = DistributionAlignment::new(&[0, 1], 2, 0.99);
+        let rows = vec![vec![0.6, 0.4], vec![0.4, 0.6]];
+        let out = da.align(&rows);
+        assert!(
+            close(&out[0], &rows[0]) && close(&out[1], &rows[1]),
+            "{out:?}"
+        );
+        // the target follows the labeled images' classes (3 of class 1)
+        let mut da = DistributionAlignment::new(&[1, 1, 1, 0], 2, 0.99);
+        let out = da.align(&[vec![0.5, 0.5]]);
+        assert!(close(&out[0], &[0.25, 0.75]), "{out:?}");
+    }
+
+    #[test]
     fn fixmatch_masks_by_confidence_learns_the_task_and_checks_its_settings() {
         let dev = Device::Cpu;
         let (ds, norm, bb) = tiny_task(64);
@@ -1194,6 +1326,7 @@ mod tests {
             threshold: 0.0,
             unlabeled_weight: 1.0,
             eval_batch: 32,
+            distribution_alignment: false,
         };
         // the pool overlaps the labeled images: they are dropped from it
         let pool: Vec<usize> = (4..64).collect();
@@ -1204,6 +1337,22 @@ mod tests {
         // Threshold 0: every unlabeled image counts in every epoch.
         let (_, stats) = fm(&fcfg);
         assert_eq!(stats.mask_rate, vec![1.0; 8]);
+        // With distribution alignment the usual threshold still lets the
+        // images in as the model learns, and the model still learns.
+        let (aligned, stats) = fm(&FixMatchConfig {
+            threshold: 0.95,
+            distribution_alignment: true,
+            ..fcfg.clone()
+        });
+        assert!(
+            stats.mask_rate[7] > stats.mask_rate[0],
+            "{:?}",
+            stats.mask_rate
+        );
+        let truth = ds.labels().unwrap();
+        let p = aligned.predict(&ds, &unl, &norm, 32, &dev).unwrap();
+        let right = p.iter().zip(&unl).filter(|(p, &i)| **p == truth[i]).count();
+        assert!(right >= 50, "aligned: {right}/56 right");
         // Threshold 1: a near-uniform start is never that sure, so the
         // first epoch's unlabeled images all fall under it.
         let (_, stats) = fm(&FixMatchConfig {
