@@ -691,7 +691,6 @@ pub fn fixmatch(
     let (backbone, head) = (&student.backbone, &student.head);
     let per_epoch = cfg.fit.steps_per_epoch(unlabeled.len());
     let (mut masked, mut seen) = (vec![0.0f64; cfg.fit.epochs], vec![0.0f64; cfg.fit.epochs]);
-    let labeled_y: Vec<u32> = labeled.iter().map(|&i| labels[i]).collect();
     let mut alignment: Option<DistributionAlignment> = None;
     let report = fit_prefetched(
         &cfg.fit,
@@ -743,7 +742,8 @@ pub fn fixmatch(
             if cfg.distribution_alignment {
                 let classes = probs.dim(1)?;
                 let da = alignment.get_or_insert_with(|| {
-                    DistributionAlignment::new(&labeled_y, classes, ALIGNMENT_MOMENTUM)
+                    let y: Vec<u32> = labeled.iter().map(|&i| labels[i]).collect();
+                    DistributionAlignment::new(&y, classes, ALIGNMENT_MOMENTUM)
                 });
                 let rows = da.align(&probs.to_dtype(DType::F32)?.to_vec2::<f32>()?);
                 let flat: Vec<f32> = rows.into_iter().flatten().collect();
