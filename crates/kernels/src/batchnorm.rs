@@ -204,6 +204,7 @@ fn nc_s(shape: &Shape) -> Result<(usize, usize, usize)> {
 
 /// Mean and centred sum of squares of one slab, in f32 (a slab is one image's
 /// plane: at most a few thousand values).
+#[inline(always)]
 fn slab_moments(v: &[f32]) -> (f64, f64) {
     let n = v.len() as f32;
     let mean = sum8(v, |x| x) / n;
@@ -262,7 +263,10 @@ fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
             let (mut count, mut mean, mut m2) = (0f64, 0f64, 0f64);
             for b in 0..n {
                 let slab = &x[(b * c + ci) * s..(b * c + ci + 1) * s];
-                let (sm, sm2) = slab_moments(slab);
+                let (sm, sm2) = crate::simd::dispatch(
+                    #[inline(always)]
+                    || slab_moments(slab),
+                );
                 let k = s as f64;
                 let total = count + k;
                 let delta = sm - mean;
@@ -311,11 +315,16 @@ impl CustomOp3 for BnForward {
             .enumerate()
             .for_each(|(slab, (out, inp))| {
                 let (a, b) = (scale[slab % c], shift[slab % c]);
-                with_act!(act, A => {
-                    for (o, &v) in out.iter_mut().zip(inp) {
-                        *o = apply_c::<A>(v * a + b);
-                    }
-                })
+                crate::simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        with_act!(act, A => {
+                            for (o, &v) in out.iter_mut().zip(inp) {
+                                *o = apply_c::<A>(v * a + b);
+                            }
+                        })
+                    },
+                )
             });
         let saved = Saved {
             mean,
@@ -417,7 +426,10 @@ impl CustomOp3 for BnSums {
                 for b in 0..n {
                     let r = (b * c + ci) * s..(b * c + ci + 1) * s;
                     let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-                    let (a, b) = with_act!(act, A => masked_sums::<A>(xs, ys, gs, mu));
+                    let (a, b) = crate::simd::dispatch(
+                        #[inline(always)]
+                        || with_act!(act, A => masked_sums::<A>(xs, ys, gs, mu)),
+                    );
                     sg_ += f64::from(a);
                     sgx += f64::from(b);
                 }
@@ -464,11 +476,16 @@ impl CustomOp3 for BnInputGrad {
             );
             let r = slab * s..(slab + 1) * s;
             let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-            with_act!(act, A => {
-                for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xs).zip(ys).zip(gs) {
-                    *o = a * masked_c::<A>(gv, yv) + b * xv + d;
-                }
-            })
+            crate::simd::dispatch(
+                #[inline(always)]
+                || {
+                    with_act!(act, A => {
+                        for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xs).zip(ys).zip(gs) {
+                            *o = a * masked_c::<A>(gv, yv) + b * xv + d;
+                        }
+                    })
+                },
+            )
         });
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
     }
@@ -476,14 +493,19 @@ impl CustomOp3 for BnInputGrad {
 
 /// `f(a[i], b[i])` for every element, in parallel chunks (`a` and `b` have
 /// the same length).
-fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(4096)
         .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
         .for_each(|(o, (a, b))| {
-            for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
-                *o = f(u, v);
-            }
+            crate::simd::dispatch(
+                #[inline(always)]
+                || {
+                    for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
+                        *o = f(u, v);
+                    }
+                },
+            )
         });
     out
 }

@@ -155,6 +155,7 @@ fn sgemm(
 /// Writes image `img` (C_in, H, W) into `cols` rows of stride `ld`, starting
 /// at column `at`: row (ci, ky, kx), column oy·Wo + ox holds
 /// `img[ci, oy·s + ky - pad, ox·s + kx - pad]`, or 0 outside the image.
+#[inline(always)]
 fn im2col(img: &[f32], g: &Geo, cols: &mut [f32], ld: usize, at: usize) {
     let (wo, s) = (g.wo, g.stride);
     for ci in 0..g.cin {
@@ -190,6 +191,7 @@ fn im2col(img: &[f32], g: &Geo, cols: &mut [f32], ld: usize, at: usize) {
 
 /// The (K, nb·P) im2col matrix of images `b0..b0 + nb` of `x`, side by
 /// side, written over all of `cols`.
+#[inline(always)]
 fn im2col_group(x: &[f32], g: &Geo, b0: usize, nb: usize, cols: &mut [f32]) {
     let in_img = g.cin * g.h * g.w;
     let (p, ld) = (g.p(), nb * g.p());
@@ -206,6 +208,7 @@ fn im2col_group(x: &[f32], g: &Geo, b0: usize, nb: usize, cols: &mut [f32]) {
 
 /// The adjoint of [`im2col`]: adds `cols` (rows of stride `ld`, from column
 /// `at`) onto the image positions they were read from.
+#[inline(always)]
 fn col2im(cols: &[f32], g: &Geo, ld: usize, at: usize, img: &mut [f32]) {
     let (wo, s) = (g.wo, g.stride);
     for ci in 0..g.cin {
@@ -304,7 +307,10 @@ pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
         let ld = nb * p;
         // im2col writes every element of `cols`, the GEMM every one of `tmp`.
         with_scratch(0, k * ld, |cols| {
-            im2col_group(x, g, b0, nb, cols);
+            crate::simd::dispatch(
+                #[inline(always)]
+                || im2col_group(x, g, b0, nb, cols),
+            );
             // SAFETY: images b0..b0 + nb belong to this group only.
             let dst = unsafe { out.slice(b0 * out_img, nb * out_img) };
             if nb == 1 {
@@ -377,9 +383,14 @@ pub(crate) fn input_grad(gy: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
                 sgemm((k, ld, cout), dcols, ld, false, w, (1, k), gm, (ld, 1), par);
                 // SAFETY: images b0..b0 + nb belong to this group only.
                 let dst = unsafe { out.slice(b0 * in_img, nb * in_img) };
-                for j in 0..nb {
-                    col2im(dcols, g, ld, j * p, &mut dst[j * in_img..(j + 1) * in_img]);
-                }
+                crate::simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for j in 0..nb {
+                            col2im(dcols, g, ld, j * p, &mut dst[j * in_img..(j + 1) * in_img]);
+                        }
+                    },
+                );
             });
         });
     });
@@ -403,7 +414,10 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geo) -> Vec<f32> {
             let ld = nb * p;
             // im2col writes every element of `cols`.
             with_scratch(0, k * ld, |cols| {
-                im2col_group(x, g, b0, nb, cols);
+                crate::simd::dispatch(
+                    #[inline(always)]
+                    || im2col_group(x, g, b0, nb, cols),
+                );
                 with_scratch(1, gather_len(g, nb), |buf| {
                     let gm = gather_images(gy, g, b0, nb, buf);
                     // acc (C_out, K) += g (C_out, ld) · colsᵀ: element (pos, r)

@@ -43,7 +43,7 @@ fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 
 /// `Σ a[t]·b[t·stride]` over `a`, in eight independent partial sums so that
 /// the compiler can keep them in one SIMD register.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
     let mut acc = [0f32; 8];
     if stride == 1 {
@@ -75,29 +75,34 @@ fn forward_cpu(x: &[f32], wt: &[f32], c: usize, g: Geometry) -> Vec<f32> {
     y.par_chunks_mut(plane_out)
         .enumerate()
         .for_each(|(plane, out)| {
-            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-            let wk = &wt[(plane % c) * kk..(plane % c + 1) * kk];
-            for u in 0..g.k {
-                for v in 0..g.k {
-                    let Some((rows, jlo, jhi, q0)) = g.tap(u, v) else {
-                        continue;
-                    };
-                    let wv = wk[u * g.k + v];
-                    for i in rows {
-                        let o = &mut out[i * g.wo + jlo..i * g.wo + jhi];
-                        let line = &xp[g.row(i, u) * g.w + q0..];
-                        if g.s == 1 {
-                            for (d, xv) in o.iter_mut().zip(line) {
-                                *d += wv * xv;
-                            }
-                        } else {
-                            for (t, d) in o.iter_mut().enumerate() {
-                                *d += wv * line[t * g.s];
+            crate::simd::dispatch(
+                #[inline(always)]
+                || {
+                    let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+                    let wk = &wt[(plane % c) * kk..(plane % c + 1) * kk];
+                    for u in 0..g.k {
+                        for v in 0..g.k {
+                            let Some((rows, jlo, jhi, q0)) = g.tap(u, v) else {
+                                continue;
+                            };
+                            let wv = wk[u * g.k + v];
+                            for i in rows {
+                                let o = &mut out[i * g.wo + jlo..i * g.wo + jhi];
+                                let line = &xp[g.row(i, u) * g.w + q0..];
+                                if g.s == 1 {
+                                    for (d, xv) in o.iter_mut().zip(line) {
+                                        *d += wv * xv;
+                                    }
+                                } else {
+                                    for (t, d) in o.iter_mut().enumerate() {
+                                        *d += wv * line[t * g.s];
+                                    }
+                                }
                             }
                         }
                     }
-                }
-            }
+                },
+            )
         });
     y
 }
@@ -110,29 +115,34 @@ fn input_grad_cpu(gy: &[f32], wt: &[f32], c: usize, g: Geometry) -> Vec<f32> {
     gx.par_chunks_mut(plane_in)
         .enumerate()
         .for_each(|(plane, out)| {
-            let gp = &gy[plane * plane_out..(plane + 1) * plane_out];
-            let wk = &wt[(plane % c) * kk..(plane % c + 1) * kk];
-            for u in 0..g.k {
-                for v in 0..g.k {
-                    let Some((rows, jlo, jhi, q0)) = g.tap(u, v) else {
-                        continue;
-                    };
-                    let wv = wk[u * g.k + v];
-                    for i in rows {
-                        let grow = &gp[i * g.wo + jlo..i * g.wo + jhi];
-                        let line = &mut out[g.row(i, u) * g.w + q0..];
-                        if g.s == 1 {
-                            for (d, gv) in line.iter_mut().zip(grow) {
-                                *d += wv * gv;
-                            }
-                        } else {
-                            for (t, gv) in grow.iter().enumerate() {
-                                line[t * g.s] += wv * gv;
+            crate::simd::dispatch(
+                #[inline(always)]
+                || {
+                    let gp = &gy[plane * plane_out..(plane + 1) * plane_out];
+                    let wk = &wt[(plane % c) * kk..(plane % c + 1) * kk];
+                    for u in 0..g.k {
+                        for v in 0..g.k {
+                            let Some((rows, jlo, jhi, q0)) = g.tap(u, v) else {
+                                continue;
+                            };
+                            let wv = wk[u * g.k + v];
+                            for i in rows {
+                                let grow = &gp[i * g.wo + jlo..i * g.wo + jhi];
+                                let line = &mut out[g.row(i, u) * g.w + q0..];
+                                if g.s == 1 {
+                                    for (d, gv) in line.iter_mut().zip(grow) {
+                                        *d += wv * gv;
+                                    }
+                                } else {
+                                    for (t, gv) in grow.iter().enumerate() {
+                                        line[t * g.s] += wv * gv;
+                                    }
+                                }
                             }
                         }
                     }
-                }
-            }
+                },
+            )
         });
     gx
 }
@@ -145,27 +155,32 @@ fn weight_grad_cpu(x: &[f32], gy: &[f32], c: usize, g: Geometry) -> Vec<f32> {
     let planes = x.len() / plane_in;
     let mut gw = vec![0f32; c * kk];
     gw.par_chunks_mut(kk).enumerate().for_each(|(ch, out)| {
-        let mut acc = vec![0f64; kk];
-        for plane in (ch..planes).step_by(c) {
-            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-            let gp = &gy[plane * plane_out..(plane + 1) * plane_out];
-            for u in 0..g.k {
-                for v in 0..g.k {
-                    let Some((rows, jlo, jhi, q0)) = g.tap(u, v) else {
-                        continue;
-                    };
-                    let mut s = 0f32;
-                    for i in rows {
-                        let grow = &gp[i * g.wo + jlo..i * g.wo + jhi];
-                        s += dot(grow, &xp[g.row(i, u) * g.w + q0..], g.s);
+        crate::simd::dispatch(
+            #[inline(always)]
+            || {
+                let mut acc = vec![0f64; kk];
+                for plane in (ch..planes).step_by(c) {
+                    let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+                    let gp = &gy[plane * plane_out..(plane + 1) * plane_out];
+                    for u in 0..g.k {
+                        for v in 0..g.k {
+                            let Some((rows, jlo, jhi, q0)) = g.tap(u, v) else {
+                                continue;
+                            };
+                            let mut s = 0f32;
+                            for i in rows {
+                                let grow = &gp[i * g.wo + jlo..i * g.wo + jhi];
+                                s += dot(grow, &xp[g.row(i, u) * g.w + q0..], g.s);
+                            }
+                            acc[u * g.k + v] += f64::from(s);
+                        }
                     }
-                    acc[u * g.k + v] += f64::from(s);
                 }
-            }
-        }
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = a as f32;
-        }
+                for (o, a) in out.iter_mut().zip(acc) {
+                    *o = a as f32;
+                }
+            },
+        )
     });
     gw
 }

@@ -33,6 +33,10 @@
 //! chain of ten single-threaded ops) and [`add_relu`] (a residual sum and
 //! its ReLU).
 //!
+//! Every CPU loop here runs at the widest SIMD the CPU has, chosen at run
+//! time ([`simd`]: AVX-512, AVX2 + FMA or the SSE2 baseline), with the same
+//! results on every path.
+//!
 //! ```
 //! use candle_core::{Device, Tensor};
 //! use selfsup_kernels::{conv2d, Conv2dParams, Kernels};
@@ -49,6 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 mod batchnorm;
 mod cpu_conv;
 mod depthwise;
+pub mod simd;
 
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
 
