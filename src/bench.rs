@@ -178,6 +178,63 @@ enum Tail {
     SimClr(crate::contrastive::Mlp, Tensor),
 }
 
+/// What [`time_steps`] measured: median and half-range of images/s,
+/// convolution FLOPs per step, and the forward / backward / optimizer
+/// milliseconds of each repetition.
+type Timing = (f64, f64, f64, [Vec<f64>; 3]);
+
+/// Warms up, times `o.reps` repetitions of `o.steps` training steps of
+/// `forward`'s loss with `opt`, then times each phase of one step per
+/// repetition.
+fn time_steps<O: Optimizer>(
+    o: &BenchOptions,
+    mut opt: O,
+    forward: impl Fn() -> Result<Tensor>,
+) -> Result<Timing> {
+    let mut step = || -> Result<Tensor> {
+        let loss = forward()?;
+        opt.backward_step(&loss)?;
+        Ok(loss)
+    };
+    for _ in 0..o.warmup {
+        step()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    }
+    kernels::take_forward_flops();
+    let (reps, steps) = (o.reps.max(1), o.steps.max(1));
+    let mut rates = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        let mut last = None;
+        for _ in 0..steps {
+            last = Some(step()?);
+        }
+        if let Some(l) = last {
+            l.to_scalar::<f32>()?; // waits for the device
+        }
+        rates.push((o.batch * steps) as f64 / t.elapsed().as_secs_f64());
+    }
+    let flops_per_step = 3.0 * kernels::take_forward_flops() as f64 / (reps * steps) as f64;
+    // Phases, each waited for before the next starts.
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..reps {
+        let t = Instant::now();
+        let loss = forward()?;
+        o.device.synchronize()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        o.device.synchronize()?;
+        let t2 = Instant::now();
+        opt.step(&grads)?;
+        o.device.synchronize()?;
+        let t3 = Instant::now();
+        times[0].push(1e3 * (t1 - t).as_secs_f64());
+        times[1].push(1e3 * (t2 - t1).as_secs_f64());
+        times[2].push(1e3 * (t3 - t2).as_secs_f64());
+    }
+    let (med, spread) = median_spread(&rates);
+    Ok((med, spread, flops_per_step, times))
+}
+
 /// Times the training step of `objective` on `model` with `k` kernels.
 /// `o.batch` counts images (SimCLR's step sees twice as many views).
 pub fn train_step_row(
@@ -204,18 +261,15 @@ pub fn train_step_row(
     } else {
         Tail::Rotation(candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?)
     };
-    let vars = params::trainable_vars(&map)
+    let vars: Vec<_> = params::trainable_vars(&map)
         .into_iter()
         .map(|(_, v)| v)
         .collect();
-    let mut opt = candle_nn::AdamW::new(
-        vars,
-        candle_nn::ParamsAdamW {
-            lr: 1e-3,
-            weight_decay: 5e-4,
-            ..Default::default()
-        },
-    )?;
+    let adamw = candle_nn::ParamsAdamW {
+        lr: 1e-3,
+        weight_decay: 5e-4,
+        ..Default::default()
+    };
     let forward = || -> Result<Tensor> {
         match &tail {
             Tail::Rotation(head) => {
@@ -229,52 +283,17 @@ pub fn train_step_row(
             }
         }
     };
-    let step = |opt: &mut candle_nn::AdamW| -> Result<Tensor> {
-        let loss = forward()?;
-        opt.backward_step(&loss)?;
-        Ok(loss)
+    // Stock rows keep Candle's own AdamW; fast rows use the fused one.
+    let timing = match k {
+        Kernels::Stock => time_steps(o, candle_nn::AdamW::new(vars, adamw)?, forward)?,
+        Kernels::Fast => time_steps(o, kernels::AdamW::new(vars, adamw)?, forward)?,
     };
-    for _ in 0..o.warmup {
-        step(&mut opt)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-    }
-    kernels::take_forward_flops();
-    let (reps, steps) = (o.reps.max(1), o.steps.max(1));
-    let mut rates = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t = Instant::now();
-        let mut last = None;
-        for _ in 0..steps {
-            last = Some(step(&mut opt)?);
-        }
-        if let Some(l) = last {
-            l.to_scalar::<f32>()?; // waits for the device
-        }
-        rates.push((o.batch * steps) as f64 / t.elapsed().as_secs_f64());
-    }
-    let flops_per_step = 3.0 * kernels::take_forward_flops() as f64 / (reps * steps) as f64;
-    // Phases, each waited for before the next starts.
-    let mut times = [Vec::new(), Vec::new(), Vec::new()];
-    for _ in 0..reps {
-        let t = Instant::now();
-        let loss = forward()?;
-        o.device.synchronize()?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
-        o.device.synchronize()?;
-        let t2 = Instant::now();
-        opt.step(&grads)?;
-        o.device.synchronize()?;
-        let t3 = Instant::now();
-        times[0].push(1e3 * (t1 - t).as_secs_f64());
-        times[1].push(1e3 * (t2 - t1).as_secs_f64());
-        times[2].push(1e3 * (t3 - t2).as_secs_f64());
-    }
+    let (med, spread, flops_per_step, times) = timing;
     let phases = Phases {
         forward: median_spread(&times[0]).0,
         backward: median_spread(&times[1]).0,
         optimizer: median_spread(&times[2]).0,
     };
-    let (med, spread) = median_spread(&rates);
     let gflops = (flops_per_step > 0.0).then(|| flops_per_step * med / o.batch as f64 / 1e9);
     Ok(BenchRow {
         model: model.to_string(),

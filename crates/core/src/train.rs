@@ -3,8 +3,9 @@
 
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
+use candle_nn::{Optimizer as _, ParamsAdamW};
 use indicatif::{ProgressBar, ProgressStyle};
+use selfsup_kernels::AdamW;
 use std::time::Instant;
 
 /// Linear warmup from 0 to `base_lr` over `warmup_steps`, then cosine decay
@@ -43,7 +44,9 @@ impl LrSchedule {
     }
 }
 
-/// AdamW driven by an [`LrSchedule`], with a non-finite-loss guard.
+/// AdamW driven by an [`LrSchedule`], with a non-finite-loss guard. The
+/// optimizer is `selfsup_kernels::AdamW`: Candle's algorithm, with its
+/// update fused into one pass per parameter on the CPU.
 pub struct Trainer {
     opt: AdamW,
     schedule: LrSchedule,

@@ -30,8 +30,9 @@
 //! On the CPU the crate also fuses what surrounds the convolutions in a
 //! training step: [`batch_norm_train`] (training-mode BatchNorm with its
 //! ReLU/ReLU6 in one pass forward and two backward, instead of Candle's
-//! chain of ten single-threaded ops) and [`add_relu`] (a residual sum and
-//! its ReLU).
+//! chain of ten single-threaded ops), [`add_relu`] (a residual sum and
+//! its ReLU) and [`AdamW`] (Candle's optimizer with its update fused
+//! into one in-place pass per parameter, bit-identical results).
 //!
 //! Every CPU loop here runs at the widest SIMD the CPU has, chosen at run
 //! time ([`simd`]: AVX-512, AVX2 + FMA or the SSE2 baseline), with the same
@@ -50,11 +51,13 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
+pub mod adamw;
 mod batchnorm;
 mod cpu_conv;
 mod depthwise;
 pub mod simd;
 
+pub use adamw::AdamW;
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
 
 /// Which implementation of the convolution ops to use.

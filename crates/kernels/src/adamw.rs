@@ -1,0 +1,332 @@
+//! AdamW with a fused CPU update: one pass over each parameter.
+//!
+//! `candle_nn::AdamW` updates a parameter with eleven tensor ops (scale,
+//! add, square, sqrt, divide, ...), each a full pass that allocates its
+//! result, then three copies back into the variables. [`AdamW`] computes
+//! the same expression element by element in one pass over the parameter,
+//! its gradient and its two moments, in place, vectorised for the CPU's
+//! widest SIMD ([`crate::simd`]) and parallel over large parameters. Every
+//! element goes through the same f32 operations in the same order as
+//! Candle's version (constants rounded to f32 as Candle's affine ops round
+//! them), so the two optimizers produce bit-identical parameters. Off the
+//! CPU, or for other dtypes, a parameter is updated with Candle's ops.
+
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
+use candle_nn::{Optimizer, ParamsAdamW};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Elements per parallel task of one parameter's update.
+const CHUNK: usize = 1 << 14;
+
+/// The per-element constants of one step, rounded to f32 as Candle's
+/// `affine` rounds them.
+#[derive(Debug, Clone, Copy)]
+struct Consts {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    scale_m: f32,
+    scale_v: f32,
+    decay: f32,
+    eps: f32,
+    lr: f32,
+}
+
+impl Consts {
+    fn new(p: &ParamsAdamW, step: usize) -> Self {
+        let t = step as i32;
+        Self {
+            beta1: p.beta1 as f32,
+            one_minus_beta1: (1.0 - p.beta1) as f32,
+            beta2: p.beta2 as f32,
+            one_minus_beta2: (1.0 - p.beta2) as f32,
+            scale_m: (1.0 / (1.0 - p.beta1.powi(t))) as f32,
+            scale_v: (1.0 / (1.0 - p.beta2.powi(t))) as f32,
+            decay: (1.0 - p.lr * p.weight_decay) as f32,
+            eps: p.eps as f32,
+            lr: p.lr as f32,
+        }
+    }
+}
+
+/// One AdamW step over matching slices of parameters, gradients and
+/// moments, in Candle's order of operations (the `+ 0.0` are Candle's
+/// affine offsets, kept so that even the sign of a zero matches).
+#[inline(always)]
+fn update(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Consts) {
+    let n = theta.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let gi = g[i];
+        let nm = (m[i] * c.beta1 + 0.0) + (gi * c.one_minus_beta1 + 0.0);
+        let nv = (v[i] * c.beta2 + 0.0) + ((gi * gi) * c.one_minus_beta2 + 0.0);
+        let m_hat = nm * c.scale_m + 0.0;
+        let v_hat = nv * c.scale_v + 0.0;
+        let adjusted = m_hat / (v_hat.sqrt() + c.eps);
+        theta[i] = (theta[i] * c.decay + 0.0) - (adjusted * c.lr + 0.0);
+        m[i] = nm;
+        v[i] = nv;
+    }
+}
+
+/// [`update`] over whole buffers: parallel in chunks, each chunk at the
+/// CPU's widest SIMD.
+fn update_all(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Consts) {
+    if theta.len() <= CHUNK {
+        crate::simd::dispatch(
+            #[inline(always)]
+            || update(theta, g, m, v, c),
+        );
+        return;
+    }
+    theta
+        .par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((t, g), m), v)| {
+            crate::simd::dispatch(
+                #[inline(always)]
+                || update(t, g, m, v, c),
+            )
+        });
+}
+
+/// The in-place op: the parameter is the mutated operand, the gradient the
+/// other; the moments live here.
+struct FusedStep<'a> {
+    moments: &'a Mutex<(Vec<f32>, Vec<f32>)>,
+    consts: Consts,
+}
+
+impl InplaceOp2 for FusedStep<'_> {
+    fn name(&self) -> &'static str {
+        "selfsup-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (Some((a, b)), Some((ga, gb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("adamw: parameter and gradient must be contiguous")
+        };
+        let g = &s2.as_slice::<f32>()?[ga..gb];
+        let theta = match s1 {
+            CpuStorage::F32(d) => &mut d[a..b],
+            _ => candle_core::bail!("adamw: the fused step takes f32 parameters"),
+        };
+        let mut guard = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adamw: poisoned moments".into()))?;
+        let (m, v) = &mut *guard;
+        if g.len() != theta.len() || m.len() != theta.len() {
+            candle_core::bail!(
+                "adamw: {} parameters, {} gradients, {} moments",
+                theta.len(),
+                g.len(),
+                m.len()
+            );
+        }
+        update_all(theta, g, m, v, self.consts);
+        Ok(())
+    }
+}
+
+/// Where one parameter's moments live.
+#[derive(Debug)]
+enum Moments {
+    /// CPU f32: host vectors, updated by the fused step.
+    Host(Mutex<(Vec<f32>, Vec<f32>)>),
+    /// Elsewhere: variables on the parameter's device, Candle's ops.
+    Device(Var, Var),
+}
+
+/// AdamW (decoupled weight decay on every parameter), the same algorithm
+/// and defaults as `candle_nn::AdamW`, with a fused in-place CPU update.
+#[derive(Debug)]
+pub struct AdamW {
+    vars: Vec<(Var, Moments)>,
+    step_t: usize,
+    params: ParamsAdamW,
+}
+
+impl AdamW {
+    /// The parameters of this optimizer.
+    pub fn params(&self) -> &ParamsAdamW {
+        &self.params
+    }
+}
+
+fn fused(var: &Var) -> bool {
+    var.device().is_cpu() && var.dtype() == DType::F32
+}
+
+/// Candle's AdamW update of one parameter, for devices and dtypes the
+/// fused step does not cover.
+fn composed_step(
+    theta: &Var,
+    g: &Tensor,
+    m: &Var,
+    v: &Var,
+    p: &ParamsAdamW,
+    t: usize,
+) -> Result<()> {
+    let scale_m = 1.0 / (1.0 - p.beta1.powi(t as i32));
+    let scale_v = 1.0 / (1.0 - p.beta2.powi(t as i32));
+    let next_m = ((m.as_tensor() * p.beta1)? + (g * (1.0 - p.beta1))?)?;
+    let next_v = ((v.as_tensor() * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
+    let m_hat = (&next_m * scale_m)?;
+    let v_hat = (&next_v * scale_v)?;
+    let next_theta = (theta.as_tensor() * (1.0 - p.lr * p.weight_decay))?;
+    let adjusted = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
+    let next_theta = (next_theta - (adjusted * p.lr)?)?;
+    m.set(&next_m)?;
+    v.set(&next_v)?;
+    theta.set(&next_theta)
+}
+
+impl Optimizer for AdamW {
+    type Config = ParamsAdamW;
+
+    fn new(vars: Vec<Var>, params: ParamsAdamW) -> Result<Self> {
+        let vars = vars
+            .into_iter()
+            .filter(|v| v.dtype().is_float())
+            .map(|var| {
+                let moments = if fused(&var) {
+                    let n = var.elem_count();
+                    Moments::Host(Mutex::new((vec![0.0; n], vec![0.0; n])))
+                } else {
+                    let (s, d, dev) = (var.shape(), var.dtype(), var.device());
+                    Moments::Device(Var::zeros(s, d, dev)?, Var::zeros(s, d, dev)?)
+                };
+                Ok((var, moments))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            vars,
+            step_t: 0,
+            params,
+        })
+    }
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step_t += 1;
+        let consts = Consts::new(&self.params, self.step_t);
+        for (var, moments) in &self.vars {
+            let Some(g) = grads.get(var) else { continue };
+            match moments {
+                Moments::Host(mv) => {
+                    let g = g.to_dtype(DType::F32)?.contiguous()?;
+                    let op = FusedStep {
+                        moments: mv,
+                        consts,
+                    };
+                    var.as_tensor().inplace_op2(&g, &op)?;
+                }
+                Moments::Device(m, v) => composed_step(var, g, m, v, &self.params, self.step_t)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.params.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.params.lr = lr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Parameters of several sizes (one above [`CHUNK`], so the parallel
+    /// path runs; one f64, so the composed path runs; one that never gets
+    /// a gradient), and a loss over all but the last.
+    fn setup() -> (Vec<Var>, impl Fn(&[Var]) -> Tensor) {
+        let dev = Device::Cpu;
+        let make = |n: usize, seed: f64| {
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i as f64 * 0.37 + seed).sin()) as f32)
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(v, n, &dev).unwrap()).unwrap()
+        };
+        let wide = Var::from_tensor(
+            &Tensor::arange(0f64, 5.0, &dev)
+                .unwrap()
+                .affine(0.3, -0.7)
+                .unwrap(),
+        )
+        .unwrap();
+        let vars = vec![make(13, 0.1), make(3 * CHUNK + 5, 0.2), wide, make(4, 0.3)];
+        let loss = |v: &[Var]| {
+            let a = v[0].as_tensor().sqr().unwrap().sum_all().unwrap();
+            let b = v[1].as_tensor().sin().unwrap().sum_all().unwrap();
+            let c = v[2]
+                .as_tensor()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            ((a + b).unwrap() + c).unwrap()
+        };
+        (vars, loss)
+    }
+
+    #[test]
+    fn the_fused_step_equals_candles_adamw_bit_for_bit() {
+        let p = ParamsAdamW {
+            lr: 3e-2,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let (ours, loss) = setup();
+        let (theirs, _) = setup();
+        let mut a = AdamW::new(ours.clone(), p.clone()).unwrap();
+        let mut b = candle_nn::AdamW::new(theirs.clone(), p).unwrap();
+        for step in 0..5 {
+            a.set_learning_rate(3e-2 / (step + 1) as f64);
+            b.set_learning_rate(3e-2 / (step + 1) as f64);
+            a.backward_step(&loss(&ours)).unwrap();
+            b.backward_step(&loss(&theirs)).unwrap();
+        }
+        for (x, y) in ours.iter().zip(&theirs) {
+            let x = x
+                .as_tensor()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let y = y
+                .as_tensor()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            assert_eq!(x, y);
+        }
+        // The parameters moved, and the one without a gradient did not.
+        let last: Vec<f32> = ours[3].as_tensor().to_vec1().unwrap();
+        assert_eq!(last, setup().0[3].as_tensor().to_vec1::<f32>().unwrap());
+        assert_ne!(
+            ours[0].as_tensor().to_vec1::<f32>().unwrap(),
+            setup().0[0].as_tensor().to_vec1::<f32>().unwrap()
+        );
+        assert_eq!(a.learning_rate(), 3e-2 / 5.0);
+    }
+}
