@@ -38,8 +38,8 @@ use candle_core::{ModuleT, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, VarBuilder};
 use selfsup_core::{Error, Result};
 use selfsup_kernels::{
-    add_relu, batch_norm_train, conv2d_default, fused_supported, fusion_enabled, Activation,
-    Conv2dParams,
+    add_relu, batch_norm_train, conv2d_default, default_kernels, fused_supported, fusion_enabled,
+    Activation, Conv2dParams, Kernels,
 };
 use serde::{Deserialize, Serialize};
 
@@ -285,7 +285,9 @@ fn residual_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// 2x2 max-pool, first dropping an odd last row/column (Candle's max-pool
-/// backward is only correct for sizes divisible by the kernel).
+/// backward is only correct for sizes divisible by the kernel). With the
+/// fast kernels on the CPU it is `selfsup_kernels::max_pool2`, one pass
+/// each way with the same gradient as Candle's.
 fn max_pool2(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let x = if h % 2 == 1 || w % 2 == 1 {
@@ -293,7 +295,11 @@ fn max_pool2(x: &Tensor) -> Result<Tensor> {
     } else {
         x.clone()
     };
-    Ok(x.max_pool2d(2)?)
+    if default_kernels() == Kernels::Fast {
+        Ok(selfsup_kernels::max_pool2(&x)?)
+    } else {
+        Ok(x.max_pool2d(2)?)
+    }
 }
 
 /// Global average pool: (B, C, H, W) -> (B, C).

@@ -31,7 +31,8 @@
 //! training step: [`batch_norm_train`] (training-mode BatchNorm with its
 //! ReLU/ReLU6 in one pass forward and two backward, instead of Candle's
 //! chain of ten single-threaded ops), [`add_relu`] (a residual sum and
-//! its ReLU) and [`AdamW`] (Candle's optimizer with its update fused
+//! its ReLU), [`max_pool2`] (2x2 max-pooling with Candle's gradient, one
+//! pass each way) and [`AdamW`] (Candle's optimizer with its update fused
 //! into one in-place pass per parameter, bit-identical results).
 //!
 //! Every CPU loop here runs at the widest SIMD the CPU has, chosen at run
@@ -55,10 +56,12 @@ pub mod adamw;
 mod batchnorm;
 mod cpu_conv;
 mod depthwise;
+mod pool;
 pub mod simd;
 
 pub use adamw::AdamW;
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
+pub use pool::max_pool2;
 
 /// Which implementation of the convolution ops to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,173 @@
+//! 2x2, stride-2 max-pooling on the CPU (f32), forward and backward in one
+//! pass each, parallel over planes.
+//!
+//! Candle's backward pass for `max_pool2d` takes seven tensor ops (upsample
+//! the output, compare, convert, average-pool the mask, multiply, upsample
+//! the gradient, multiply), each a single-threaded pass over the input.
+//! [`max_pool2`] keeps Candle's gradient exactly, so that a model trains to
+//! the same numbers with either: each input equal to its window's maximum
+//! receives the output gradient times (number of such inputs in the
+//! window) / 4. (PyTorch instead routes the whole gradient to one maximum;
+//! Candle's convention is kept here on purpose, see ARCHITECTURE.md.)
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// 2x2 max-pool with stride 2 of `x` (N, C, H, W), H and W even. The fused
+/// op on CPU f32 tensors; Candle's `max_pool2d` elsewhere.
+pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return x.max_pool2d(2);
+    }
+    if h % 2 == 1 || w % 2 == 1 {
+        candle_core::bail!(
+            "max_pool2: height and width must be even, got {:?}",
+            x.dims()
+        );
+    }
+    x.contiguous()?.apply_op1(MaxPool2)
+}
+
+struct MaxPool2;
+
+/// (x, y, dL/dy) -> dL/dx.
+struct MaxPool2Grad;
+
+fn planes(l: &Layout) -> Result<(usize, usize, usize)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    Ok((n * c, h, w))
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    crate::cpu_f32(s, l, "max_pool2", what)
+}
+
+impl CustomOp1 for MaxPool2 {
+    fn name(&self) -> &'static str {
+        "selfsup-max-pool2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "the input")?;
+        let (np, h, w) = planes(l)?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut y = vec![0f32; np * ho * wo];
+        if ho * wo > 0 {
+            y.par_chunks_mut(ho * wo)
+                .zip(x.par_chunks(h * w))
+                .for_each(|(out, inp)| {
+                    for oy in 0..ho {
+                        let (r0, r1) = (&inp[2 * oy * w..], &inp[(2 * oy + 1) * w..]);
+                        for (ox, o) in out[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
+                            let a = r0[2 * ox].max(r0[2 * ox + 1]);
+                            *o = a.max(r1[2 * ox].max(r1[2 * ox + 1]));
+                        }
+                    }
+                });
+        }
+        let (n, c, _, _) = l.shape().dims4()?;
+        Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, gy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op3_no_bwd(
+            y,
+            &gy.contiguous()?,
+            &MaxPool2Grad,
+        )?))
+    }
+}
+
+impl CustomOp3 for MaxPool2Grad {
+    fn name(&self) -> &'static str {
+        "selfsup-max-pool2-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(sx, lx, "the input")?;
+        let y = slice(sy, ly, "the output")?;
+        let g = slice(sg, lg, "the gradient")?;
+        let (np, h, w) = planes(lx)?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut dx = vec![0f32; np * h * w];
+        if ho * wo > 0 {
+            dx.par_chunks_mut(h * w)
+                .zip(x.par_chunks(h * w))
+                .zip(y.par_chunks(ho * wo).zip(g.par_chunks(ho * wo)))
+                .for_each(|((d, inp), (out, grad))| {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let m = out[oy * wo + ox];
+                            let at = [
+                                2 * oy * w + 2 * ox,
+                                2 * oy * w + 2 * ox + 1,
+                                (2 * oy + 1) * w + 2 * ox,
+                                (2 * oy + 1) * w + 2 * ox + 1,
+                            ];
+                            let ties = at.iter().filter(|&&i| inp[i] == m).count();
+                            // Candle's (gradient · ties / 4), on each maximum.
+                            let share = grad[oy * wo + ox] * (ties as f32 / 4.0);
+                            for i in at {
+                                if inp[i] == m {
+                                    d[i] = share;
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(dx), lx.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Output and input gradient (of `Σ y·w`) through `pool`.
+    fn run(
+        x: &[f32],
+        dims: (usize, usize, usize, usize),
+        pool: fn(&Tensor) -> Tensor,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::from_vec(x.to_vec(), dims, &dev).unwrap()).unwrap();
+        let y = pool(x.as_tensor());
+        let n = y.elem_count();
+        let w: Vec<f32> = (0..n).map(|i| (i as f32 * 0.61).cos()).collect();
+        let w = Tensor::from_vec(w, y.dims(), &dev).unwrap();
+        let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (flat(&y), flat(g.get(&x).unwrap()))
+    }
+
+    #[test]
+    fn matches_candles_max_pool_and_its_gradient_ties_included() {
+        let dims = (2, 3, 6, 8);
+        let n = 2 * 3 * 6 * 8;
+        // Rounded values: many windows hold two, three or four equal maxima.
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 * 1.7).sin() * 2.0).round())
+            .collect();
+        let ours = run(&x, dims, |t| max_pool2(t).unwrap());
+        let stock = run(&x, dims, |t| t.max_pool2d(2).unwrap());
+        assert_eq!(ours, stock);
+        // Ties happened, so the tie rule was exercised.
+        let shares: std::collections::BTreeSet<u32> =
+            ours.1.iter().map(|v| v.abs().to_bits()).collect();
+        assert!(shares.len() > 3);
+        let odd = Tensor::zeros((1, 1, 5, 4), DType::F32, &Device::Cpu).unwrap();
+        let e = max_pool2(&odd).unwrap_err().to_string();
+        assert!(e.contains("even"), "{e}");
+    }
+}
