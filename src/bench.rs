@@ -140,6 +140,40 @@ pub fn matmul_peak(device: &Device) -> Result<f64> {
     Ok(best)
 }
 
+/// The CPU a bench ran on: its model name, SIMD features, and the widest
+/// level our kernels and the GEMM dispatch to on it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CpuInfo {
+    /// `model name` from /proc/cpuinfo (empty where unavailable).
+    pub model: String,
+    /// SIMD features the standard library detects (`avx2`, `avx512f`, ...).
+    pub features: Vec<String>,
+    /// `baseline`, `avx2` or `avx512`: what [`kernels::simd::dispatch`]
+    /// runs, and the GEMM kernels `matmul_peak` and the convolutions use.
+    pub simd: String,
+}
+
+/// This machine's [`CpuInfo`].
+pub fn cpu_info() -> CpuInfo {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    CpuInfo {
+        model,
+        features: kernels::simd::cpu_features()
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        simd: kernels::simd::active().name().to_string(),
+    }
+}
+
 /// Device memory in use (MiB) on a CUDA device; `None` on the CPU.
 pub fn gpu_memory_used_mb(device: &Device) -> Option<f64> {
     #[cfg(feature = "cuda")]

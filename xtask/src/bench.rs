@@ -145,8 +145,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
             pytorch_note = Some(note);
         }
     }
+    let cpu = bench::cpu_info();
+    eprintln!(
+        "cpu: {} ({} SIMD; {})",
+        cpu.model,
+        cpu.simd,
+        cpu.features.join(" ")
+    );
     let peak = bench::matmul_peak(&device)?;
-    eprintln!("measured f32 matmul peak: {peak:.0} GFLOP/s");
+    eprintln!(
+        "measured f32 matmul peak: {peak:.0} GFLOP/s ({} GEMM kernels)",
+        cpu.simd
+    );
     let opts = BenchOptions {
         models: a.models.clone(),
         kernels: a.kernels.clone(),
@@ -219,6 +229,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "steps_per_rep": steps,
             "reps": a.reps,
             "matmul_peak_gflops": peak,
+            "cpu": cpu,
             "pytorch": pytorch_note.unwrap_or_else(|| {
                 if a.no_pytorch { "skipped (--no-pytorch)" } else { "measured" }.into()
             }),
