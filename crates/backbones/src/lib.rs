@@ -302,9 +302,14 @@ fn max_pool2(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Global average pool: (B, C, H, W) -> (B, C).
+/// Global average pool: (B, C, H, W) -> (B, C); with the fast kernels its
+/// backward pass is `selfsup_kernels::global_avg_pool`'s single pass.
 fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
-    Ok(x.mean(3)?.mean(2)?)
+    if default_kernels() == Kernels::Fast {
+        Ok(selfsup_kernels::global_avg_pool(x)?)
+    } else {
+        Ok(x.mean(3)?.mean(2)?)
+    }
 }
 
 /// A small VGG-style network: per stage a 3x3 conv, BatchNorm and ReLU,

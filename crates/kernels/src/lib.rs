@@ -62,7 +62,7 @@ pub mod simd;
 
 pub use adamw::AdamW;
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
-pub use pool::max_pool2;
+pub use pool::{global_avg_pool, max_pool2};
 
 /// Which implementation of the convolution ops to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,7 +10,10 @@
 //! window) / 4. (PyTorch instead routes the whole gradient to one maximum;
 //! Candle's convention is kept here on purpose, see ARCHITECTURE.md.)
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result,
+    Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// 2x2 max-pool with stride 2 of `x` (N, C, H, W), H and W even. The fused
@@ -129,6 +132,67 @@ impl CustomOp3 for MaxPool2Grad {
     }
 }
 
+/// Global average pool (N, C, H, W) -> (N, C), `x.mean(3).mean(2)`: the
+/// forward pass is Candle's (same values), the backward pass one parallel
+/// pass that writes each input's gradient `(g · (1/H)) · (1/W)` — the
+/// value Candle's chain of broadcasts, affine maps and adds onto zeros
+/// computes — instead of four passes over the input. CPU f32 only; the
+/// plain Candle ops elsewhere.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let mean = |t: &Tensor| t.mean(3)?.mean(2);
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || !x.track_op() {
+        return mean(x);
+    }
+    let y = mean(&x.detach())?;
+    x.apply_op2(&y, GapGrad { h, w })
+}
+
+/// (x, its precomputed mean) -> the mean, differentiable in x.
+struct GapGrad {
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for GapGrad {
+    fn name(&self) -> &'static str {
+        "selfsup-global-avg-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((sy.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+        let plane = self.h * self.w;
+        // Candle divides by the count as an affine map with the f64
+        // reciprocal rounded to f32.
+        let (inv_h, inv_w) = ((1.0 / self.h as f64) as f32, (1.0 / self.w as f64) as f32);
+        let mut dx = vec![0f32; g.len() * plane];
+        if plane > 0 {
+            dx.par_chunks_mut(plane)
+                .zip(g.par_iter())
+                .for_each(|(d, &gv)| {
+                    d.fill((gv * inv_h + 0.0) * inv_w + 0.0);
+                });
+        }
+        Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), None))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +230,9 @@ mod tests {
         let shares: std::collections::BTreeSet<u32> =
             ours.1.iter().map(|v| v.abs().to_bits()).collect();
         assert!(shares.len() > 3);
+        let gap = run(&x, dims, |t| global_avg_pool(t).unwrap());
+        let stock_gap = run(&x, dims, |t| t.mean(3).unwrap().mean(2).unwrap());
+        assert_eq!(gap, stock_gap);
         let odd = Tensor::zeros((1, 1, 5, 4), DType::F32, &Device::Cpu).unwrap();
         let e = max_pool2(&odd).unwrap_err().to_string();
         assert!(e.contains("even"), "{e}");

@@ -1,9 +1,9 @@
 //! Every CPU kernel gives the same numbers on every SIMD path this machine
 //! supports: the outputs and gradients of the dense and depthwise
 //! convolutions, the fused BatchNorm (each activation), add + ReLU, the
-//! max-pool and the fused AdamW step, run with the level capped at each of
-//! baseline / AVX2 / AVX-512 in turn, equal those of the baseline path
-//! element for element. (The other property tests check the widest path
+//! max-pool, the global average pool and the fused AdamW step, run with the
+//! level capped at each of baseline / AVX2 / AVX-512 in turn, equal those
+//! of the baseline path element for element. (The other property tests check the widest path
 //! against Candle's reference ops; together they cover every path.)
 //!
 //! The cap is process-wide, so this file holds one test.
@@ -14,7 +14,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use selfsup_kernels::simd::{self, SimdLevel};
 use selfsup_kernels::{
-    add_relu, batch_norm_train, conv2d, max_pool2, Activation, AdamW, Conv2dParams, Kernels,
+    add_relu, batch_norm_train, conv2d, global_avg_pool, max_pool2, Activation, AdamW,
+    Conv2dParams, Kernels,
 };
 
 fn var(rng: &mut ChaCha8Rng, dims: &[usize]) -> Var {
@@ -92,6 +93,11 @@ fn all_kernels() -> Vec<Vec<f32>> {
     let x = var(&mut rng, &[2, 3, 8, 6]);
     let tied = x.as_tensor().clamp(-0.5f32, 0.5f32).unwrap();
     out.extend(with_grads(&[&x], || max_pool2(&tied).unwrap(), 5));
+    out.extend(with_grads(
+        &[&x],
+        || global_avg_pool(x.as_tensor()).unwrap(),
+        6,
+    ));
     // Three AdamW steps on a small and a large (parallel-chunked) parameter.
     let params = [var(&mut rng, &[7, 3]), var(&mut rng, &[70_000])];
     let cfg = ParamsAdamW {
