@@ -149,8 +149,11 @@ pub struct CpuInfo {
     /// SIMD features the standard library detects (`avx2`, `avx512f`, ...).
     pub features: Vec<String>,
     /// `baseline`, `avx2` or `avx512`: what [`kernels::simd::dispatch`]
-    /// runs, and the GEMM kernels `matmul_peak` and the convolutions use.
+    /// runs our CPU loops at.
     pub simd: String,
+    /// The same for the GEMM kernels that `matmul_peak` and the
+    /// convolutions use ([`kernels::simd::gemm_level`]).
+    pub gemm_simd: String,
 }
 
 /// This machine's [`CpuInfo`].
@@ -171,6 +174,7 @@ pub fn cpu_info() -> CpuInfo {
             .map(String::from)
             .collect(),
         simd: kernels::simd::active().name().to_string(),
+        gemm_simd: kernels::simd::gemm_level().name().to_string(),
     }
 }
 

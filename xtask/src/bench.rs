@@ -147,7 +147,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let cpu = bench::cpu_info();
     eprintln!(
-        "cpu: {} ({} SIMD; {})",
+        "cpu: {} ({} SIMD for our loops; {})",
         cpu.model,
         cpu.simd,
         cpu.features.join(" ")
@@ -155,7 +155,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let peak = bench::matmul_peak(&device)?;
     eprintln!(
         "measured f32 matmul peak: {peak:.0} GFLOP/s ({} GEMM kernels)",
-        cpu.simd
+        cpu.gemm_simd
     );
     let opts = BenchOptions {
         models: a.models.clone(),

@@ -89,6 +89,23 @@ pub fn active() -> SimdLevel {
     }
 }
 
+/// The level of the GEMM kernels the `gemm` crate runs here: AVX-512 only
+/// when this build has the `avx512-gemm` feature and the CPU has AVX-512F;
+/// AVX2 + FMA where the CPU has them; else its baseline kernels.
+pub fn gemm_level() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if cfg!(feature = "avx512-gemm") && has!("avx512f") {
+            return SimdLevel::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return SimdLevel::Avx2;
+        }
+    }
+    SimdLevel::Baseline
+}
+
 /// The CPU's SIMD-related features, as the standard library detects them,
 /// for benchmark records.
 pub fn cpu_features() -> Vec<&'static str> {
@@ -167,5 +184,10 @@ mod tests {
         if top >= SimdLevel::Avx2 {
             assert!(cpu_features().contains(&"avx2"));
         }
+        assert!(gemm_level() <= top);
+        assert_eq!(
+            gemm_level() == SimdLevel::Avx512,
+            cfg!(feature = "avx512-gemm") && top == SimdLevel::Avx512
+        );
     }
 }

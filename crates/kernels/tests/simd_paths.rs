@@ -51,34 +51,27 @@ fn with_grads(inputs: &[&Var], f: impl Fn() -> Tensor, seed: u64) -> Vec<Vec<f32
 fn all_kernels() -> Vec<Vec<f32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut out = Vec::new();
-    // Dense: a stride-1 and a stride-2 layer, odd and non-square planes.
-    for (dims, stride) in [([3, 5, 9, 7], 1), ([2, 4, 11, 10], 2)] {
+    // Dense (stride 1 and 2, odd and non-square planes) and depthwise 3x3
+    // (stride 1 and 2): (input, groups, stride).
+    let convs = [
+        ([3, 5, 9, 7], 1, 1),
+        ([2, 4, 11, 10], 1, 2),
+        ([2, 6, 13, 13], 6, 1),
+        ([2, 6, 13, 13], 6, 2),
+    ];
+    for (dims, groups, stride) in convs {
         let x = var(&mut rng, &dims);
-        let w = var(&mut rng, &[6, dims[1], 3, 3]);
+        let cout = if groups == 1 { 6 } else { dims[1] };
+        let w = var(&mut rng, &[cout, dims[1] / groups, 3, 3]);
         let p = Conv2dParams {
             stride,
             padding: 1,
-            groups: 1,
+            groups,
         };
         out.extend(with_grads(
             &[&x, &w],
             || conv2d(&x, &w, p, Kernels::Fast).unwrap(),
             1,
-        ));
-    }
-    // Depthwise 3x3, strides 1 and 2.
-    for stride in [1, 2] {
-        let x = var(&mut rng, &[2, 6, 13, 13]);
-        let w = var(&mut rng, &[6, 1, 3, 3]);
-        let p = Conv2dParams {
-            stride,
-            padding: 1,
-            groups: 6,
-        };
-        out.extend(with_grads(
-            &[&x, &w],
-            || conv2d(&x, &w, p, Kernels::Fast).unwrap(),
-            2,
         ));
     }
     // BatchNorm with each activation; add + ReLU; max-pool (with ties).
