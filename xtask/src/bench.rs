@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use selfsup::bench::{self, BenchOptions, BenchRow};
 use selfsup::core::device::parse_device;
+use selfsup::kernels::simd::{self, SimdLevel};
 use selfsup::kernels::Kernels;
 use std::path::PathBuf;
 use std::process::Command;
@@ -53,6 +54,11 @@ pub struct BenchArgs {
     /// GEMMs, as PyTorch uses for convolutions by default); rows `<impl>-tf32`.
     #[arg(long)]
     tf32: bool,
+    /// SIMD levels for our CPU loops, comma-separated (baseline, avx2,
+    /// avx512): our rows once per level, capped process-wide; rows below the
+    /// CPU's widest are named `<impl>-<level>`. Default: the widest.
+    #[arg(long, value_delimiter = ',')]
+    simd: Vec<SimdLevel>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -100,6 +106,47 @@ fn pytorch_rows(
     Ok(serde_json::from_value(v["rows"].clone())?)
 }
 
+/// An error unless this CPU has every level in `levels`.
+fn check_simd_levels(levels: &[SimdLevel]) -> Result<()> {
+    let top = simd::detected();
+    if let Some(l) = levels.iter().find(|l| **l > top) {
+        bail!(
+            "--simd {}: this CPU's widest SIMD level is {}",
+            l.name(),
+            top.name()
+        );
+    }
+    Ok(())
+}
+
+/// Our rows once per `--simd` level (the CPU's widest when none is given),
+/// the level capped process-wide while they run.
+fn rows_per_simd_level(
+    a: &BenchArgs,
+    opts: &BenchOptions,
+    report: &impl Fn(&BenchRow),
+) -> Result<Vec<BenchRow>> {
+    let top = simd::detected();
+    let levels = if a.simd.is_empty() {
+        vec![top]
+    } else {
+        a.simd.clone()
+    };
+    let mut rows = Vec::new();
+    for level in levels {
+        simd::set_max_level(Some(level));
+        let measured = bench::run(opts, report);
+        simd::set_max_level(None);
+        rows.extend(measured?.into_iter().map(|mut r| {
+            if level != top {
+                r.implementation = format!("{}-{}", r.implementation, level.name());
+            }
+            r
+        }));
+    }
+    Ok(rows)
+}
+
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}"))
         .unwrap_or_else(|| "-".into())
@@ -110,6 +157,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for o in &a.objectives {
         bench::check_objective(o).context("--objectives")?;
     }
+    check_simd_levels(&a.simd)?;
     let device = parse_device(&a.device)?;
     let steps = a.steps.unwrap_or(if device.is_cpu() { 1 } else { 20 });
     let threads = candle_core::utils::get_num_threads();
@@ -174,7 +222,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             r.implementation, r.objective, r.model, r.images_per_s
         )
     };
-    rows.extend(bench::run(&opts, report)?);
+    rows.extend(rows_per_simd_level(&a, &opts, &report)?);
     if a.tf32 && device.is_cuda() {
         candle_core::cuda::set_gemm_reduced_precision_f32(true);
         let tf32 = bench::run(&opts, report);

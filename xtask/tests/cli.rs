@@ -214,6 +214,45 @@ fn bench_writes_the_documented_json() {
         assert!(r["images_per_s"].as_f64().unwrap() > 0.0);
         assert!(r["spread"].as_f64().unwrap() >= 0.0);
     }
+    // The CPU block, and one set of rows per --simd level.
+    let top = v["cpu"]["simd"].as_str().unwrap().to_string();
+    assert!(["baseline", "avx2", "avx512"].contains(&top.as_str()));
+    assert!(v["cpu"]["features"].is_array() && v["cpu"]["gemm_simd"].is_string());
+    let levels = format!("baseline,{top}");
+    let (ok, err) = xtask(&[
+        "bench",
+        "--models",
+        "convnet",
+        "--kernels",
+        "fast",
+        "--batch",
+        "8",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--no-pytorch",
+        "--simd",
+        &levels,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let impls: Vec<&str> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["impl"].as_str().unwrap())
+        .collect();
+    if top == "baseline" {
+        assert_eq!(impls, ["fast", "fast"]);
+    } else {
+        assert_eq!(impls, ["fast-baseline", "fast"]);
+    }
+    let (ok, err) = xtask(&["bench", "--simd", "sse9", "--no-pytorch"]);
+    assert!(!ok && err.contains("sse9"), "{err}");
     let (ok, err) = xtask(&["bench", "--kernels", "turbo", "--no-pytorch"]);
     assert!(!ok && err.contains("turbo"), "{err}");
     // Checked before anything is timed (PyTorch rows included).

@@ -55,6 +55,20 @@ impl SimdLevel {
     }
 }
 
+impl std::str::FromStr for SimdLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "baseline" => Ok(Self::Baseline),
+            "avx2" => Ok(Self::Avx2),
+            "avx512" => Ok(Self::Avx512),
+            other => Err(format!(
+                "unknown SIMD level {other:?}; expected baseline, avx2 or avx512"
+            )),
+        }
+    }
+}
+
 /// The widest level this CPU supports.
 pub fn detected() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
@@ -181,6 +195,10 @@ mod tests {
         set_max_level(None);
         assert_eq!(active(), top);
         assert_eq!(top.up_to().last(), Some(top));
+        for l in top.up_to() {
+            assert_eq!(l.name().parse::<SimdLevel>(), Ok(l));
+        }
+        assert!("sse9".parse::<SimdLevel>().unwrap_err().contains("avx512"));
         if top >= SimdLevel::Avx2 {
             assert!(cpu_features().contains(&"avx2"));
         }
