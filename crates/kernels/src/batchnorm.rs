@@ -308,24 +308,25 @@ impl CustomOp3 for BnForward {
             .collect();
         let scale: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-        let mut y = vec![0f32; x.len()];
         let act = self.act;
-        y.par_chunks_mut(s)
-            .zip(x.par_chunks(s))
-            .enumerate()
-            .for_each(|(slab, (out, inp))| {
+        // SAFETY: slab `i` of `y` is written from slab `i` of `x`, which has
+        // the same length (`x.len()` is a multiple of `s`).
+        let y = unsafe {
+            crate::par_uninit(x.len(), s, |slab, out| {
+                let inp = &x[slab * s..slab * s + out.len()];
                 let (a, b) = (scale[slab % c], shift[slab % c]);
                 crate::simd::dispatch(
                     #[inline(always)]
                     || {
                         with_act!(act, A => {
                             for (o, &v) in out.iter_mut().zip(inp) {
-                                *o = apply_c::<A>(v * a + b);
+                                o.write(apply_c::<A>(v * a + b));
                             }
                         })
                     },
                 )
-            });
+            })
+        };
         let saved = Saved {
             mean,
             var,
@@ -466,48 +467,54 @@ impl CustomOp3 for BnInputGrad {
         let g = contiguous(sg, lg, "the gradient")?;
         let (_, c, s) = nc_s(lx.shape())?;
         let act = self.act;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(s).enumerate().for_each(|(slab, out)| {
-            let ci = slab % c;
-            let (a, b, d) = (
-                self.coef[3 * ci],
-                self.coef[3 * ci + 1],
-                self.coef[3 * ci + 2],
-            );
-            let r = slab * s..(slab + 1) * s;
-            let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-            crate::simd::dispatch(
-                #[inline(always)]
-                || {
-                    with_act!(act, A => {
-                        for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xs).zip(ys).zip(gs) {
-                            *o = a * masked_c::<A>(gv, yv) + b * xv + d;
-                        }
-                    })
-                },
-            )
-        });
+        // SAFETY: every slab of `dx` is zipped with same-length slabs of
+        // x, y and g (all `x.len()` long, a multiple of `s`).
+        let dx = unsafe {
+            crate::par_uninit(x.len(), s, |slab, out| {
+                let ci = slab % c;
+                let (a, b, d) = (
+                    self.coef[3 * ci],
+                    self.coef[3 * ci + 1],
+                    self.coef[3 * ci + 2],
+                );
+                let r = slab * s..slab * s + out.len();
+                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                crate::simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        with_act!(act, A => {
+                            for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xs).zip(ys).zip(gs) {
+                                o.write(a * masked_c::<A>(gv, yv) + b * xv + d);
+                            }
+                        })
+                    },
+                )
+            })
+        };
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
     }
 }
 
 /// `f(a[i], b[i])` for every element, in parallel chunks (`a` and `b` have
 /// the same length).
-fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(4096)
-        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
-        .for_each(|(o, (a, b))| {
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy) -> Vec<f32> {
+    const CHUNK: usize = 4096;
+    // SAFETY: chunk `i` of the output is zipped with chunk `i` of `a` and
+    // of `b`, which have its length (`a` and `b` are as long as the output).
+    unsafe {
+        crate::par_uninit(a.len(), CHUNK, |i, o| {
+            let r = i * CHUNK..i * CHUNK + o.len();
+            let (a, b) = (&a[r.clone()], &b[r]);
             crate::simd::dispatch(
                 #[inline(always)]
                 || {
                     for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
-                        *o = f(u, v);
+                        o.write(f(u, v));
                     }
                 },
             )
-        });
-    out
+        })
+    }
 }
 
 /// (a, b) -> relu(a + b).

@@ -14,7 +14,6 @@ use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result,
     Shape, Tensor,
 };
-use rayon::prelude::*;
 
 /// 2x2 max-pool with stride 2 of `x` (N, C, H, W), H and W even. The fused
 /// op on CPU f32 tensors; Candle's `max_pool2d` elsewhere.
@@ -37,8 +36,16 @@ struct MaxPool2;
 /// (x, y, dL/dy) -> dL/dx.
 struct MaxPool2Grad;
 
+/// (planes, H, W) of an (N, C, H, W) layout whose H and W are even, so
+/// that the 2x2 windows tile every plane exactly.
 fn planes(l: &Layout) -> Result<(usize, usize, usize)> {
     let (n, c, h, w) = l.shape().dims4()?;
+    if h % 2 == 1 || w % 2 == 1 {
+        candle_core::bail!(
+            "max_pool2: height and width must be even, got {:?}",
+            l.dims()
+        );
+    }
     Ok((n * c, h, w))
 }
 
@@ -55,20 +62,20 @@ impl CustomOp1 for MaxPool2 {
         let x = slice(s, l, "the input")?;
         let (np, h, w) = planes(l)?;
         let (ho, wo) = (h / 2, w / 2);
-        let mut y = vec![0f32; np * ho * wo];
-        if ho * wo > 0 {
-            y.par_chunks_mut(ho * wo)
-                .zip(x.par_chunks(h * w))
-                .for_each(|(out, inp)| {
-                    for oy in 0..ho {
-                        let (r0, r1) = (&inp[2 * oy * w..], &inp[(2 * oy + 1) * w..]);
-                        for (ox, o) in out[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
-                            let a = r0[2 * ox].max(r0[2 * ox + 1]);
-                            *o = a.max(r1[2 * ox].max(r1[2 * ox + 1]));
-                        }
+        // SAFETY: each plane's output is ho rows of wo values, every one
+        // written by the loops below.
+        let y = unsafe {
+            crate::par_uninit(np * ho * wo, ho * wo, |p, out| {
+                let inp = &x[p * h * w..(p + 1) * h * w];
+                for oy in 0..ho {
+                    let (r0, r1) = (&inp[2 * oy * w..], &inp[(2 * oy + 1) * w..]);
+                    for (ox, o) in out[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
+                        let a = r0[2 * ox].max(r0[2 * ox + 1]);
+                        o.write(a.max(r1[2 * ox].max(r1[2 * ox + 1])));
                     }
-                });
-        }
+                }
+            })
+        };
         let (n, c, _, _) = l.shape().dims4()?;
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
@@ -101,33 +108,36 @@ impl CustomOp3 for MaxPool2Grad {
         let g = slice(sg, lg, "the gradient")?;
         let (np, h, w) = planes(lx)?;
         let (ho, wo) = (h / 2, w / 2);
-        let mut dx = vec![0f32; np * h * w];
-        if ho * wo > 0 {
-            dx.par_chunks_mut(h * w)
-                .zip(x.par_chunks(h * w))
-                .zip(y.par_chunks(ho * wo).zip(g.par_chunks(ho * wo)))
-                .for_each(|((d, inp), (out, grad))| {
-                    for oy in 0..ho {
-                        for ox in 0..wo {
-                            let m = out[oy * wo + ox];
-                            let at = [
-                                2 * oy * w + 2 * ox,
-                                2 * oy * w + 2 * ox + 1,
-                                (2 * oy + 1) * w + 2 * ox,
-                                (2 * oy + 1) * w + 2 * ox + 1,
-                            ];
-                            let ties = at.iter().filter(|&&i| inp[i] == m).count();
-                            // Candle's (gradient · ties / 4), on each maximum.
-                            let share = grad[oy * wo + ox] * (ties as f32 / 4.0);
-                            for i in at {
-                                if inp[i] == m {
-                                    d[i] = share;
-                                }
-                            }
+        let plane_out = ho * wo;
+        // SAFETY: H and W are even (`planes`), so the 2x2 windows tile each
+        // plane and the loops write every one of its h·w values.
+        let dx = unsafe {
+            crate::par_uninit(np * h * w, h * w, |p, d| {
+                let inp = &x[p * h * w..(p + 1) * h * w];
+                let (out, grad) = (
+                    &y[p * plane_out..(p + 1) * plane_out],
+                    &g[p * plane_out..(p + 1) * plane_out],
+                );
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let m = out[oy * wo + ox];
+                        let at = [
+                            2 * oy * w + 2 * ox,
+                            2 * oy * w + 2 * ox + 1,
+                            (2 * oy + 1) * w + 2 * ox,
+                            (2 * oy + 1) * w + 2 * ox + 1,
+                        ];
+                        let ties = at.iter().filter(|&&i| inp[i] == m).count();
+                        // Candle's (gradient · ties / 4) on each maximum, 0
+                        // elsewhere.
+                        let share = grad[oy * wo + ox] * (ties as f32 / 4.0);
+                        for i in at {
+                            d[i].write(if inp[i] == m { share } else { 0.0 });
                         }
                     }
-                });
-        }
+                }
+            })
+        };
         Ok((CpuStorage::F32(dx), lx.shape().clone()))
     }
 }
@@ -181,14 +191,15 @@ impl CustomOp2 for GapGrad {
         // Candle divides by the count as an affine map with the f64
         // reciprocal rounded to f32.
         let (inv_h, inv_w) = ((1.0 / self.h as f64) as f32, (1.0 / self.w as f64) as f32);
-        let mut dx = vec![0f32; g.len() * plane];
-        if plane > 0 {
-            dx.par_chunks_mut(plane)
-                .zip(g.par_iter())
-                .for_each(|(d, &gv)| {
-                    d.fill((gv * inv_h + 0.0) * inv_w + 0.0);
-                });
-        }
+        // SAFETY: plane `i` is filled with input `i`'s gradient.
+        let dx = unsafe {
+            crate::par_uninit(g.len() * plane, plane, |i, d| {
+                let v = (g[i] * inv_h + 0.0) * inv_w + 0.0;
+                for o in d {
+                    o.write(v);
+                }
+            })
+        };
         Ok((Some(Tensor::from_vec(dx, x.dims(), x.device())?), None))
     }
 }
