@@ -18,16 +18,10 @@ use candle_core::{
 /// 2x2 max-pool with stride 2 of `x` (N, C, H, W), H and W even. The fused
 /// op on CPU f32 tensors; Candle's `max_pool2d` elsewhere.
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         return x.max_pool2d(2);
     }
-    if h % 2 == 1 || w % 2 == 1 {
-        candle_core::bail!(
-            "max_pool2: height and width must be even, got {:?}",
-            x.dims()
-        );
-    }
+    // The op refuses odd sizes itself (`planes`).
     x.contiguous()?.apply_op1(MaxPool2)
 }
 
