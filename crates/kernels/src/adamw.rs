@@ -9,13 +9,17 @@
 //! element goes through the same f32 operations in the same order as
 //! Candle's version (constants rounded to f32 as Candle's affine ops round
 //! them), so the two optimizers produce bit-identical parameters. Off the
-//! CPU, or for other dtypes, a parameter is updated with Candle's ops.
+//! CPU, or for other dtypes, a parameter is updated by `candle_nn::AdamW`
+//! itself.
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 use rayon::prelude::*;
 use std::sync::Mutex;
+
+/// A parameter's first and second moments (host vectors, CPU f32).
+type Moments = Mutex<(Vec<f32>, Vec<f32>)>;
 
 /// Elements per parallel task of one parameter's update.
 const CHUNK: usize = 1 << 14;
@@ -98,7 +102,7 @@ fn update_all(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Con
 /// The in-place op: the parameter is the mutated operand, the gradient the
 /// other; the moments live here.
 struct FusedStep<'a> {
-    moments: &'a Mutex<(Vec<f32>, Vec<f32>)>,
+    moments: &'a Moments,
     consts: Consts,
 }
 
@@ -141,20 +145,16 @@ impl InplaceOp2 for FusedStep<'_> {
     }
 }
 
-/// Where one parameter's moments live.
-#[derive(Debug)]
-enum Moments {
-    /// CPU f32: host vectors, updated by the fused step.
-    Host(Mutex<(Vec<f32>, Vec<f32>)>),
-    /// Elsewhere: variables on the parameter's device, Candle's ops.
-    Device(Var, Var),
-}
-
 /// AdamW (decoupled weight decay on every parameter), the same algorithm
 /// and defaults as `candle_nn::AdamW`, with a fused in-place CPU update.
+/// Parameters the fused step does not cover (off the CPU, not f32) are
+/// handed to a `candle_nn::AdamW`, stepped in lockstep.
 #[derive(Debug)]
 pub struct AdamW {
-    vars: Vec<(Var, Moments)>,
+    /// CPU f32 parameters and their first and second moments.
+    fused: Vec<(Var, Moments)>,
+    /// Every other float parameter.
+    rest: candle_nn::AdamW,
     step_t: usize,
     params: ParamsAdamW,
 }
@@ -166,54 +166,24 @@ impl AdamW {
     }
 }
 
-fn fused(var: &Var) -> bool {
-    var.device().is_cpu() && var.dtype() == DType::F32
-}
-
-/// Candle's AdamW update of one parameter, for devices and dtypes the
-/// fused step does not cover.
-fn composed_step(
-    theta: &Var,
-    g: &Tensor,
-    m: &Var,
-    v: &Var,
-    p: &ParamsAdamW,
-    t: usize,
-) -> Result<()> {
-    let scale_m = 1.0 / (1.0 - p.beta1.powi(t as i32));
-    let scale_v = 1.0 / (1.0 - p.beta2.powi(t as i32));
-    let next_m = ((m.as_tensor() * p.beta1)? + (g * (1.0 - p.beta1))?)?;
-    let next_v = ((v.as_tensor() * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-    let m_hat = (&next_m * scale_m)?;
-    let v_hat = (&next_v * scale_v)?;
-    let next_theta = (theta.as_tensor() * (1.0 - p.lr * p.weight_decay))?;
-    let adjusted = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
-    let next_theta = (next_theta - (adjusted * p.lr)?)?;
-    m.set(&next_m)?;
-    v.set(&next_v)?;
-    theta.set(&next_theta)
-}
-
 impl Optimizer for AdamW {
     type Config = ParamsAdamW;
 
     fn new(vars: Vec<Var>, params: ParamsAdamW) -> Result<Self> {
-        let vars = vars
+        let (fused, rest): (Vec<Var>, Vec<Var>) = vars
             .into_iter()
             .filter(|v| v.dtype().is_float())
+            .partition(|v| v.device().is_cpu() && v.dtype() == DType::F32);
+        let fused = fused
+            .into_iter()
             .map(|var| {
-                let moments = if fused(&var) {
-                    let n = var.elem_count();
-                    Moments::Host(Mutex::new((vec![0.0; n], vec![0.0; n])))
-                } else {
-                    let (s, d, dev) = (var.shape(), var.dtype(), var.device());
-                    Moments::Device(Var::zeros(s, d, dev)?, Var::zeros(s, d, dev)?)
-                };
-                Ok((var, moments))
+                let n = var.elem_count();
+                (var, Mutex::new((vec![0.0; n], vec![0.0; n])))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         Ok(Self {
-            vars,
+            fused,
+            rest: candle_nn::AdamW::new(rest, params.clone())?,
             step_t: 0,
             params,
         })
@@ -222,21 +192,13 @@ impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step_t += 1;
         let consts = Consts::new(&self.params, self.step_t);
-        for (var, moments) in &self.vars {
+        for (var, moments) in &self.fused {
             let Some(g) = grads.get(var) else { continue };
-            match moments {
-                Moments::Host(mv) => {
-                    let g = g.to_dtype(DType::F32)?.contiguous()?;
-                    let op = FusedStep {
-                        moments: mv,
-                        consts,
-                    };
-                    var.as_tensor().inplace_op2(&g, &op)?;
-                }
-                Moments::Device(m, v) => composed_step(var, g, m, v, &self.params, self.step_t)?,
-            }
+            let g = g.to_dtype(DType::F32)?.contiguous()?;
+            let op = FusedStep { moments, consts };
+            var.as_tensor().inplace_op2(&g, &op)?;
         }
-        Ok(())
+        self.rest.step(grads)
     }
 
     fn learning_rate(&self) -> f64 {
@@ -245,13 +207,14 @@ impl Optimizer for AdamW {
 
     fn set_learning_rate(&mut self, lr: f64) {
         self.params.lr = lr;
+        self.rest.set_learning_rate(lr);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     /// Parameters of several sizes (one above [`CHUNK`], so the parallel
     /// path runs; one f64, so the composed path runs; one that never gets
@@ -305,20 +268,12 @@ mod tests {
             a.backward_step(&loss(&ours)).unwrap();
             b.backward_step(&loss(&theirs)).unwrap();
         }
+        let values = |v: &Var| {
+            let t = v.as_tensor().to_dtype(DType::F64).unwrap();
+            t.to_vec1::<f64>().unwrap()
+        };
         for (x, y) in ours.iter().zip(&theirs) {
-            let x = x
-                .as_tensor()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            let y = y
-                .as_tensor()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            assert_eq!(x, y);
+            assert_eq!(values(x), values(y));
         }
         // The parameters moved, and the one without a gradient did not.
         let last: Vec<f32> = ours[3].as_tensor().to_vec1().unwrap();
