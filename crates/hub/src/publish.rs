@@ -60,8 +60,9 @@ struct RunParts {
     config: Value,
 }
 
+/// The shared pretraining of `method` in a pipeline run.
 fn method_dir(run: &Path, method: &str) -> PathBuf {
-    run.join(format!("pretrain-{method}"))
+    selfsup_core::layout::RunLayout::new(run, false).pretrain(0, method)
 }
 
 fn locate(run: &Path, method: Option<&str>) -> Result<RunParts> {
