@@ -12,8 +12,8 @@ use crate::core::report::Figure;
 use crate::core::train::FitConfig;
 use crate::core::{fsutil, Error, Result};
 use crate::data::{folder, registry, Dataset};
-use crate::pipeline::Recipe;
 use crate::plot::{histograms_png, line_png, Histogram, Series, PALETTE};
+use crate::spec::BackboneSpec;
 use candle_core::Device;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -50,11 +50,8 @@ pub struct AnomalyOptions {
     pub score: String,
     /// Seeds; each trains its own detectors.
     pub seeds: Vec<u64>,
-    /// Encoder name (`convnet`, `resnet18`, `mobilenetv2`); its sizes
-    /// come from `recipe`, its input channels from the data.
-    pub backbone: String,
-    /// Backbone sizes (widths, depth, ...); the rest of the recipe is unused.
-    pub recipe: Recipe,
+    /// The encoder and its sizes (its input channels come from the data).
+    pub backbone: BackboneSpec,
     /// Start every detector from this pretrained stage directory.
     pub init: Option<PathBuf>,
     /// Epochs over (normal image, transformation) pairs; 0 = automatic
@@ -97,8 +94,7 @@ impl AnomalyOptions {
             transforms: TransformSet::Geo72,
             score: "dirichlet".into(),
             seeds: vec![0, 1, 2],
-            backbone: "convnet".into(),
-            recipe: Recipe::default(),
+            backbone: BackboneSpec::default(),
             init: None,
             epochs: 0,
             batch_size: 128,
@@ -280,7 +276,7 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
             format!("{h}x{w} images; rotations need square images"),
         ));
     }
-    let backbone = opts.recipe.backbone(&opts.backbone, c)?;
+    let backbone = opts.backbone.config(c);
     let epochs = if opts.epochs == 0 {
         auto_epochs(opts.transforms)
     } else {

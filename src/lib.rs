@@ -38,3 +38,4 @@ pub mod bench;
 pub mod methods;
 pub mod pipeline;
 pub mod plot;
+pub mod spec;

@@ -4,7 +4,7 @@
 
 use selfsup::anomaly::{TransformSet, SCORES};
 use selfsup::anomaly_run::{run, AnomalyOptions};
-use selfsup::pipeline::Recipe;
+use selfsup::spec::{BackboneSpec, ConvNetSpec};
 use std::path::Path;
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -15,11 +15,10 @@ fn small(protocol: &str, out: &Path) -> AnomalyOptions {
     AnomalyOptions {
         transforms: TransformSet::Rot4,
         seeds: vec![0],
-        recipe: Recipe {
-            convnet_widths: vec![8, 16],
-            convnet_depth: 1,
-            ..Recipe::default()
-        },
+        backbone: BackboneSpec::ConvNet(ConvNetSpec {
+            widths: vec![8, 16],
+            depth: 1,
+        }),
         epochs: 6,
         batch_size: 32,
         lr: 3e-3,

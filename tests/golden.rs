@@ -4,42 +4,49 @@
 //! when a change is meant to change the numbers, and say so in its commit).
 
 use candle_core::Device;
-use selfsup::pipeline::{run, PipelineOptions, Recipe};
+use selfsup::pipeline::{run, PipelineOptions};
+use selfsup::spec::{Experiment, Recipe};
 use std::path::Path;
 
 const GOLDEN: &str = "tests/golden/tiny-report.json";
 
-/// Every protocol the pipeline has, one pretext and one two-view method.
-fn golden_options(out: &Path) -> PipelineOptions {
+/// Every protocol the pipeline has, one pretext and one two-view method,
+/// written as the flat recipe the golden file was made with (so the
+/// `--recipe` shim is pinned too).
+fn golden_spec() -> Experiment {
+    let mut base = Experiment::default();
+    base.data.max_train = Some(600);
+    base.data.max_test = Some(200);
+    base.pretrain.methods = vec!["rotation".into(), "simclr".into()];
+    base.split.labels_per_class = vec![5];
+    base.split.seeds = vec![0];
+    Recipe {
+        convnet_widths: vec![4, 8],
+        convnet_depth: 1,
+        pretrain_epochs: 1,
+        pretrain_batch: 32,
+        contrastive_epochs: 1,
+        contrastive_batch: 64,
+        unlabeled: Some(256),
+        max_val: 32,
+        transfer_epochs: 8,
+        transfer_batch: 16,
+        linear_steps: 50,
+        eval_batch: 100,
+        distill_epochs: 1,
+        fixmatch_epochs: 1,
+        fixmatch_batch: 32,
+        ..Recipe::default()
+    }
+    .into_experiment(base)
+}
+
+fn options(spec: Experiment, out: &Path) -> PipelineOptions {
     PipelineOptions {
-        dataset: "fashion-mnist".into(),
-        backbone: "convnet".into(),
-        pretext: vec!["rotation".into(), "simclr".into()],
-        labels_per_class: vec![5],
-        seeds: vec![0],
-        recipe: Recipe {
-            convnet_widths: vec![4, 8],
-            convnet_depth: 1,
-            pretrain_epochs: 1,
-            pretrain_batch: 32,
-            contrastive_epochs: 1,
-            contrastive_batch: 64,
-            unlabeled: Some(256),
-            max_val: 32,
-            transfer_epochs: 8,
-            transfer_batch: 16,
-            linear_steps: 50,
-            eval_batch: 100,
-            distill_epochs: 1,
-            fixmatch_epochs: 1,
-            fixmatch_batch: 32,
-            ..Recipe::default()
-        },
+        spec,
         out: out.to_path_buf(),
         device: Device::Cpu,
         quiet: true,
-        max_train: Some(600),
-        max_test: Some(200),
         resume: false,
     }
 }
@@ -61,7 +68,7 @@ fn cpu_model() -> String {
 #[test]
 fn tiny_pipeline_matches_the_golden_report() {
     let dir = tempfile::tempdir().unwrap();
-    let report = run(&golden_options(&dir.path().join("run"))).unwrap();
+    let report = run(&options(golden_spec(), &dir.path().join("run"))).unwrap();
     let results = serde_json::to_value(&report.results).unwrap();
     let losses: Vec<f64> = report.pretraining.iter().map(|p| p.val_loss).collect();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
@@ -108,4 +115,25 @@ fn tiny_pipeline_matches_the_golden_report() {
             assert!((a - b).abs() <= 0.05, "{g} is far from the golden {w}");
         }
     }
+}
+
+#[test]
+fn a_run_reruns_from_its_own_experiment_toml_with_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run(&options(golden_spec(), &dir.path().join("a"))).unwrap();
+    let written = dir.path().join("a/experiment.toml");
+    let spec = Experiment::from_file(&written).unwrap();
+    assert_eq!(
+        spec,
+        golden_spec(),
+        "experiment.toml reads back as the spec that ran"
+    );
+    let second = run(&options(spec, &dir.path().join("b"))).unwrap();
+    let json = |r: &selfsup::core::report::Report| serde_json::to_value(&r.results).unwrap();
+    assert_eq!(json(&first), json(&second));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a/report.json")).unwrap()).unwrap();
+    let carried: Experiment =
+        serde_json::from_value(report["config"]["experiment"].clone()).unwrap();
+    assert_eq!(carried, golden_spec(), "report.json carries the spec");
 }

@@ -1,9 +1,52 @@
 //! End-to-end tests of the pipeline on tiny slices of the embedded data.
 
 use candle_core::Device;
+use selfsup::core::report::Report;
 use selfsup::data::idx;
-use selfsup::pipeline::{run, PipelineOptions, Recipe};
-use std::path::Path;
+use selfsup::pipeline::PipelineOptions;
+use selfsup::spec::{BackboneSpec, Experiment, Recipe};
+use std::path::{Path, PathBuf};
+
+/// The settings of a test run in the flat form these tests were written
+/// in; [`Opts::spec`] turns them into the experiment spec through the
+/// `--recipe` shim, so every test here also covers the shim.
+#[derive(Clone)]
+struct Opts {
+    dataset: String,
+    backbone: String,
+    pretext: Vec<String>,
+    labels_per_class: Vec<usize>,
+    seeds: Vec<u64>,
+    recipe: Recipe,
+    out: PathBuf,
+    max_train: Option<usize>,
+    max_test: Option<usize>,
+    resume: bool,
+}
+
+impl Opts {
+    fn spec(&self) -> selfsup::core::Result<Experiment> {
+        let mut base = Experiment::default();
+        base.data.dataset = self.dataset.clone();
+        base.data.max_train = self.max_train;
+        base.data.max_test = self.max_test;
+        base.backbone = BackboneSpec::from_name(&self.backbone)?;
+        base.pretrain.methods = self.pretext.clone();
+        base.split.labels_per_class = self.labels_per_class.clone();
+        base.split.seeds = self.seeds.clone();
+        Ok(self.recipe.clone().into_experiment(base))
+    }
+}
+
+fn run(o: &Opts) -> selfsup::core::Result<Report> {
+    selfsup::pipeline::run(&PipelineOptions {
+        spec: o.spec()?,
+        out: o.out.clone(),
+        device: Device::Cpu,
+        quiet: true,
+        resume: o.resume,
+    })
+}
 
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -36,8 +79,8 @@ fn tiny_recipe() -> Recipe {
     }
 }
 
-fn options(dataset: &str, out: &Path) -> PipelineOptions {
-    PipelineOptions {
+fn options(dataset: &str, out: &Path) -> Opts {
+    Opts {
         dataset: dataset.to_string(),
         backbone: "convnet".into(),
         pretext: vec!["rotation".into()],
@@ -45,8 +88,6 @@ fn options(dataset: &str, out: &Path) -> PipelineOptions {
         seeds: vec![0],
         recipe: tiny_recipe(),
         out: out.to_path_buf(),
-        device: Device::Cpu,
-        quiet: true,
         max_train: Some(400),
         max_test: Some(100),
         resume: false,
@@ -180,7 +221,7 @@ fn works_on_another_idx_directory() {
 fn bad_input_fails_clearly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let err = |o: PipelineOptions| run(&o).expect_err("must fail").to_string();
+    let err = |o: Opts| run(&o).expect_err("must fail").to_string();
 
     let e = err(options("/no/such/dataset", &out));
     assert!(
@@ -191,7 +232,7 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let mut o = options("fashion-mnist", &out);
     o.backbone = "vgg".into();
     let e = err(o);
-    assert!(e.contains("--backbone") && e.contains("vgg"), "{e}");
+    assert!(e.contains("backbone.name") && e.contains("vgg"), "{e}");
 
     let mut o = options("fashion-mnist", &out);
     o.labels_per_class = vec![2, 500];
@@ -204,7 +245,10 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     let mut o = options("fashion-mnist", &out);
     o.pretext = vec!["jigsaw".into()];
     let e = err(o);
-    assert!(e.contains("--pretext") && e.contains("jigsaw"), "{e}");
+    assert!(
+        e.contains("pretrain.methods") && e.contains("jigsaw"),
+        "{e}"
+    );
 
     // A truncated IDX file in a user directory.
     let data = dir.path().join("broken");
@@ -400,7 +444,7 @@ fn transfer_early_stopping_holds_out_labels_and_keeps_the_best_epoch() {
     o.recipe.transfer_epochs = 6;
     o.recipe.transfer_patience = Some(2);
     o.recipe.transfer_val_fraction = 0.2;
-    o.recipe.transfer_augment = Some(selfsup::pipeline::ViewAugment::Preset(
+    o.recipe.transfer_augment = Some(selfsup::spec::ViewAugment::Preset(
         "flip-zoom-contrast".into(),
     ));
     run(&o).unwrap();
@@ -456,9 +500,7 @@ fn lpft_and_distill_protocols_run_for_every_method() {
     o.recipe.lpft = true;
     o.recipe.distill_epochs = 2;
     o.recipe.distill_batch = 32;
-    o.recipe.distill_augment = Some(selfsup::pipeline::ViewAugment::Preset(
-        "simclr-mnist".into(),
-    ));
+    o.recipe.distill_augment = Some(selfsup::spec::ViewAugment::Preset("simclr-mnist".into()));
     let report = run(&o).unwrap();
     // 2 methods x (finetune, lpft, distill, linear, knn)
     assert_eq!(report.results.len(), 10);
@@ -503,15 +545,21 @@ fn lpft_and_distill_protocols_run_for_every_method() {
     o.recipe.distill_epochs = 1;
     o.recipe.distill_temperature = -1.0;
     let e = run(&o).unwrap_err().to_string();
-    assert!(e.contains("distill_temperature"), "{e}");
+    assert!(e.contains("protocols.distill.temperature"), "{e}");
     // So is an LP-FT teacher without the lpft protocol, or an unknown one.
     o.recipe.distill_temperature = 1.0;
     o.recipe.distill_teacher = "lpft".into();
     let e = run(&o).unwrap_err().to_string();
-    assert!(e.contains("distill_teacher") && e.contains("lpft"), "{e}");
+    assert!(
+        e.contains("protocols.distill.teacher") && e.contains("lpft"),
+        "{e}"
+    );
     o.recipe.distill_teacher = "oracle".into();
     let e = run(&o).unwrap_err().to_string();
-    assert!(e.contains("distill_teacher") && e.contains("oracle"), "{e}");
+    assert!(
+        e.contains("protocols.distill.teacher") && e.contains("oracle"),
+        "{e}"
+    );
     assert!(!dir.path().join("bad").exists());
 }
 
@@ -567,15 +615,18 @@ fn fixmatch_protocol_runs_for_every_method() {
     o.recipe.fixmatch_epochs = 1;
     o.recipe.fixmatch_threshold = 2.0;
     let e = run(&o).unwrap_err().to_string();
-    assert!(e.contains("fixmatch_threshold"), "{e}");
+    assert!(e.contains("protocols.fixmatch.threshold"), "{e}");
     o.recipe.fixmatch_threshold = 0.9;
     o.recipe.fixmatch_init = "oracle".into();
     let e = run(&o).unwrap_err().to_string();
-    assert!(e.contains("fixmatch_init") && e.contains("oracle"), "{e}");
+    assert!(
+        e.contains("protocols.fixmatch.init") && e.contains("oracle"),
+        "{e}"
+    );
     o.recipe.fixmatch_init = "auto".into();
     o.recipe.fixmatch_batch = 0;
     let e = run(&o).unwrap_err().to_string();
-    assert!(e.contains("fixmatch_batch"), "{e}");
+    assert!(e.contains("protocols.fixmatch.batch"), "{e}");
     assert!(!bad.exists());
 }
 

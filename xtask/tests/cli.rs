@@ -42,7 +42,11 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
                 "--out",
                 o,
             ],
-            &["distill_teacher", "oracle", "auto, finetune, lpft"],
+            &[
+                "protocols.distill.teacher",
+                "oracle",
+                "auto, finetune, lpft",
+            ],
         ),
         (
             &[
@@ -54,7 +58,7 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
                 "--out",
                 o,
             ],
-            &["distill_teacher", "lpft protocol"],
+            &["protocols.distill.teacher", "lpft protocol"],
         ),
         (
             &[
@@ -65,7 +69,7 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
                 "--out",
                 o,
             ],
-            &["fixmatch_init", "oracle", "auto, finetune, lpft"],
+            &["protocols.fixmatch.init", "oracle", "auto, finetune, lpft"],
         ),
         (
             &[
@@ -76,7 +80,7 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
                 "--out",
                 o,
             ],
-            &["transfer_augment", "wobble", "flip-zoom-contrast"],
+            &["transfer.augment", "wobble", "flip-zoom-contrast"],
         ),
         (
             &[
@@ -100,7 +104,7 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
                 "--out",
                 o,
             ],
-            &["--classes", "Zebra", "Trouser"],
+            &["data.classes", "Zebra", "Trouser"],
         ),
         (
             &[
@@ -115,7 +119,7 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
         ),
         (
             &["pipeline", "--quiet", "--backbone", "alexnet", "--out", o],
-            &["--backbone", "alexnet"],
+            &["backbone.name", "alexnet"],
         ),
         (
             &[
