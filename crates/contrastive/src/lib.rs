@@ -41,7 +41,7 @@ use selfsup_pretext::{Objective, ObjectiveContext};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
-/// Method names, in the order the issue introduces them.
+/// Method names, SimCLR first.
 pub const NAMES: [&str; 6] = ["simclr", "byol", "simsiam", "barlow", "vicreg", "moco"];
 
 /// Which tail a [`Siamese`] objective has.
