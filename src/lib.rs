@@ -30,6 +30,7 @@ pub use selfsup_data as data;
 pub use selfsup_finetune as finetune;
 pub use selfsup_hub as hub;
 pub use selfsup_kernels as kernels;
+pub use selfsup_objective as objective;
 pub use selfsup_pretext as pretext;
 pub use selfsup_text as text;
 

@@ -123,10 +123,12 @@ pub fn pretrain_stage(
     };
     let pre = pretext::pretrain_with(
         &cfg,
-        ctx.backbone,
-        source,
-        &pool,
-        &ctx.prep.norm,
+        std::sync::Arc::new(ctx.backbone.clone()),
+        pretext::Unlabeled {
+            ds: source,
+            pool: &pool,
+            norm: &ctx.prep.norm,
+        },
         ctx.device,
         ctx.quiet,
         &build,

@@ -51,6 +51,20 @@ pub trait Backbone: Send + Sync {
     fn feature_dim(&self) -> usize;
 }
 
+/// Anything that builds an encoder under a `VarBuilder`: the built-in
+/// [`BackboneConfig`], or a network of your own. Pretraining builds the
+/// online encoder with it, and momentum methods a second copy.
+pub trait BuildBackbone: Send + Sync {
+    /// A fresh encoder whose variables live under `vb`.
+    fn build_backbone(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>>;
+}
+
+impl BuildBackbone for BackboneConfig {
+    fn build_backbone(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
+        self.build(vb)
+    }
+}
+
 /// Which backbone and its hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

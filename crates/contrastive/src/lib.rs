@@ -37,7 +37,7 @@ use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::Backbone;
 use selfsup_core::{params, rng, Error, Normalization, Result};
 use selfsup_data::batch;
-use selfsup_pretext::{Objective, ObjectiveContext};
+use selfsup_objective::{Objective, ObjectiveContext};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -242,7 +242,7 @@ impl MomentumTarget {
     ) -> Result<Self> {
         let map = VarMap::new();
         let vb = params::seeded_var_builder(&map, ctx.seed, &ctx.device);
-        let backbone = ctx.backbone.build(vb.pp(BACKBONE_PREFIX))?;
+        let backbone = ctx.backbone.build_backbone(vb.pp(BACKBONE_PREFIX))?;
         let projector = Mlp::new(
             projector_dims,
             batch_norm,
@@ -561,7 +561,7 @@ mod tests {
         };
         let backbone = bcfg.build(vb.pp(BACKBONE_PREFIX)).unwrap();
         let ctx = ObjectiveContext {
-            backbone: bcfg,
+            backbone: std::sync::Arc::new(bcfg),
             feature_dim: backbone.feature_dim(),
             online: map.clone(),
             seed: 3,
@@ -750,11 +750,11 @@ mod tests {
             "dino",
             &tiny_cfg(),
             &ObjectiveContext {
-                backbone: BackboneConfig::ConvNet {
+                backbone: std::sync::Arc::new(BackboneConfig::ConvNet {
                     in_channels: 1,
                     widths: vec![4],
                     convs_per_stage: 1
-                },
+                }),
                 feature_dim: 4,
                 online: VarMap::new(),
                 seed: 0,
