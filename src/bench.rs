@@ -55,7 +55,9 @@ pub fn check_objective(objective: &str) -> Result<()> {
     } else {
         Err(crate::core::Error::invalid(
             "bench",
-            format!("unknown objective {objective:?}; expected one of {OBJECTIVES:?}"),
+            format!(
+                "unknown objective {objective:?}; expected one of {OBJECTIVES:?} (the methods with a PyTorch twin in bench/torch_bench.py)"
+            ),
         ))
     }
 }

@@ -1,6 +1,9 @@
-//! Every pretraining method selfsup knows, by name: the pretext tasks of
+//! The registry of pretraining methods, by name: the pretext tasks of
 //! `selfsup-pretext` (rotation) and the two-view methods of
 //! `selfsup-contrastive` (simclr, byol, simsiam, barlow, vicreg, moco).
+//! The spec's `[methods.<name>]` sections ([`crate::spec::MethodsSpec`])
+//! hold each one's settings; the pipeline, the bench and the command line
+//! check names here.
 
 use crate::contrastive::{self, SiameseConfig};
 use crate::core::{Error, Result};
@@ -16,6 +19,12 @@ pub fn names() -> Vec<&'static str> {
         .collect()
 }
 
+/// The two-view methods' names (each has a `[methods.<name>]` section with
+/// a schedule, a view augmentation and a projector).
+pub fn two_view_names() -> Vec<&'static str> {
+    contrastive::NAMES.to_vec()
+}
+
 /// Whether `name` is a two-view method (it needs the view augmentation and
 /// the contrastive recipe).
 pub fn is_two_view(name: &str) -> bool {
@@ -28,7 +37,7 @@ pub fn check(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(
-            "--pretext",
+            "pretrain.methods",
             format!("unknown method {name:?}; available: {}", names().join(", ")),
         ))
     }

@@ -8,10 +8,6 @@ use selfsup::spec::Experiment;
 use std::path::PathBuf;
 use toml::Value;
 
-/// The two-view methods, whose shared flags (`--contrastive-*`,
-/// `--view-augment`) set each one's section.
-const TWO_VIEW: [&str; 6] = ["simclr", "byol", "simsiam", "barlow", "vicreg", "moco"];
-
 /// Flags every command shares besides the spec: where and how to run.
 #[derive(Args, Clone)]
 pub struct RunArgs {
@@ -326,7 +322,8 @@ impl SpecArgs {
         }
         for (key, value) in self.two_view_table() {
             if let Some(v) = value {
-                for m in TWO_VIEW {
+                // The shared flags set every two-view method's section.
+                for m in selfsup::methods::two_view_names() {
                     layers.set(&format!("methods.{m}.{key}"), v.clone())?;
                 }
             }
@@ -373,8 +370,8 @@ pub fn array<T: Clone + Into<Value>>(v: &Option<Vec<T>>) -> Option<Value> {
 /// `--epochs`: every method's maximum epochs.
 pub fn every_method_epochs(epochs: Option<usize>) -> Vec<(String, Value)> {
     let Some(e) = epochs else { return Vec::new() };
-    std::iter::once("rotation")
-        .chain(TWO_VIEW)
+    selfsup::methods::names()
+        .into_iter()
         .map(|m| (format!("methods.{m}.epochs"), Value::Integer(e as i64)))
         .collect()
 }
