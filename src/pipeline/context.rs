@@ -4,6 +4,7 @@
 use super::data::Prepared;
 use crate::backbones::checkpoint::StageConfig;
 use crate::backbones::BackboneConfig;
+use crate::finetune::{Images, StageRun};
 use crate::spec::Experiment;
 use candle_core::Device;
 
@@ -35,6 +36,25 @@ impl Stage<'_> {
             .train
             .labels()
             .expect("prepared datasets have labels")
+    }
+
+    /// The training images with `labeled` and `unlabeled` picked out.
+    pub fn images<'b>(&'b self, labeled: &'b [usize], unlabeled: &'b [usize]) -> Images<'b> {
+        Images {
+            train: &self.prep.pair.train,
+            labeled,
+            unlabeled,
+            norm: &self.prep.norm,
+        }
+    }
+
+    /// How a stage called `stage` runs.
+    pub fn run<'b>(&'b self, stage: &'b str) -> StageRun<'b> {
+        StageRun {
+            device: self.device,
+            quiet: self.quiet,
+            stage,
+        }
     }
 
     /// A stage's config.json: what it is, what it was trained on, and its

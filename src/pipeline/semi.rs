@@ -42,7 +42,6 @@ pub fn distill_stage(
     teacher_dir: &Path,
     dir: &Path,
 ) -> Result<finetune::Classifier> {
-    let train = &ctx.prep.pair.train;
     let (labeled, pool) = semi_supervised_split(ctx, t.k, t.seed)?;
     let cfg = ctx.spec.distill_config(t.seed, ctx.shape())?;
     let (student, _) = finetune::load_classifier(teacher_dir, ctx.device)?;
@@ -50,13 +49,8 @@ pub fn distill_stage(
         &cfg,
         teacher,
         student,
-        train,
-        &labeled,
-        &pool,
-        &ctx.prep.norm,
-        ctx.device,
-        ctx.quiet,
-        &format!("distill/{}", t.method),
+        ctx.images(&labeled, &pool),
+        ctx.run(&format!("distill/{}", t.method)),
     )?;
     // Diagnostics only, after training: how often the teacher's label was
     // right on the images it labeled. The pool already excludes this seed's
@@ -106,13 +100,8 @@ pub fn fixmatch_stage(
     let (cls, stats) = finetune::fixmatch(
         &cfg,
         start,
-        &ctx.prep.pair.train,
-        &labeled,
-        &pool,
-        &ctx.prep.norm,
-        ctx.device,
-        ctx.quiet,
-        &format!("fixmatch/{}", t.method),
+        ctx.images(&labeled, &pool),
+        ctx.run(&format!("fixmatch/{}", t.method)),
     )?;
     let metrics = serde_json::json!({
         "train_loss": cls.report.train_loss,

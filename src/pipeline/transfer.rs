@@ -35,12 +35,8 @@ pub fn transfer_stage(
         &cfg,
         init,
         ctx.backbone,
-        &ctx.prep.pair.train,
-        &sp.labeled,
-        &ctx.prep.norm,
-        ctx.device,
-        ctx.quiet,
-        &format!("{protocol}/{method}"),
+        ctx.images(&sp.labeled, &[]),
+        ctx.run(&format!("{protocol}/{method}")),
     )?;
     let metrics = serde_json::json!({
         "train_loss": cls.report.train_loss,
