@@ -6,6 +6,8 @@
 
 use super::{Experiment, Recipe};
 use crate::core::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::Path;
 use toml::{Table, Value};
 
@@ -26,8 +28,9 @@ pub const PRESETS: [(&str, &str); 2] = [
 #[derive(Debug, Clone)]
 pub struct Layers {
     table: Table,
-    /// The preset applied, and the dataset it was written for.
-    preset: Option<(String, String)>,
+    /// The preset applied: its name, the path of its dataset key, and the
+    /// dataset it was written for.
+    preset: Option<(String, String, String)>,
 }
 
 impl Default for Layers {
@@ -38,7 +41,7 @@ impl Default for Layers {
 
 /// Reads a spec out of a TOML table; errors name the path of the key at
 /// fault.
-fn read(table: &Table) -> std::result::Result<Experiment, String> {
+fn read<T: DeserializeOwned>(table: &Table) -> std::result::Result<T, String> {
     serde_path_to_error::deserialize(Value::Table(table.clone())).map_err(|e| {
         let inner = e.inner().to_string();
         let msg = inner.lines().next().unwrap_or_default().to_string();
@@ -84,7 +87,12 @@ pub fn parse_value(text: &str) -> Value {
 impl Layers {
     /// Starts from a whole spec.
     pub fn from_experiment(e: &Experiment) -> Self {
-        let table = Table::try_from(e).expect("a spec serialises to a TOML table");
+        Self::from_spec(e)
+    }
+
+    /// Starts from any spec type that serialises to a TOML table.
+    pub fn from_spec<T: Serialize>(spec: &T) -> Self {
+        let table = Table::try_from(spec).expect("a spec serialises to a TOML table");
         Self {
             table,
             preset: None,
@@ -97,30 +105,48 @@ impl Layers {
         Ok(Self::from_experiment(&e))
     }
 
-    /// Lays the preset `name` over the spec.
+    /// Lays the pipeline preset `name` over the spec.
     pub fn preset(&mut self, name: &str) -> Result<()> {
-        let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name) else {
+        self.preset_from(&PRESETS, name, "data.dataset")
+    }
+
+    /// Lays the preset `name` of `presets` over the spec; the value at
+    /// `dataset_path` (which every preset sets) must then stay as the
+    /// preset has it.
+    pub fn preset_from(
+        &mut self,
+        presets: &[(&str, &str)],
+        name: &str,
+        dataset_path: &str,
+    ) -> Result<()> {
+        let Some((_, text)) = presets.iter().find(|(n, _)| *n == name) else {
+            let names: Vec<&str> = presets.iter().map(|(n, _)| *n).collect();
             return Err(Error::invalid(
                 "--preset",
-                format!(
-                    "unknown preset {name:?}; available: {}",
-                    PRESETS.map(|(n, _)| n).join(", ")
-                ),
+                format!("unknown preset {name:?}; available: {}", names.join(", ")),
             ));
         };
         let over: Table = toml::from_str(text).expect("shipped presets parse");
-        self.layer(&over, &format!("preset {name}"))?;
-        let dataset = over
-            .get("data")
-            .and_then(|d| d.get("dataset"))
+        let mut next = self.table.clone();
+        merge(&mut next, &over, true);
+        self.table = next;
+        let dataset = self
+            .get(dataset_path)
             .and_then(Value::as_str)
-            .expect("every preset names its dataset");
-        self.preset = Some((name.to_string(), dataset.to_string()));
+            .expect("every preset names its dataset")
+            .to_string();
+        self.preset = Some((name.into(), dataset_path.into(), dataset));
         Ok(())
     }
 
     /// Lays a TOML file over the spec; errors name the file.
     pub fn file(&mut self, path: &Path) -> Result<()> {
+        self.file_as::<Experiment>(path)
+    }
+
+    /// Lays a TOML file over a spec of type `T`; errors (unreadable file,
+    /// bad TOML, unknown keys, wrong types) name the file.
+    pub fn file_as<T: DeserializeOwned>(&mut self, path: &Path) -> Result<()> {
         let bad = |msg: String| Error::Format {
             path: path.to_path_buf(),
             msg,
@@ -128,17 +154,9 @@ impl Layers {
         let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let over: Table =
             toml::from_str(&text).map_err(|e| bad(e.to_string().trim().to_string()))?;
-        self.layer(&over, "").map_err(|e| match e {
-            Error::Invalid { msg, .. } => bad(msg),
-            other => other,
-        })
-    }
-
-    /// Merges `over` and checks that the result still reads as a spec.
-    fn layer(&mut self, over: &Table, what: &str) -> Result<()> {
         let mut next = self.table.clone();
-        merge(&mut next, over, true);
-        read(&next).map_err(|msg| Error::invalid(what, msg))?;
+        merge(&mut next, &over, true);
+        read::<T>(&next).map_err(bad)?;
         self.table = next;
         Ok(())
     }
@@ -188,23 +206,30 @@ impl Layers {
         Some(at)
     }
 
-    /// The spec: read, validated, and checked against the preset's dataset.
-    pub fn resolve(&self) -> Result<Experiment> {
-        let e = read(&self.table).map_err(|msg| match msg.split_once(": ") {
+    /// Reads the layers as a `T`, checking the preset's dataset.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T> {
+        let spec = read(&self.table).map_err(|msg| match msg.split_once(": ") {
             Some((path, m)) => Error::invalid(path, m),
             None => Error::invalid("spec", msg),
         })?;
-        if let Some((name, dataset)) = &self.preset {
-            if &e.data.dataset != dataset {
+        if let Some((name, path, dataset)) = &self.preset {
+            let now = self.get(path).and_then(Value::as_str).unwrap_or_default();
+            if now != dataset {
                 return Err(Error::invalid(
-                    "data.dataset",
+                    path.as_str(),
                     format!(
-                        "the preset {name} is for the dataset {dataset}, not {}; drop --preset to use another dataset",
-                        e.data.dataset
+                        "the preset {name} is for the dataset {dataset}, not {now}; drop --preset to use another dataset"
                     ),
                 ));
             }
         }
+        Ok(spec)
+    }
+
+    /// The experiment: read, validated, and checked against the preset's
+    /// dataset.
+    pub fn resolve(&self) -> Result<Experiment> {
+        let e: Experiment = self.read()?;
         e.validate()?;
         Ok(e)
     }

@@ -23,12 +23,14 @@
 //! `--resume` are chosen is not part of the spec: they decide where and how
 //! fast a run goes, not its numbers.
 
+pub mod anomaly;
 pub mod layers;
 mod legacy;
 mod methods;
 mod stages;
 mod validate;
 
+pub use anomaly::{AnomalySpec, ANOMALY_PRESETS};
 pub use legacy::Recipe;
 pub use methods::{
     BarlowSettings, ByolSettings, MethodView, MethodsSpec, MocoSettings, Projector,

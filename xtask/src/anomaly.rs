@@ -1,33 +1,45 @@
-//! `anomaly`: transformation-prediction anomaly detection.
+//! `anomaly`: transformation-prediction anomaly detection, configured by an
+//! [`AnomalySpec`] laid over the defaults in layers like the pipeline's.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use selfsup::core::device::parse_device;
-use selfsup::spec::BackboneSpec;
+use selfsup::spec::layers::Layers;
+use selfsup::spec::{AnomalySpec, ANOMALY_PRESETS};
 use std::path::PathBuf;
+use toml::Value;
 
 #[derive(Args)]
 pub struct AnomalyArgs {
-    /// A named scenario: celeba-faces-anomaly (one-class on fetched CelebA,
-    /// normal = faces without eyeglasses, anomalies = faces with them).
+    /// A named scenario from configs/presets/: celeba-faces-anomaly
+    /// (one-class on fetched CelebA, normal = faces without eyeglasses,
+    /// anomalies = faces with them).
     #[arg(long)]
     preset: Option<String>,
+    /// Anomaly spec (TOML): keys named as these flags (snake_case), as in
+    /// a run's experiment.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Set any spec value: `--set lr=0.001`, repeatable; applied last.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
     /// one-class (each class of --dataset in turn is normal), faces (the
-    /// shipped LFW faces vs non-faces) or folders (--normal vs --anomalies).
-    #[arg(long, default_value = "faces")]
-    protocol: String,
-    /// One-class: dataset name or directory (as for `pipeline`).
-    #[arg(long, default_value = "fashion-mnist")]
-    dataset: String,
-    /// One-class: normal classes to run, comma-separated (default: all).
+    /// shipped LFW faces vs non-faces) or folders (--normal vs --anomalies)
+    /// [faces].
+    #[arg(long)]
+    protocol: Option<String>,
+    /// One-class: dataset name or directory (as for `pipeline`) [fashion-mnist].
+    #[arg(long)]
+    dataset: Option<String>,
+    /// One-class: normal classes to run, comma-separated [all].
     #[arg(long, value_delimiter = ',')]
-    classes: Vec<u32>,
-    /// One-class: use only the first N training images of each normal class (0 = all).
-    #[arg(long, default_value_t = 0)]
-    max_normal: usize,
-    /// One-class: score only N test images, evenly strided (0 = all).
-    #[arg(long, default_value_t = 0)]
-    max_test: usize,
+    classes: Option<Vec<u32>>,
+    /// One-class: use only the first N training images of each normal class (0 = all) [0].
+    #[arg(long)]
+    max_normal: Option<usize>,
+    /// One-class: score only N test images, evenly strided (0 = all) [0].
+    #[arg(long)]
+    max_test: Option<usize>,
     /// Folders: directory of normal images (PNG/JPEG, searched recursively).
     #[arg(long)]
     normal: Option<PathBuf>,
@@ -38,53 +50,53 @@ pub struct AnomalyArgs {
     /// 1 - --train-fraction of --normal is held out.
     #[arg(long)]
     normal_test: Option<PathBuf>,
-    /// Folders: images are centre-cropped and resized to SIZE x SIZE.
-    #[arg(long, default_value_t = 32)]
-    size: usize,
-    /// Folders: 1 (grayscale) or 3 (RGB).
-    #[arg(long, default_value_t = 3)]
-    channels: usize,
-    /// Faces / folders: fraction of the normal images that trains the detector.
-    #[arg(long, default_value_t = 0.7)]
-    train_fraction: f64,
-    /// Transformations the detector predicts: rot4, rot-flip8 or geo72.
-    #[arg(long, default_value = "geo72")]
-    transforms: String,
+    /// Folders: images are centre-cropped and resized to SIZE x SIZE [32].
+    #[arg(long)]
+    size: Option<usize>,
+    /// Folders: 1 (grayscale) or 3 (RGB) [3].
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Faces / folders: fraction of the normal images that trains the detector [0.7].
+    #[arg(long)]
+    train_fraction: Option<f64>,
+    /// Transformations the detector predicts: rot4, rot-flip8 or geo72 [geo72].
+    #[arg(long)]
+    transforms: Option<String>,
     /// Headline score of report.json: nll, dirichlet, knn or knn-all (all
-    /// four are always computed and reported).
-    #[arg(long, default_value = "dirichlet")]
-    score: String,
-    /// Seeds, comma-separated; each trains its own detectors.
-    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
-    seeds: Vec<u64>,
-    /// Encoder: convnet, resnet18 or mobilenetv2.
-    #[arg(long, default_value = "convnet")]
-    backbone: String,
-    /// Convnet stage widths, comma-separated.
+    /// four are always computed and reported) [dirichlet].
+    #[arg(long)]
+    score: Option<String>,
+    /// Seeds, comma-separated; each trains its own detectors [0,1,2].
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Encoder: convnet, resnet18 or mobilenetv2 [convnet].
+    #[arg(long)]
+    backbone: Option<String>,
+    /// Convnet stage widths, comma-separated [16,32,64].
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
-    /// Convnet 3x3 conv layers per stage.
+    /// Convnet 3x3 conv layers per stage [2].
     #[arg(long)]
     depth: Option<usize>,
     /// Start each detector's backbone from this pretrained stage directory
     /// (or `hub:<user/name>`).
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Epochs over the (normal image, transformation) pairs; 0 = ceil(200 / T).
-    #[arg(long, default_value_t = 0)]
-    epochs: usize,
-    /// Transformed images per optimiser step.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Peak learning rate (AdamW, warmup + cosine).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
-    /// Neighbours averaged by the kNN score.
-    #[arg(long, default_value_t = 2)]
-    knn_k: usize,
-    /// Transformed images per inference batch.
-    #[arg(long, default_value_t = 1024)]
-    eval_batch: usize,
+    /// Epochs over the (normal image, transformation) pairs; 0 = ceil(200 / T) [0].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Transformed images per optimiser step [128].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Peak learning rate (AdamW, warmup + cosine) [2e-3].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Neighbours averaged by the kNN score [2].
+    #[arg(long)]
+    knn_k: Option<usize>,
+    /// Transformed images per inference batch [1024].
+    #[arg(long)]
+    eval_batch: Option<usize>,
     /// Also save every detector (weights + Dirichlet parameters) under OUT/detectors/.
     #[arg(long)]
     save_detectors: bool,
@@ -97,77 +109,95 @@ pub struct AnomalyArgs {
     /// No progress bars or per-run lines.
     #[arg(long)]
     pub quiet: bool,
-    /// Output directory (report.json, report.md, figures/).
+    /// Output directory (experiment.toml, report.json, report.md, figures/).
     #[arg(long, default_value = "models/anomaly")]
     out: PathBuf,
 }
 
-pub fn run_anomaly(mut a: AnomalyArgs) -> Result<()> {
-    use selfsup::anomaly_run::{self, AnomalyOptions};
-    match a.preset.as_deref() {
-        None => {}
-        Some("celeba-faces-anomaly") => {
-            // Faces without eyeglasses are normal; faces with them are the
-            // attribute-defined outliers. Rotation detector (rot4).
-            a.protocol = "one-class".into();
-            if a.dataset == "fashion-mnist" {
-                a.dataset = "celeba:Eyeglasses".into();
-            }
-            if a.classes.is_empty() {
-                a.classes = vec![0];
-            }
-            if a.transforms == "geo72" {
-                a.transforms = "rot4".into();
-            }
-        }
-        Some(other) => bail!("unknown --preset {other:?}; anomaly presets: celeba-faces-anomaly"),
+fn int(v: Option<usize>) -> Option<Value> {
+    v.map(|n| Value::Integer(n as i64))
+}
+
+fn ints<T: Copy + TryInto<i64>>(v: &Option<Vec<T>>) -> Option<Value> {
+    v.as_ref().map(|v| {
+        Value::Array(
+            v.iter()
+                .map(|&n| Value::Integer(n.try_into().unwrap_or(i64::MAX)))
+                .collect(),
+        )
+    })
+}
+
+fn path(p: &Option<PathBuf>) -> Option<Value> {
+    p.as_ref().map(|p| Value::String(p.display().to_string()))
+}
+
+impl AnomalyArgs {
+    /// The table: each flag and the spec key it sets.
+    fn table(&self) -> Vec<(&'static str, Option<Value>)> {
+        vec![
+            ("protocol", self.protocol.clone().map(Value::from)),
+            ("dataset", self.dataset.clone().map(Value::from)),
+            ("classes", ints(&self.classes)),
+            ("max_normal", int(self.max_normal)),
+            ("max_test", int(self.max_test)),
+            ("normal", path(&self.normal)),
+            ("anomalies", path(&self.anomalies)),
+            ("normal_test", path(&self.normal_test)),
+            ("size", int(self.size)),
+            ("channels", int(self.channels)),
+            ("train_fraction", self.train_fraction.map(Value::from)),
+            ("transforms", self.transforms.clone().map(Value::from)),
+            ("score", self.score.clone().map(Value::from)),
+            ("seeds", ints(&self.seeds)),
+            ("backbone.name", self.backbone.clone().map(Value::from)),
+            ("backbone.widths", ints(&self.widths)),
+            ("backbone.depth", int(self.depth)),
+            ("init", path(&self.init)),
+            ("epochs", int(self.epochs)),
+            ("batch", int(self.batch)),
+            ("lr", self.lr.map(Value::from)),
+            ("knn_k", int(self.knn_k)),
+            ("eval_batch", int(self.eval_batch)),
+            (
+                "save_detectors",
+                self.save_detectors.then_some(Value::Boolean(true)),
+            ),
+        ]
     }
-    let mut backbone = BackboneSpec::from_name(&a.backbone)?;
-    match &mut backbone {
-        BackboneSpec::ConvNet(c) => {
-            if let Some(w) = a.widths {
-                c.widths = w;
-            }
-            if let Some(d) = a.depth {
-                c.depth = d;
+
+    /// The run's spec: defaults, `--preset`, `--config`, flags, `--set`.
+    pub fn spec(&self) -> Result<AnomalySpec> {
+        let mut layers = Layers::from_spec(&AnomalySpec::default());
+        if let Some(p) = &self.preset {
+            layers.preset_from(&ANOMALY_PRESETS, p, "dataset")?;
+        }
+        if let Some(f) = &self.config {
+            layers.file_as::<AnomalySpec>(f)?;
+        }
+        for (key, value) in self.table() {
+            if let Some(v) = value {
+                layers.set(key, v)?;
             }
         }
-        _ if a.widths.is_some() || a.depth.is_some() => {
-            bail!("--widths and --depth size the convnet, not {}", a.backbone)
+        for s in &self.set {
+            layers.assign(s)?;
         }
-        _ => {}
+        Ok(layers.read()?)
     }
-    let opts = AnomalyOptions {
-        protocol: a.protocol,
-        dataset: a.dataset,
-        classes: a.classes,
-        max_normal: a.max_normal,
-        max_test: a.max_test,
-        normal_dir: a.normal,
-        anomaly_dir: a.anomalies,
-        normal_test_dir: a.normal_test,
-        size: a.size,
-        channels: a.channels,
-        train_fraction: a.train_fraction,
-        transforms: selfsup::anomaly::TransformSet::from_name(&a.transforms)?,
-        score: a.score,
-        seeds: a.seeds,
-        backbone,
-        init: crate::hub::resolve_init(a.init)?,
-        epochs: a.epochs,
-        batch_size: a.batch,
-        lr: a.lr,
-        knn_k: a.knn_k,
-        eval_batch: a.eval_batch,
-        out: a.out.clone(),
-        save_detectors: a.save_detectors,
-        device: parse_device(&a.device)?,
-        quiet: a.quiet,
-    };
+}
+
+pub fn run_anomaly(a: AnomalyArgs) -> Result<()> {
+    use selfsup::anomaly_run;
+    let spec = a.spec()?;
+    let init = crate::hub::resolve_init(spec.init.clone())?;
+    let opts = spec.options(init, a.out.clone(), parse_device(&a.device)?, a.quiet)?;
     let report = anomaly_run::run(&opts)?;
+    selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.to_toml().as_bytes())?;
     println!("{}", report.to_markdown());
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
+        a.out.join("experiment.toml").display(),
         a.out.join("report.json").display(),
         a.out.join("report.md").display()
     );

@@ -3,10 +3,20 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use selfsup::core::device::parse_device;
+use selfsup::spec::layers::Layers;
 use std::path::PathBuf;
+use toml::Value;
 
 #[derive(Args)]
 pub struct TextArgs {
+    /// Training spec (TOML): any of the keys of the run's experiment.toml
+    /// (vocab_size, hidden, layers, heads, max_len, batch_size, steps, lr,
+    /// ...); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Set any spec value: `--set mask_rate=0.2`, repeatable; applied last.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
     /// A UTF-8 text file or a directory of .txt/.md files (default: the
     /// shipped Rust book, data/text/rust-book.txt).
     #[arg(long)]
@@ -75,6 +85,42 @@ pub struct TextArgs {
     pub quiet: bool,
 }
 
+impl TextArgs {
+    /// The training settings: defaults, `--config`, the flags, `--set`.
+    fn config(&self) -> Result<selfsup::text::train::TextConfig> {
+        use selfsup::text::train::TextConfig;
+        let mut layers = Layers::from_spec(&TextConfig::default());
+        if let Some(f) = &self.config {
+            layers.file_as::<TextConfig>(f)?;
+        }
+        let int = |v: Option<usize>| v.map(|n| Value::Integer(n as i64));
+        let table = [
+            ("steps", int(self.steps)),
+            ("batch_size", int(self.batch)),
+            ("lr", self.lr.map(Value::from)),
+            ("hidden", int(self.hidden)),
+            ("layers", int(self.layers)),
+            ("heads", int(self.heads)),
+            ("max_len", int(self.max_len)),
+            ("vocab_size", int(self.vocab_size)),
+            ("eval_every", int(self.eval_every)),
+            ("eval_passes", int(self.eval_passes)),
+            ("warmup_fraction", self.warmup.map(Value::from)),
+            ("heldout_fraction", self.heldout_fraction.map(Value::from)),
+            ("seed", self.seed.map(|s| Value::Integer(s as i64))),
+        ];
+        for (key, value) in table {
+            if let Some(v) = value {
+                layers.set(key, v)?;
+            }
+        }
+        for s in &self.set {
+            layers.assign(s)?;
+        }
+        Ok(layers.read()?)
+    }
+}
+
 pub fn run_text(a: TextArgs) -> Result<()> {
     use selfsup::text::{corpus, train};
     let device = parse_device(&a.device)?;
@@ -101,34 +147,19 @@ pub fn run_text(a: TextArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut cfg = train::TextConfig::default();
-    macro_rules! set {
-        ($($f:ident = $v:expr),*) => { $(if let Some(v) = $v { cfg.$f = v; })* };
-    }
-    set!(
-        steps = a.steps,
-        batch_size = a.batch,
-        lr = a.lr,
-        hidden = a.hidden,
-        layers = a.layers,
-        heads = a.heads,
-        max_len = a.max_len,
-        vocab_size = a.vocab_size,
-        eval_every = a.eval_every,
-        eval_passes = a.eval_passes,
-        warmup_fraction = a.warmup,
-        heldout_fraction = a.heldout_fraction,
-        seed = a.seed
-    );
+    let cfg = a.config()?;
     let path = a
         .corpus
         .clone()
         .unwrap_or_else(|| selfsup::data::registry::data_dir().join("text/rust-book.txt"));
     let c = corpus::load(&path, cfg.heldout_fraction)?;
     let report = train::run(&c, &cfg, &a.out, a.resume, &device, a.quiet)?;
+    let spec = toml::to_string(&cfg)?;
+    selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.as_bytes())?;
     println!("{}", report.to_markdown());
     println!(
-        "wrote {}, {} and {}",
+        "wrote {}, {}, {} and {}",
+        a.out.join("experiment.toml").display(),
         a.out.join("report.json").display(),
         a.out.join("report.md").display(),
         a.out.join("checkpoint").display()

@@ -501,3 +501,167 @@ fn duck_fish_preset_pretrains_on_every_class_and_early_stops_the_transfer() {
     assert_eq!(ft["metrics"]["validation_images"], 2);
     assert_eq!(ft["recipe"]["transfer"]["augment"]["ops"][1]["op"], "zoom");
 }
+
+/// Flags of a run small enough for a test.
+const TINY: [&str; 18] = [
+    "--quiet",
+    "--max-train",
+    "300",
+    "--max-test",
+    "100",
+    "--seeds",
+    "0",
+    "--labels-per-class",
+    "2",
+    "--widths",
+    "4,8",
+    "--depth",
+    "1",
+    "--epochs",
+    "1",
+    "--unlabeled",
+    "64",
+    "--no-knn-monitor",
+];
+
+#[test]
+fn a_run_is_reproduced_from_its_experiment_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let recipe = dir.path().join("recipe.json");
+    std::fs::write(&recipe, r#"{"transfer_epochs": 2, "linear_steps": 10}"#).unwrap();
+    let mut args = vec!["pipeline"];
+    args.extend(TINY);
+    let a_str = a.to_str().unwrap();
+    args.extend([
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--set",
+        "methods.rotation.batch=32",
+        "--set",
+        "protocols.run=[\"finetune\", \"knn\"]",
+        "--out",
+        a_str,
+    ]);
+    let (ok, err) = xtask(&args);
+    assert!(ok, "{err}");
+    let spec = std::fs::read_to_string(a.join("experiment.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&spec).unwrap();
+    assert_eq!(
+        table["transfer"]["epochs"].as_integer(),
+        Some(2),
+        "--recipe reached the spec"
+    );
+    assert_eq!(
+        table["methods"]["rotation"]["batch"].as_integer(),
+        Some(32),
+        "--set reached a nested field"
+    );
+    assert_eq!(table["backbone"]["widths"].as_array().unwrap().len(), 2);
+    let config = a.join("experiment.toml");
+    let (ok, err) = xtask(&[
+        "pipeline",
+        "--quiet",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let results = |d: &std::path::Path| -> serde_json::Value {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("report.json")).unwrap()).unwrap();
+        r["results"].clone()
+    };
+    assert_eq!(results(&a), results(&b));
+    assert_eq!(
+        results(&a).as_array().unwrap().len(),
+        4,
+        "2 methods x finetune, knn"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("experiment.toml")).unwrap(),
+        spec
+    );
+}
+
+#[test]
+fn spec_files_presets_and_set_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        "[transfer]\nepochs = 3\n[protocols.fixmatch]\nthreshhold = 0.9\n",
+    )
+    .unwrap();
+    let t = typo.to_str().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[transfer\nepochs = 3\n").unwrap();
+    let b = broken.to_str().unwrap();
+    let anomaly_typo = dir.path().join("anomaly.toml");
+    std::fs::write(&anomaly_typo, "protocol = \"faces\"\nepoch = 3\n").unwrap();
+    let at = anomaly_typo.to_str().unwrap();
+    let text_typo = dir.path().join("text.toml");
+    std::fs::write(&text_typo, "hiden = 32\n").unwrap();
+    let tt = text_typo.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["pipeline", "--quiet", "--config", t, "--out", o],
+            &["typo.toml", "protocols.fixmatch.threshhold"],
+        ),
+        (
+            &["pipeline", "--quiet", "--config", b, "--out", o],
+            &["broken.toml"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--preset",
+                "svhn-street-numbers",
+                "--dataset",
+                "fashion-mnist",
+                "--out",
+                o,
+            ],
+            &["svhn-street-numbers", "svhn", "fashion-mnist"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--set",
+                "transfer.epochs=0",
+                "--out",
+                o,
+            ],
+            &["transfer.epochs", "at least 1"],
+        ),
+        (
+            &[
+                "pipeline",
+                "--quiet",
+                "--set",
+                "transfer.linear_probe.step=3",
+                "--out",
+                o,
+            ],
+            &["transfer.linear_probe.step"],
+        ),
+        (
+            &["pipeline", "--quiet", "--set", "epochs", "--out", o],
+            &["PATH=VALUE"],
+        ),
+        (
+            &["anomaly", "--quiet", "--config", at, "--out", o],
+            &["anomaly.toml", "epoch"],
+        ),
+        (
+            &["text", "--quiet", "--config", tt, "--out", o],
+            &["text.toml", "hiden"],
+        ),
+    ];
+    fails_cleanly(&cases, &out);
+}

@@ -69,7 +69,7 @@ pub fn teacher_probabilities(
 
 /// Cross-entropy of `logits` (N, C) against target distributions `targets`
 /// (N, C), both at `temperature`: mean over rows of
-/// -sum_c targets[c] * log softmax(logits / temperature)[c].
+/// `-sum_c targets[c] * log softmax(logits / temperature)[c]`.
 pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(&(logits / temperature)?, D::Minus1)?;
     Ok((targets * log_p)?.sum(D::Minus1)?.mean_all()?.neg()?)

@@ -1,0 +1,146 @@
+//! The spec of an anomaly-detection run (`cargo xtask anomaly --config`):
+//! the same layers as the pipeline's spec (defaults, `--preset`,
+//! `--config`, flags, `--set`), one flat table of keys named as the flags.
+
+use super::BackboneSpec;
+use crate::anomaly::TransformSet;
+use crate::anomaly_run::AnomalyOptions;
+use crate::core::Result;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The anomaly presets shipped in `configs/presets/`: (name, TOML text).
+pub const ANOMALY_PRESETS: [(&str, &str); 1] = [(
+    "celeba-faces-anomaly",
+    include_str!("../../configs/presets/celeba-faces-anomaly.toml"),
+)];
+
+/// Everything that decides an anomaly run's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnomalySpec {
+    /// `one-class`, `faces` or `folders`.
+    pub protocol: String,
+    /// One-class: the labeled dataset (name or directory).
+    pub dataset: String,
+    /// One-class: the normal classes to run (all when empty).
+    pub classes: Vec<u32>,
+    /// One-class: cap on normal training images per class (0 = all).
+    pub max_normal: usize,
+    /// One-class: cap on scored test images, strided (0 = all).
+    pub max_test: usize,
+    /// Folders: the normal images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normal: Option<PathBuf>,
+    /// Folders: the anomalies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomalies: Option<PathBuf>,
+    /// Folders: held-out normal images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normal_test: Option<PathBuf>,
+    /// Folders: images are centre-cropped and resized to this side.
+    pub size: usize,
+    /// Folders: 1 (gray) or 3 (RGB).
+    pub channels: usize,
+    /// Faces / folders: fraction of the normal images that trains.
+    pub train_fraction: f64,
+    /// The transformations predicted: `rot4`, `rot-flip8` or `geo72`.
+    pub transforms: String,
+    /// Headline score: `nll`, `dirichlet`, `knn` or `knn-all`.
+    pub score: String,
+    /// Seeds; each trains its own detectors.
+    pub seeds: Vec<u64>,
+    /// The encoder and its sizes.
+    pub backbone: BackboneSpec,
+    /// Start each detector from this pretrained stage (or `hub:user/name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// Epochs over (image, transformation) pairs; 0 = ceil(200 / T).
+    pub epochs: usize,
+    /// Transformed images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Neighbours averaged by the kNN score.
+    pub knn_k: usize,
+    /// Transformed images per inference batch.
+    pub eval_batch: usize,
+    /// Keep each detector under `<out>/detectors/`.
+    pub save_detectors: bool,
+}
+
+impl Default for AnomalySpec {
+    fn default() -> Self {
+        let o = AnomalyOptions::new("faces");
+        Self {
+            protocol: o.protocol,
+            dataset: o.dataset,
+            classes: o.classes,
+            max_normal: o.max_normal,
+            max_test: o.max_test,
+            normal: None,
+            anomalies: None,
+            normal_test: None,
+            size: o.size,
+            channels: o.channels,
+            train_fraction: o.train_fraction,
+            transforms: o.transforms.name().into(),
+            score: o.score,
+            seeds: o.seeds,
+            backbone: o.backbone,
+            init: None,
+            epochs: o.epochs,
+            batch: o.batch_size,
+            lr: o.lr,
+            knn_k: o.knn_k,
+            eval_batch: o.eval_batch,
+            save_detectors: o.save_detectors,
+        }
+    }
+}
+
+impl AnomalySpec {
+    /// The run's options; `init` is the pretrained stage directory (a
+    /// `hub:` name already downloaded).
+    pub fn options(
+        &self,
+        init: Option<PathBuf>,
+        out: PathBuf,
+        device: Device,
+        quiet: bool,
+    ) -> Result<AnomalyOptions> {
+        Ok(AnomalyOptions {
+            protocol: self.protocol.clone(),
+            dataset: self.dataset.clone(),
+            classes: self.classes.clone(),
+            max_normal: self.max_normal,
+            max_test: self.max_test,
+            normal_dir: self.normal.clone(),
+            anomaly_dir: self.anomalies.clone(),
+            normal_test_dir: self.normal_test.clone(),
+            size: self.size,
+            channels: self.channels,
+            train_fraction: self.train_fraction,
+            transforms: TransformSet::from_name(&self.transforms)?,
+            score: self.score.clone(),
+            seeds: self.seeds.clone(),
+            backbone: self.backbone.clone(),
+            init,
+            epochs: self.epochs,
+            batch_size: self.batch,
+            lr: self.lr,
+            knn_k: self.knn_k,
+            eval_batch: self.eval_batch,
+            out,
+            save_detectors: self.save_detectors,
+            device,
+            quiet,
+        })
+    }
+
+    /// The spec as TOML text (what the run's `experiment.toml` holds).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a spec serialises to TOML")
+    }
+}
