@@ -2,10 +2,12 @@
 //! unlabeled images with a pretext task, transfer it to a task with a
 //! handful of labels, and measure what the pretraining bought.
 //!
-//! This facade re-exports the stage crates and adds [`pipeline`], the one
-//! place where they are composed (pretrain → transfer → evaluate, with
-//! checkpoints between stages), and [`anomaly_run`], which does the same for
-//! anomaly detection. The `cargo xtask` commands are a thin shell
+//! This facade re-exports the stage crates and adds [`spec`], the
+//! experiment spec a run is described by (TOML, layered, validated),
+//! [`pipeline`], the one place where the stages are composed (pretrain →
+//! transfer → evaluate, with checkpoints between stages, the protocols
+//! behind one `Protocol` trait), and [`anomaly_run`], which does the same
+//! for anomaly detection. The `cargo xtask` commands are a thin shell
 //! over it.
 //!
 //! | crate | job |
@@ -15,9 +17,11 @@
 //! | [`augment`] | seeded `u8` image transforms |
 //! | [`kernels`] | convolution with fast gradients, depthwise conv |
 //! | [`backbones`] | ConvNet, ResNet-18 (CIFAR stem), MobileNetV2 |
-//! | [`pretext`] | rotation prediction and the pretraining loop |
+//! | [`objective`] | the `Objective` trait and the pretraining loop every method uses |
+//! | [`pretext`] | rotation prediction |
 //! | [`contrastive`] | SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, MoCo v2 |
-//! | [`finetune`] | scratch, fine-tune, linear probe, kNN |
+//! | [`finetune`] | scratch, finetune, lpft, linear probe, kNN, distill, fixmatch |
+//! | [`hub`] | datasets and checkpoints on the Hugging Face Hub |
 //! | [`anomaly`] | transformation-prediction anomaly detection, AUROC |
 //! | [`text`] | WordPiece tokenizer, small BERT, masked-token pretraining |
 

@@ -1,6 +1,6 @@
 //! The end-to-end pipeline: pretrain → transfer → evaluate, and the single
 //! stages it is made of (also used by `cargo xtask pretrain | transfer |
-//! evaluate`). What runs is an [`Experiment`](crate::spec::Experiment);
+//! evaluate`). What runs is an [`Experiment`];
 //! where it is written is a [`RunLayout`]:
 //!
 //! ```text

@@ -25,19 +25,19 @@ pub struct AnomalyArgs {
     set: Vec<String>,
     /// one-class (each class of --dataset in turn is normal), faces (the
     /// shipped LFW faces vs non-faces) or folders (--normal vs --anomalies)
-    /// [faces].
+    /// (default: faces).
     #[arg(long)]
     protocol: Option<String>,
-    /// One-class: dataset name or directory (as for `pipeline`) [fashion-mnist].
+    /// One-class: dataset name or directory (as for `pipeline`) (default: fashion-mnist).
     #[arg(long)]
     dataset: Option<String>,
-    /// One-class: normal classes to run, comma-separated [all].
+    /// One-class: normal classes to run, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<u32>>,
-    /// One-class: use only the first N training images of each normal class (0 = all) [0].
+    /// One-class: use only the first N training images of each normal class (0 = all) (default: 0).
     #[arg(long)]
     max_normal: Option<usize>,
-    /// One-class: score only N test images, evenly strided (0 = all) [0].
+    /// One-class: score only N test images, evenly strided (0 = all) (default: 0).
     #[arg(long)]
     max_test: Option<usize>,
     /// Folders: directory of normal images (PNG/JPEG, searched recursively).
@@ -50,51 +50,51 @@ pub struct AnomalyArgs {
     /// 1 - --train-fraction of --normal is held out.
     #[arg(long)]
     normal_test: Option<PathBuf>,
-    /// Folders: images are centre-cropped and resized to SIZE x SIZE [32].
+    /// Folders: images are centre-cropped and resized to SIZE x SIZE (default: 32).
     #[arg(long)]
     size: Option<usize>,
-    /// Folders: 1 (grayscale) or 3 (RGB) [3].
+    /// Folders: 1 (grayscale) or 3 (RGB) (default: 3).
     #[arg(long)]
     channels: Option<usize>,
-    /// Faces / folders: fraction of the normal images that trains the detector [0.7].
+    /// Faces / folders: fraction of the normal images that trains the detector (default: 0.7).
     #[arg(long)]
     train_fraction: Option<f64>,
-    /// Transformations the detector predicts: rot4, rot-flip8 or geo72 [geo72].
+    /// Transformations the detector predicts: rot4, rot-flip8 or geo72 (default: geo72).
     #[arg(long)]
     transforms: Option<String>,
     /// Headline score of report.json: nll, dirichlet, knn or knn-all (all
-    /// four are always computed and reported) [dirichlet].
+    /// four are always computed and reported) (default: dirichlet).
     #[arg(long)]
     score: Option<String>,
-    /// Seeds, comma-separated; each trains its own detectors [0,1,2].
+    /// Seeds, comma-separated; each trains its own detectors (default: 0,1,2).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
-    /// Encoder: convnet, resnet18 or mobilenetv2 [convnet].
+    /// Encoder: convnet, resnet18 or mobilenetv2 (default: convnet).
     #[arg(long)]
     backbone: Option<String>,
-    /// Convnet stage widths, comma-separated [16,32,64].
+    /// Convnet stage widths, comma-separated (default: 16,32,64).
     #[arg(long, value_delimiter = ',')]
     widths: Option<Vec<usize>>,
-    /// Convnet 3x3 conv layers per stage [2].
+    /// Convnet 3x3 conv layers per stage (default: 2).
     #[arg(long)]
     depth: Option<usize>,
     /// Start each detector's backbone from this pretrained stage directory
     /// (or `hub:<user/name>`).
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Epochs over the (normal image, transformation) pairs; 0 = ceil(200 / T) [0].
+    /// Epochs over the (normal image, transformation) pairs; 0 = ceil(200 / T) (default: 0).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Transformed images per optimiser step [128].
+    /// Transformed images per optimiser step (default: 128).
     #[arg(long)]
     batch: Option<usize>,
-    /// Peak learning rate (AdamW, warmup + cosine) [2e-3].
+    /// Peak learning rate (AdamW, warmup + cosine) (default: 2e-3).
     #[arg(long)]
     lr: Option<f64>,
-    /// Neighbours averaged by the kNN score [2].
+    /// Neighbours averaged by the kNN score (default: 2).
     #[arg(long)]
     knn_k: Option<usize>,
-    /// Transformed images per inference batch [1024].
+    /// Transformed images per inference batch (default: 1024).
     #[arg(long)]
     eval_batch: Option<usize>,
     /// Also save every detector (weights + Dirichlet parameters) under OUT/detectors/.

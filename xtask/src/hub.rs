@@ -29,7 +29,7 @@ pub struct PublishArgs {
     /// Create the repository as private.
     #[arg(long)]
     private: bool,
-    /// Only write the Hub folder (to --out, default <run>/hub); upload nothing.
+    /// Only write the Hub folder (to --out, default RUN/hub); upload nothing.
     #[arg(long)]
     dry_run: bool,
     /// Where to write the Hub folder.

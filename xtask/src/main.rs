@@ -65,7 +65,7 @@ pub(crate) enum Command {
     /// normal images only and report AUROC / AUPR / FPR95 per normal class.
     Anomaly(anomaly::AnomalyArgs),
     /// Masked-token pretraining of a small BERT on a text corpus (or, with
-    /// --fill, the top predictions for the [MASK]s of a sentence).
+    /// --fill, the top predictions for the `[MASK]`s of a sentence).
     Text(text::TextArgs),
     /// Download a public dataset from the Hugging Face Hub, decode it once
     /// into the local cache, and make it a --dataset name.

@@ -24,7 +24,7 @@ pub struct RunArgs {
 }
 
 /// The spec flags: a TOML file, then flags that override single settings
-/// (defaults in brackets are the spec's, see configs/default.toml), then
+/// (defaults are the spec's, see configs/default.toml), then
 /// `--set` for any other setting.
 #[derive(Args, Clone)]
 pub struct SpecArgs {
@@ -40,14 +40,14 @@ pub struct SpecArgs {
     /// config.recipe), applied under --preset and the flags.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
-    /// Dataset [fashion-mnist]: `fashion-mnist` (embedded subset),
+    /// Dataset (default: fashion-mnist): `fashion-mnist` (embedded subset),
     /// `fashion-mnist-full`, a name fetched with `cargo xtask fetch` (svhn,
-    /// cifar10, cifar100, mnist, tiny-imagenet, celeba[:Attribute]), or a
+    /// cifar10, cifar100, mnist, tiny-imagenet, celeba:ATTRIBUTE), or a
     /// directory of MNIST-style IDX files, CIFAR-10/100 binaries, or one
     /// image sub-folder per class.
     #[arg(long)]
     pub dataset: Option<String>,
-    /// Encoder [convnet]: convnet, resnet18 (CIFAR stem) or mobilenetv2.
+    /// Encoder (default: convnet): convnet, resnet18 (CIFAR stem) or mobilenetv2.
     #[arg(long)]
     pub backbone: Option<String>,
     /// Use only the first N training images.
@@ -56,60 +56,60 @@ pub struct SpecArgs {
     /// Use only the first N test images.
     #[arg(long)]
     pub max_test: Option<usize>,
-    /// Convnet stage widths, comma-separated [16,32,64].
+    /// Convnet stage widths, comma-separated (default: 16,32,64).
     #[arg(long, value_delimiter = ',')]
     pub widths: Option<Vec<usize>>,
-    /// Convnet 3x3 conv layers per stage [2].
+    /// Convnet 3x3 conv layers per stage (default: 2).
     #[arg(long)]
     pub depth: Option<usize>,
-    /// ResNet-18 base width [64].
+    /// ResNet-18 base width (default: 64).
     #[arg(long)]
     pub resnet_width: Option<usize>,
-    /// MobileNetV2 width multiplier [1.0].
+    /// MobileNetV2 width multiplier (default: 1.0).
     #[arg(long)]
     pub width_multiplier: Option<f64>,
-    /// Cap on the unlabeled images used for pretraining (0 = the whole pool) [4500].
+    /// Cap on the unlabeled images used for pretraining (0 = the whole pool) (default: 4500).
     #[arg(long)]
     pub unlabeled: Option<usize>,
-    /// Fine-tune / scratch epochs over the labeled images [60].
+    /// Fine-tune / scratch epochs over the labeled images (default: 60).
     #[arg(long)]
     pub transfer_epochs: Option<usize>,
-    /// Rotation pretraining batch (source images, each shown four times) [64].
+    /// Rotation pretraining batch (source images, each shown four times) (default: 64).
     #[arg(long)]
     pub pretrain_batch: Option<usize>,
-    /// Rotation pretraining learning rate [1e-3].
+    /// Rotation pretraining learning rate (default: 1e-3).
     #[arg(long)]
     pub pretrain_lr: Option<f64>,
-    /// Fine-tune / scratch learning rate [1e-3].
+    /// Fine-tune / scratch learning rate (default: 1e-3).
     #[arg(long)]
     pub transfer_lr: Option<f64>,
-    /// Images per inference batch (features, test predictions) [128].
+    /// Images per inference batch (features, test predictions) (default: 128).
     #[arg(long)]
     pub eval_batch: Option<usize>,
-    /// Maximum pretraining epochs of every two-view method [8].
+    /// Maximum pretraining epochs of every two-view method (default: 8).
     #[arg(long)]
     pub contrastive_epochs: Option<usize>,
-    /// Source images per two-view step (each seen as two views) [256].
+    /// Source images per two-view step (each seen as two views) (default: 256).
     #[arg(long)]
     pub contrastive_batch: Option<usize>,
-    /// Learning rate of the two-view methods [2e-3].
+    /// Learning rate of the two-view methods (default: 2e-3).
     #[arg(long)]
     pub contrastive_lr: Option<f64>,
-    /// NT-Xent temperature of SimCLR [0.2].
+    /// NT-Xent temperature of SimCLR (default: 0.2).
     #[arg(long)]
     pub temperature: Option<f64>,
     /// View augmentation of the two-view methods: auto, simclr-mnist,
-    /// simclr-cifar or none [auto].
+    /// simclr-cifar or none (default: auto).
     #[arg(long)]
     pub view_augment: Option<String>,
     /// Skip the per-epoch kNN monitor during pretraining.
     #[arg(long)]
     pub no_knn_monitor: bool,
     /// Image-folder datasets: images are centre-cropped and resized to
-    /// SIZE x SIZE [32].
+    /// SIZE x SIZE (default: 32).
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Image-folder datasets: 1 (grayscale) or 3 (RGB) channels [3].
+    /// Image-folder datasets: 1 (grayscale) or 3 (RGB) channels (default: 3).
     #[arg(long)]
     pub channels: Option<usize>,
     /// Keep only these classes (names, comma-separated), relabelled 0..n.
@@ -120,36 +120,36 @@ pub struct SpecArgs {
     #[arg(long)]
     pub pretrain_selected_only: bool,
     /// Fine-tune / scratch augmentation: crop-flip, flip-zoom-contrast,
-    /// simclr-cifar, simclr-mnist or none [crop-flip].
+    /// simclr-cifar, simclr-mnist or none (default: crop-flip).
     #[arg(long)]
     pub transfer_augment: Option<String>,
     /// Fine-tune / scratch early stopping: hold out part of the labeled
     /// images and stop after N epochs without a lower held-out error rate
-    /// (0 = off) [0].
+    /// (0 = off) (default: 0).
     #[arg(long)]
     pub transfer_patience: Option<usize>,
     /// Fraction of each class's labeled images held out for
-    /// --transfer-patience [0.1].
+    /// --transfer-patience (default: 0.1).
     #[arg(long)]
     pub transfer_val_fraction: Option<f64>,
     /// Epochs of the `distill` protocol; N > 0 runs it, 0 leaves it out.
     #[arg(long)]
     pub distill_epochs: Option<usize>,
-    /// Softmax temperature of the distillation targets [1.0].
+    /// Softmax temperature of the distillation targets (default: 1.0).
     #[arg(long)]
     pub distill_temperature: Option<f64>,
-    /// Distillation learning rate [1e-3].
+    /// Distillation learning rate (default: 1e-3).
     #[arg(long)]
     pub distill_lr: Option<f64>,
-    /// Share of each distillation epoch made of the labeled images [0.25].
+    /// Share of each distillation epoch made of the labeled images (default: 0.25).
     #[arg(long)]
     pub distill_labeled_share: Option<f64>,
     /// Augmentation of the distillation student: auto, crop-flip,
-    /// flip-zoom-contrast, simclr-cifar, simclr-mnist or none [auto].
+    /// flip-zoom-contrast, simclr-cifar, simclr-mnist or none (default: auto).
     #[arg(long)]
     pub distill_augment: Option<String>,
     /// Which classifier teaches the distillation student: auto, finetune
-    /// or lpft [auto].
+    /// or lpft (default: auto).
     #[arg(long)]
     pub distill_teacher: Option<String>,
     /// Leave out the `lpft` protocol (linear probe, then fine-tune).
@@ -158,13 +158,13 @@ pub struct SpecArgs {
     /// Epochs of the `fixmatch` protocol; N > 0 runs it, 0 leaves it out.
     #[arg(long)]
     pub fixmatch_epochs: Option<usize>,
-    /// Least confidence for a `fixmatch` pseudo-label [0.95].
+    /// Least confidence for a `fixmatch` pseudo-label (default: 0.95).
     #[arg(long)]
     pub fixmatch_threshold: Option<f64>,
-    /// `fixmatch` learning rate [1e-3].
+    /// `fixmatch` learning rate (default: 1e-3).
     #[arg(long)]
     pub fixmatch_lr: Option<f64>,
-    /// Which classifier `fixmatch` starts from: auto, finetune or lpft [auto].
+    /// Which classifier `fixmatch` starts from: auto, finetune or lpft (default: auto).
     #[arg(long)]
     pub fixmatch_init: Option<String>,
     /// `fixmatch` distribution alignment of the pseudo-labels.
@@ -354,7 +354,7 @@ fn set_protocol(layers: &mut Layers, protocol: &str, on: bool) -> Result<()> {
 }
 
 /// Settings a command sets from its own flags (`--pretext`, `--seeds`, ...),
-/// as (spec path, value) pairs for [`SpecArgs::resolve`].
+/// as (spec path, value) pairs for (default: `SpecArgs::resolve`).
 pub fn extra_settings(pairs: Vec<(&str, Option<Value>)>) -> Vec<(String, Value)> {
     pairs
         .into_iter()

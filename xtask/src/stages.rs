@@ -22,13 +22,13 @@ pub struct PipelineArgs {
     #[command(flatten)]
     spec: SpecArgs,
     /// Pretraining methods, comma-separated: rotation, simclr, byol,
-    /// simsiam, barlow, vicreg, moco [rotation].
+    /// simsiam, barlow, vicreg, moco (default: rotation).
     #[arg(long, value_delimiter = ',')]
     pretext: Option<Vec<String>>,
-    /// Labeled images per class, comma-separated [10].
+    /// Labeled images per class, comma-separated (default: 10).
     #[arg(long, value_delimiter = ',')]
     labels_per_class: Option<Vec<usize>>,
-    /// Seeds, comma-separated; each gets its own split and transfer [0,1,2].
+    /// Seeds, comma-separated; each gets its own split and transfer (default: 0,1,2).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
     /// Maximum pretraining epochs of every method (early stopping on the
@@ -106,14 +106,14 @@ pub struct PretrainArgs {
     #[command(flatten)]
     spec: SpecArgs,
     /// Pretraining method: rotation, simclr, byol, simsiam, barlow, vicreg
-    /// or moco [the spec's first method].
+    /// or moco (default: the spec's first method).
     #[arg(long)]
     pretext: Option<String>,
-    /// Seed [the spec's first seed].
+    /// Seed (default: the spec's first seed).
     #[arg(long)]
     seed: Option<u64>,
     /// The labeled split of this K (and seed) is excluded from the
-    /// unlabeled pool [the spec's largest K].
+    /// unlabeled pool (default: the spec's largest K).
     #[arg(long)]
     labels_per_class: Option<usize>,
     /// Maximum epochs.
@@ -205,10 +205,10 @@ pub struct TransferArgs {
     /// backbone; omit to train from scratch.
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Labeled images per class [the spec's first K].
+    /// Labeled images per class (default: the spec's first K).
     #[arg(long)]
     labels_per_class: Option<usize>,
-    /// Seed of the split and the training [the spec's first seed].
+    /// Seed of the split and the training (default: the spec's first seed).
     #[arg(long)]
     seed: Option<u64>,
     /// LP-FT: start the head from a linear probe on the frozen features
@@ -252,10 +252,10 @@ pub struct EvaluateArgs {
     /// finetune (the checkpoint's own classifier head), linear or knn (frozen features + K labels).
     #[arg(long, default_value = "finetune")]
     protocol: String,
-    /// Labeled images per class for linear / knn [the spec's first K].
+    /// Labeled images per class for linear / knn (default: the spec's first K).
     #[arg(long)]
     labels_per_class: Option<usize>,
-    /// Seed of the split for linear / knn [the spec's first seed].
+    /// Seed of the split for linear / knn (default: the spec's first seed).
     #[arg(long)]
     seed: Option<u64>,
     /// Write the result as JSON to this file.

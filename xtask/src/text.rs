@@ -25,14 +25,14 @@ pub struct TextArgs {
     /// Hugging Face BertForMaskedLM folder).
     #[arg(long, default_value = "models/text")]
     out: PathBuf,
-    /// Print the top predictions for each [MASK] of this sentence from
+    /// Print the top predictions for each `[MASK]` of this sentence from
     /// OUT/checkpoint (or --checkpoint) instead of training.
     #[arg(long)]
     fill: Option<String>,
     /// Checkpoint directory for --fill.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Predictions printed per [MASK].
+    /// Predictions printed per `[MASK]`.
     #[arg(long, default_value_t = 5)]
     top: usize,
     /// Continue training from OUT/checkpoint (same flags and corpus).

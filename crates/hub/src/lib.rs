@@ -1,11 +1,11 @@
 //! selfsup-hub connects selfsup to the Hugging Face Hub (through hf-hub
 //! 1.0, the Rust client):
 //!
-//! - [`fetch`]: datasets by name — the public parquet datasets of
+//! - [`fetch()`]: datasets by name — the public parquet datasets of
 //!   [`catalog`] are downloaded once, decoded ([`parquet_images`]) and
 //!   stored in the local cache of `selfsup_data::cache`, after which
 //!   `--dataset <name>` works everywhere, offline.
-//! - [`publish`]: a run directory becomes a model repository (weights,
+//! - [`publish()`]: a run directory becomes a model repository (weights,
 //!   config, a model card built from the run's report), uploaded in one
 //!   commit; and `--init hub:<user/name>` downloads a published backbone.
 //!

@@ -29,7 +29,7 @@ pub trait Objective: Send + Sync {
     /// Number of outputs of the head.
     fn head_outputs(&self) -> usize;
     /// Augmented views per source image the loss expects. With more than
-    /// one, [`pretrain`] hands [`Objective::loss`] `views * n` images,
+    /// one, [`pretrain_with`] hands [`Objective::loss`] `views * n` images,
     /// view-major (all first views, then all second views, ...), made by
     /// [`PretrainConfig::view_augment`]; with one, the images after
     /// [`PretrainConfig::augment`].
