@@ -1,6 +1,7 @@
 //! `anomaly`: transformation-prediction anomaly detection, configured by an
 //! [`AnomalySpec`] laid over the defaults in layers like the pipeline's.
 
+use crate::spec_args::{assign_all, print_written, set_given};
 use anyhow::Result;
 use clap::Args;
 use selfsup::core::device::parse_device;
@@ -175,14 +176,8 @@ impl AnomalyArgs {
         if let Some(f) = &self.config {
             layers.file_as::<AnomalySpec>(f)?;
         }
-        for (key, value) in self.table() {
-            if let Some(v) = value {
-                layers.set(key, v)?;
-            }
-        }
-        for s in &self.set {
-            layers.assign(s)?;
-        }
+        set_given(&mut layers, self.table())?;
+        assign_all(&mut layers, &self.set)?;
         Ok(layers.read()?)
     }
 }
@@ -195,11 +190,6 @@ pub fn run_anomaly(a: AnomalyArgs) -> Result<()> {
     let report = anomaly_run::run(&opts)?;
     selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.to_toml().as_bytes())?;
     println!("{}", report.to_markdown());
-    println!(
-        "wrote {}, {} and {}",
-        a.out.join("experiment.toml").display(),
-        a.out.join("report.json").display(),
-        a.out.join("report.md").display()
-    );
+    print_written(&a.out, &["experiment.toml", "report.json", "report.md"]);
     Ok(())
 }

@@ -315,11 +315,7 @@ impl SpecArgs {
         for (path, value) in extra {
             layers.set(path, value.clone())?;
         }
-        for (path, value) in self.table() {
-            if let Some(v) = value {
-                layers.set(path, v)?;
-            }
-        }
+        set_given(&mut layers, self.table())?;
         for (key, value) in self.two_view_table() {
             if let Some(v) = value {
                 // The shared flags set every two-view method's section.
@@ -331,10 +327,42 @@ impl SpecArgs {
         for (protocol, on) in self.protocol_switches() {
             set_protocol(&mut layers, protocol, on)?;
         }
-        for s in &self.set {
-            layers.assign(s)?;
-        }
+        assign_all(&mut layers, &self.set)?;
         Ok(layers.resolve()?)
+    }
+}
+
+/// Sets each given flag's value at its spec path.
+pub fn set_given<'a>(
+    layers: &mut Layers,
+    table: impl IntoIterator<Item = (&'a str, Option<Value>)>,
+) -> Result<()> {
+    for (path, value) in table {
+        if let Some(v) = value {
+            layers.set(path, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the `--set PATH=VALUE` assignments, in order.
+pub fn assign_all(layers: &mut Layers, sets: &[String]) -> Result<()> {
+    for s in sets {
+        layers.assign(s)?;
+    }
+    Ok(())
+}
+
+/// Prints "wrote A, B and C" for the run files under `out`.
+pub fn print_written(out: &std::path::Path, files: &[&str]) {
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| out.join(f).display().to_string())
+        .collect();
+    match paths.split_last() {
+        Some((last, [])) => println!("wrote {last}"),
+        Some((last, rest)) => println!("wrote {} and {last}", rest.join(", ")),
+        None => {}
     }
 }
 

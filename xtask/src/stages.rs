@@ -90,12 +90,7 @@ pub fn run_pipeline(a: PipelineArgs) -> Result<()> {
     };
     let report = pipeline::run(&opts)?;
     println!("{}", report.to_markdown());
-    println!(
-        "wrote {}, {} and {}",
-        a.out.join("experiment.toml").display(),
-        a.out.join("report.json").display(),
-        a.out.join("report.md").display()
-    );
+    crate::spec_args::print_written(&a.out, &["experiment.toml", "report.json", "report.md"]);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `text`: masked-token pretraining of a small BERT, or `--fill`.
 
+use crate::spec_args::{assign_all, print_written, set_given};
 use anyhow::{bail, Result};
 use clap::Args;
 use selfsup::core::device::parse_device;
@@ -109,14 +110,8 @@ impl TextArgs {
             ("heldout_fraction", self.heldout_fraction.map(Value::from)),
             ("seed", self.seed.map(|s| Value::Integer(s as i64))),
         ];
-        for (key, value) in table {
-            if let Some(v) = value {
-                layers.set(key, v)?;
-            }
-        }
-        for s in &self.set {
-            layers.assign(s)?;
-        }
+        set_given(&mut layers, table)?;
+        assign_all(&mut layers, &self.set)?;
         Ok(layers.read()?)
     }
 }
@@ -157,12 +152,9 @@ pub fn run_text(a: TextArgs) -> Result<()> {
     let spec = toml::to_string(&cfg)?;
     selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.as_bytes())?;
     println!("{}", report.to_markdown());
-    println!(
-        "wrote {}, {}, {} and {}",
-        a.out.join("experiment.toml").display(),
-        a.out.join("report.json").display(),
-        a.out.join("report.md").display(),
-        a.out.join("checkpoint").display()
+    print_written(
+        &a.out,
+        &["experiment.toml", "report.json", "report.md", "checkpoint"],
     );
     Ok(())
 }
