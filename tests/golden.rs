@@ -136,4 +136,8 @@ fn a_run_reruns_from_its_own_experiment_toml_with_identical_results() {
     let carried: Experiment =
         serde_json::from_value(report["config"]["experiment"].clone()).unwrap();
     assert_eq!(carried, golden_spec(), "report.json carries the spec");
+    // A report alone (as runs before experiment.toml left them) gives the
+    // spec back through its flat config.recipe.
+    let rebuilt = Experiment::from_report(&report, Path::new("report.json")).unwrap();
+    assert_eq!(rebuilt, golden_spec());
 }

@@ -9,6 +9,7 @@ mod anomaly;
 mod bench;
 mod hub;
 mod spec_args;
+mod spec_cmd;
 mod stages;
 mod text;
 
@@ -67,6 +68,9 @@ pub(crate) enum Command {
     /// Masked-token pretraining of a small BERT on a text corpus (or, with
     /// --fill, the top predictions for the `[MASK]`s of a sentence).
     Text(text::TextArgs),
+    /// Print the resolved experiment spec (defaults, --preset, --config,
+    /// flags, --set), or rebuild an earlier run's from its report.json.
+    Spec(spec_cmd::SpecCmdArgs),
     /// Download a public dataset from the Hugging Face Hub, decode it once
     /// into the local cache, and make it a --dataset name.
     Fetch(hub::FetchArgs),
@@ -98,7 +102,7 @@ fn main() {
         Command::Anomaly(a) => (a.quiet, Some(a.kernels)),
         Command::Text(a) => (a.quiet, None),
         Command::Fetch(a) => (a.quiet, None),
-        Command::Publish(_) => (false, None),
+        Command::Publish(_) | Command::Spec(_) => (false, None),
         // The bench times each kernel choice itself.
         Command::Bench(_) => (false, None),
         _ => (
@@ -120,6 +124,7 @@ fn main() {
         Command::Text(a) => text::run_text(a),
         Command::Fetch(a) => hub::run_fetch(a),
         Command::Publish(a) => hub::run_publish(a),
+        Command::Spec(a) => spec_cmd::run_spec(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

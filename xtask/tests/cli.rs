@@ -665,3 +665,31 @@ fn spec_files_presets_and_set_are_checked_before_any_work() {
     ];
     fails_cleanly(&cases, &out);
 }
+
+#[test]
+fn spec_prints_the_resolved_spec_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "spec",
+            "--preset",
+            "tiny-imagenet-duck-fish",
+            "--set",
+            "transfer.epochs=7",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table: toml::Table = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(table["data"]["dataset"].as_str(), Some("tiny-imagenet"));
+    assert_eq!(table["transfer"]["epochs"].as_integer(), Some(7));
+    let file = dir.path().join("spec.toml");
+    std::fs::write(&file, "mine").unwrap();
+    let (ok, err) = xtask(&["spec", "--out", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+}
