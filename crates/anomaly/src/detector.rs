@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarMap};
 use selfsup_backbones::checkpoint::{self, StageConfig, BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
-use selfsup_core::train::{fit_prefetched, FitConfig, FitReport};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitReport, FitRun};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use serde::{Deserialize, Serialize};
@@ -168,15 +168,17 @@ impl Detector {
         let report = {
             let (list, pixels, head, backbone) = (&list, &pixels, &head, &backbone);
             fit_prefetched(
-                &cfg.fit,
-                stage,
-                normal.len() * t,
-                params::trainable_vars(&map)
-                    .into_iter()
-                    .map(|(_, v)| v)
-                    .collect(),
-                &map,
-                quiet,
+                FitRun {
+                    cfg: &cfg.fit,
+                    stage,
+                    n_items: normal.len() * t,
+                    vars: params::trainable_vars(&map)
+                        .into_iter()
+                        .map(|(_, v)| v)
+                        .collect(),
+                    map: &map,
+                    quiet,
+                },
                 |items, _| {
                     let pairs: Vec<(usize, usize)> =
                         items.iter().map(|&k| (k / t, k % t)).collect();

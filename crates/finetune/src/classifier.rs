@@ -9,7 +9,7 @@ use candle_nn::{Linear, VarMap};
 use selfsup_augment::{apply_batch, Pipeline};
 use selfsup_backbones::checkpoint::{self, BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
-use selfsup_core::train::{fit_prefetched, FitConfig, FitReport};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitReport, FitRun};
 use selfsup_core::{params, rng, Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use serde::{Deserialize, Serialize};
@@ -283,12 +283,14 @@ pub fn train_classifier(
         Ok(error + VAL_LOSS_WEIGHT * loss)
     };
     let report = fit_prefetched(
-        &cfg.fit,
-        stage,
-        fit_idx.len(),
-        vars,
-        &map,
-        quiet,
+        FitRun {
+            cfg: &cfg.fit,
+            stage,
+            n_items: fit_idx.len(),
+            vars,
+            map: &map,
+            quiet,
+        },
         |items, step| {
             let idx: Vec<usize> = items.iter().map(|&i| fit_idx[i]).collect();
             let px = apply_batch(&cfg.augment, &train.pixels_of(&idx), shape, seed, step);

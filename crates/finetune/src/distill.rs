@@ -6,7 +6,7 @@ use crate::classifier::{reestimate_batchnorm, to_cpu_f32, Classifier};
 use crate::{without_labeled, Images, StageRun};
 use candle_core::{Device, Module, Tensor, D};
 use selfsup_augment::{apply_batch, Pipeline};
-use selfsup_core::train::{fit_prefetched, FitConfig};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitRun};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use serde::{Deserialize, Serialize};
@@ -142,12 +142,14 @@ pub fn distill(
         .collect();
     let (backbone, head) = (&student.backbone, &student.head);
     let report = fit_prefetched(
-        &cfg.fit,
-        stage,
-        images.len(),
-        vars,
-        &student.map,
-        quiet,
+        FitRun {
+            cfg: &cfg.fit,
+            stage,
+            n_items: images.len(),
+            vars,
+            map: &student.map,
+            quiet,
+        },
         |items, step| {
             let idx: Vec<usize> = items.iter().map(|&i| images[i]).collect();
             let px = apply_batch(&cfg.augment, &train.pixels_of(&idx), shape, seed, step);

@@ -5,7 +5,7 @@ use crate::classifier::{reestimate_batchnorm, Classifier};
 use crate::{without_labeled, Images, StageRun};
 use candle_core::{DType, Module, Tensor, D};
 use selfsup_augment::{apply_batch, Pipeline};
-use selfsup_core::train::{fit_prefetched, FitConfig};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitRun};
 use selfsup_core::{params, rng, Error, Result};
 use selfsup_data::batch;
 use serde::{Deserialize, Serialize};
@@ -204,12 +204,14 @@ pub fn fixmatch(
     let (mut masked, mut seen) = (vec![0.0f64; cfg.fit.epochs], vec![0.0f64; cfg.fit.epochs]);
     let mut alignment: Option<DistributionAlignment> = None;
     let report = fit_prefetched(
-        &cfg.fit,
-        stage,
-        unlabeled.len(),
-        vars,
-        &student.map,
-        quiet,
+        FitRun {
+            cfg: &cfg.fit,
+            stage,
+            n_items: unlabeled.len(),
+            vars,
+            map: &student.map,
+            quiet,
+        },
         |items, step| {
             let mut r = rng::stream_at(seed, "fixmatch-labeled", step);
             let lab: Vec<usize> = (0..cfg.labeled_batch)

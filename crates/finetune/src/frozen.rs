@@ -4,7 +4,7 @@
 use crate::classifier::{to_cpu_f32, TransferConfig};
 use candle_core::{Module, Tensor, D};
 use candle_nn::{Linear, VarMap};
-use selfsup_core::train::{fit, FitConfig};
+use selfsup_core::train::{fit, FitConfig, FitRun};
 use selfsup_core::{params, Result};
 
 /// Column mean and std of `x` (N, D), for standardising features.
@@ -63,12 +63,14 @@ pub fn fit_linear_head(
         drop_last: false,
     };
     fit(
-        &fit_cfg,
-        "linear probe",
-        train_y.len(),
-        map.all_vars(),
-        &map,
-        true,
+        FitRun {
+            cfg: &fit_cfg,
+            stage: "linear probe",
+            n_items: train_y.len(),
+            vars: map.all_vars(),
+            map: &map,
+            quiet: true,
+        },
         |_, _| {
             Ok((
                 candle_nn::loss::cross_entropy(&head.forward(&tx)?, &y)?,

@@ -15,7 +15,7 @@ use candle_nn::{VarBuilder, VarMap};
 use selfsup_augment::{apply_batch, apply_views, CropFlip, Pipeline};
 use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BuildBackbone};
-use selfsup_core::train::{fit_prefetched, FitConfig, FitReport};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitReport, FitRun};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{split, Dataset};
 use serde::{Deserialize, Serialize};
@@ -257,15 +257,17 @@ pub fn pretrain_with(
     fit_cfg.drop_last |= views > 1 && train_idx.len() >= 2 * fit_cfg.batch_size;
     let total = (train_idx.len() / fit_cfg.batch_size.max(1)).max(1) * fit_cfg.epochs;
     let report = fit_prefetched(
-        &fit_cfg,
-        &format!("pretrain/{}", cfg.method),
-        train_idx.len(),
-        params::trainable_vars(&map)
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect(),
-        &map,
-        quiet,
+        FitRun {
+            cfg: &fit_cfg,
+            stage: &format!("pretrain/{}", cfg.method),
+            n_items: train_idx.len(),
+            vars: params::trainable_vars(&map)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+            map: &map,
+            quiet,
+        },
         |batch_items, step| {
             let idx: Vec<usize> = batch_items.iter().map(|&i| train_idx[i]).collect();
             let px = ds.pixels_of(&idx);
