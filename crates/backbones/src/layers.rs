@@ -1,0 +1,168 @@
+//! The building blocks every backbone shares: convolution through
+//! selfsup-kernels, conv + BatchNorm + activation (fused on the CPU),
+//! residual add + ReLU, max-pool and global average pooling.
+
+use candle_core::{ModuleT, Tensor, Var};
+use candle_nn::{batch_norm, BatchNorm, VarBuilder};
+use selfsup_core::{Error, Result};
+use selfsup_kernels::{
+    add_relu, batch_norm_train, conv2d_default, default_kernels, fused_supported, fusion_enabled,
+    Activation, Conv2dParams, Kernels,
+};
+
+pub(crate) fn check_input(x: &Tensor, in_channels: usize) -> Result<()> {
+    let dims = x.dims();
+    let ok = dims.len() == 4 && dims[1] == in_channels && dims[2] == dims[3] && dims[2] >= 8;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "input",
+            format!("backbone expects (B, {in_channels}, S, S) with S >= 8, got {dims:?}"),
+        ))
+    }
+}
+
+/// A bias-free convolution through [`selfsup_kernels`] (fast gradients and
+/// depthwise kernels unless `--kernels stock`). Its weight is `weight`,
+/// Kaiming-normal initialised like `candle_nn::conv2d_no_bias`.
+pub(crate) struct Conv {
+    weight: Tensor,
+    params: Conv2dParams,
+}
+
+impl Conv {
+    pub(crate) fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        p: Conv2dParams,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cout, cin / p.groups, k, k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        Ok(Self { weight, params: p })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(conv2d_default(x, &self.weight, self.params)?)
+    }
+}
+
+/// Convolution (padding k / 2) + BatchNorm + activation.
+pub(crate) struct ConvBn {
+    conv: Conv,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    pub(crate) fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        vb: VarBuilder,
+        conv: &str,
+        bn: &str,
+    ) -> Result<Self> {
+        let p = Conv2dParams {
+            stride,
+            padding: k / 2,
+            groups: 1,
+        };
+        Self::with_params(cin, cout, k, p, vb, conv, bn)
+    }
+
+    /// With explicit stride, padding and groups (depthwise convolutions).
+    pub(crate) fn with_params(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        p: Conv2dParams,
+        vb: VarBuilder,
+        conv: &str,
+        bn: &str,
+    ) -> Result<Self> {
+        Ok(Self {
+            conv: Conv::new(cin, cout, k, p, vb.pp(conv))?,
+            bn: batch_norm(cout, 1e-5, vb.pp(bn))?,
+        })
+    }
+
+    /// conv, BatchNorm, then `act`. In training mode with the fast kernels
+    /// on the CPU, BatchNorm and the activation are one fused op
+    /// ([`selfsup_kernels::batch_norm_train`]) and the running averages are
+    /// updated here exactly as `candle_nn::BatchNorm` does; otherwise
+    /// Candle's BatchNorm and activation ops run.
+    pub(crate) fn forward(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+        let h = self.conv.forward(x)?;
+        if train && fusion_enabled() && fused_supported(&h) {
+            if let Some((gamma, beta)) = self.bn.weight_and_bias() {
+                let (y, stats) = batch_norm_train(&h, gamma, beta, self.bn.eps(), act)?;
+                let m = self.bn.momentum();
+                let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+                // The BatchNorm keeps its running statistics as variables:
+                // `from_tensor` of a variable shares its storage.
+                let rm = Var::from_tensor(self.bn.running_mean())?;
+                let rv = Var::from_tensor(self.bn.running_var())?;
+                let c = stats.mean.len();
+                let mean = Tensor::from_vec(stats.mean, c, h.device())?;
+                let var = Tensor::from_vec(stats.var, c, h.device())?;
+                rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+                rv.set(&((rv.as_tensor() * (1.0 - m))? + (var * (m * unbias))?)?)?;
+                return Ok(y);
+            }
+        }
+        let y = self.bn.forward_t(&h, train)?;
+        Ok(match act {
+            Activation::Identity => y,
+            Activation::Relu => y.relu()?,
+            Activation::Relu6 => relu6(&y)?,
+        })
+    }
+}
+
+/// `relu(a + b)`: one fused op where [`ConvBn::forward`] would fuse, else
+/// Candle's add and ReLU.
+pub(crate) fn residual_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fusion_enabled() && fused_supported(a) && a.dims() == b.dims() {
+        Ok(add_relu(a, b)?)
+    } else {
+        Ok((a + b)?.relu()?)
+    }
+}
+
+/// 2x2 max-pool, first dropping an odd last row/column (Candle's max-pool
+/// backward is only correct for sizes divisible by the kernel). With the
+/// fast kernels on the CPU it is `selfsup_kernels::max_pool2`, one pass
+/// each way with the same gradient as Candle's.
+pub(crate) fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(2, 0, h - h % 2)?.narrow(3, 0, w - w % 2)?
+    } else {
+        x.clone()
+    };
+    if default_kernels() == Kernels::Fast {
+        Ok(selfsup_kernels::max_pool2(&x)?)
+    } else {
+        Ok(x.max_pool2d(2)?)
+    }
+}
+
+/// Global average pool: (B, C, H, W) -> (B, C); with the fast kernels its
+/// backward pass is `selfsup_kernels::global_avg_pool`'s single pass.
+pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    if default_kernels() == Kernels::Fast {
+        Ok(selfsup_kernels::global_avg_pool(x)?)
+    } else {
+        Ok(x.mean(3)?.mean(2)?)
+    }
+}
+
+pub(crate) fn relu6(x: &Tensor) -> Result<Tensor> {
+    Ok(x.relu()?.minimum(6f32)?)
+}
