@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarMap};
 use selfsup_backbones::checkpoint::{self, StageConfig, BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
-use selfsup_core::train::{fit_prefetched, FitConfig, FitReport, FitRun};
+use selfsup_core::train::{fit_prefetched, FitConfig, FitReport, FitRun, StageRun};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,17 @@ pub struct Detector {
     device: Device,
 }
 
+/// The normal images a detector trains on.
+#[derive(Clone, Copy)]
+pub struct NormalImages<'a> {
+    /// The dataset.
+    pub ds: &'a Dataset,
+    /// Its normal training images.
+    pub indices: &'a [usize],
+    /// The input normalisation (replaced by a pretrained stage's own).
+    pub norm: &'a Normalization,
+}
+
 /// Per-batch outputs of the network on transformed images.
 struct Forward {
     /// Log-softmax over transformations, (B, T) row-major.
@@ -109,18 +120,23 @@ impl Detector {
     /// Trains a detector on the `normal` images of `ds`. With `init`, the
     /// backbone starts from that stage directory (its config must match
     /// `backbone_cfg`, and its normalisation replaces `norm`).
-    #[allow(clippy::too_many_arguments)]
     pub fn train(
         cfg: &DetectorConfig,
         init: Option<&Path>,
         backbone_cfg: &BackboneConfig,
-        ds: &Dataset,
-        normal: &[usize],
-        norm: &Normalization,
-        device: &Device,
-        quiet: bool,
-        stage: &str,
+        data: NormalImages,
+        run: StageRun,
     ) -> Result<Self> {
+        let NormalImages {
+            ds,
+            indices: normal,
+            norm,
+        } = data;
+        let StageRun {
+            device,
+            quiet,
+            stage,
+        } = run;
         if normal.len() < 2 {
             return Err(Error::invalid(
                 stage,

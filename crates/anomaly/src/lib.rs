@@ -33,5 +33,5 @@ pub mod protocol;
 pub mod report;
 pub mod transforms;
 
-pub use detector::{Detector, DetectorConfig, Scores, SCORES};
+pub use detector::{Detector, DetectorConfig, NormalImages, Scores, SCORES};
 pub use transforms::{TransformSet, Transformation};

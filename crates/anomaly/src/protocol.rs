@@ -2,10 +2,11 @@
 //! scored, which of those are anomalies. Every protocol reduces to one or
 //! more [`Task`]s on a single dataset, run by [`run_task`].
 
-use crate::detector::{Detector, DetectorConfig, Scores, SCORES};
+use crate::detector::{Detector, DetectorConfig, NormalImages, Scores, SCORES};
 use crate::metrics::{detection, Detection};
 use candle_core::Device;
 use selfsup_backbones::BackboneConfig;
+use selfsup_core::train::StageRun;
 use selfsup_core::{rng, Error, Result};
 use selfsup_data::{batch, Dataset};
 use std::path::{Path, PathBuf};
@@ -103,12 +104,16 @@ pub fn run_task(ds: &Dataset, task: &Task, seed: u64, s: &RunSettings) -> Result
         &cfg,
         s.init,
         s.backbone,
-        ds,
-        &task.normal_train,
-        &norm,
-        s.device,
-        s.quiet,
-        &format!("anomaly/{}/seed{seed}", task.name),
+        NormalImages {
+            ds,
+            indices: &task.normal_train,
+            norm: &norm,
+        },
+        StageRun {
+            device: s.device,
+            quiet: s.quiet,
+            stage: &format!("anomaly/{}/seed{seed}", task.name),
+        },
     )?;
     let train_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();

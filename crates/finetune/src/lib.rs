@@ -40,9 +40,10 @@ pub use distill::*;
 pub use fixmatch::*;
 pub use frozen::*;
 
-use candle_core::Device;
 use selfsup_core::{Error, Normalization, Result};
 use selfsup_data::Dataset;
+
+pub use selfsup_core::train::StageRun;
 
 /// The images a transfer stage learns from.
 #[derive(Clone, Copy)]
@@ -56,17 +57,6 @@ pub struct Images<'a> {
     pub unlabeled: &'a [usize],
     /// The input normalisation.
     pub norm: &'a Normalization,
-}
-
-/// Where a stage runs and what it is called in progress bars and errors.
-#[derive(Clone, Copy)]
-pub struct StageRun<'a> {
-    /// Where tensors live.
-    pub device: &'a Device,
-    /// No progress bars.
-    pub quiet: bool,
-    /// The stage's name (`finetune/simclr`).
-    pub stage: &'a str,
 }
 
 /// `unlabeled` less any image of `labeled` (in order); an error naming

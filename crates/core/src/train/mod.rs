@@ -12,6 +12,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use selfsup_kernels::AdamW;
 use std::time::Instant;
 
+/// Where a stage runs and what it is called in progress bars and errors.
+#[derive(Clone, Copy)]
+pub struct StageRun<'a> {
+    /// Where tensors live.
+    pub device: &'a candle_core::Device,
+    /// No progress bars.
+    pub quiet: bool,
+    /// The stage's name (`finetune/simclr`).
+    pub stage: &'a str,
+}
+
 /// Linear warmup from 0 to `base_lr` over `warmup_steps`, then cosine decay
 /// to `min_lr` at `total_steps`.
 #[derive(Debug, Clone, Copy, PartialEq)]
