@@ -86,21 +86,40 @@ impl Geo {
     }
 }
 
+/// A matrix operand of [`sgemm`]: a slice and its (row, column) strides.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// `data` with row stride `rs` and column stride `cs`.
+fn mat(data: &[f32], rs: usize, cs: usize) -> Mat<'_> {
+    Mat { data, rs, cs }
+}
+
 /// `dst (m × n) = lhs (m × k) · rhs (k × n)`, or `dst += …` when
-/// `accumulate`; every matrix given by a slice and its (row, column)
-/// strides.
-#[allow(clippy::too_many_arguments)]
+/// `accumulate`; `dst` is row-major with row stride `dst_rs`.
 fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
     accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    lhs: Mat,
+    rhs: Mat,
     parallelism: Parallelism,
 ) {
+    let Mat {
+        data: lhs,
+        rs: lhs_rs,
+        cs: lhs_cs,
+    } = lhs;
+    let Mat {
+        data: rhs,
+        rs: rhs_rs,
+        cs: rhs_cs,
+    } = rhs;
     if m == 0 || n == 0 {
         return;
     }
@@ -314,11 +333,27 @@ pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
             // SAFETY: images b0..b0 + nb belong to this group only.
             let dst = unsafe { out.slice(b0 * out_img, nb * out_img) };
             if nb == 1 {
-                sgemm((cout, p, k), dst, p, false, w, (k, 1), cols, (ld, 1), par);
+                sgemm(
+                    (cout, p, k),
+                    dst,
+                    p,
+                    false,
+                    mat(w, k, 1),
+                    mat(cols, ld, 1),
+                    par,
+                );
                 return;
             }
             with_scratch(1, cout * ld, |tmp| {
-                sgemm((cout, ld, k), tmp, ld, false, w, (k, 1), cols, (ld, 1), par);
+                sgemm(
+                    (cout, ld, k),
+                    tmp,
+                    ld,
+                    false,
+                    mat(w, k, 1),
+                    mat(cols, ld, 1),
+                    par,
+                );
                 for j in 0..nb {
                     for co in 0..cout {
                         dst[j * out_img + co * p..j * out_img + (co + 1) * p]
@@ -380,7 +415,15 @@ pub(crate) fn input_grad(gy: &[f32], w: &[f32], g: &Geo) -> Vec<f32> {
             // with row stride 1 and column stride K. The GEMM writes every
             // element of `dcols`.
             with_scratch(1, k * ld, |dcols| {
-                sgemm((k, ld, cout), dcols, ld, false, w, (1, k), gm, (ld, 1), par);
+                sgemm(
+                    (k, ld, cout),
+                    dcols,
+                    ld,
+                    false,
+                    mat(w, 1, k),
+                    mat(gm, ld, 1),
+                    par,
+                );
                 // SAFETY: images b0..b0 + nb belong to this group only.
                 let dst = unsafe { out.slice(b0 * in_img, nb * in_img) };
                 crate::simd::dispatch(
@@ -423,7 +466,15 @@ pub(crate) fn weight_grad(x: &[f32], gy: &[f32], g: &Geo) -> Vec<f32> {
                     // acc (C_out, K) += g (C_out, ld) · colsᵀ: element (pos, r)
                     // of colsᵀ is cols[r·ld + pos], row stride 1, column
                     // stride ld.
-                    sgemm((cout, k, ld), acc, k, true, gm, (ld, 1), cols, (1, ld), par);
+                    sgemm(
+                        (cout, k, ld),
+                        acc,
+                        k,
+                        true,
+                        mat(gm, ld, 1),
+                        mat(cols, 1, ld),
+                        par,
+                    );
                 });
             });
         }
