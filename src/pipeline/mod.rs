@@ -40,8 +40,8 @@ pub use frozen::{frozen_protocols, FrozenFeatures};
 pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome};
 pub use protocol::{protocol, protocols, Cell, Protocol};
 pub use resume::reuse_pretraining;
-pub use semi::{distill_stage, fixmatch_stage, Target};
-pub use transfer::{classifier_accuracy, transfer_stage};
+pub use semi::{distill_stage, fixmatch_stage, DistillMetrics, FixMatchMetrics, Target};
+pub use transfer::{classifier_accuracy, transfer_stage, TransferMetrics};
 
 use crate::backbones::checkpoint as ckpt;
 use crate::backbones::BackboneConfig;

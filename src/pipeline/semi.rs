@@ -7,7 +7,42 @@ use super::transfer::save_classifier_stage;
 use crate::core::{metrics, Result};
 use crate::data::split;
 use crate::finetune;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// The `metrics` of a `distill` stage's config.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillMetrics {
+    /// Mean training loss per epoch.
+    pub train_loss: Vec<f64>,
+    /// Wall time.
+    pub seconds: f64,
+    /// Epochs trained.
+    pub epochs_run: usize,
+    /// Training throughput.
+    pub images_per_s: f64,
+    /// Unlabeled images the teacher labeled.
+    pub unlabeled_images: usize,
+    /// How often the teacher's label was right (read after training).
+    pub pseudo_label_accuracy: f64,
+}
+
+/// The `metrics` of a `fixmatch` stage's config.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FixMatchMetrics {
+    /// Mean training loss per epoch.
+    pub train_loss: Vec<f64>,
+    /// Wall time.
+    pub seconds: f64,
+    /// Epochs trained.
+    pub epochs_run: usize,
+    /// Training throughput.
+    pub images_per_s: f64,
+    /// Size of the unlabeled pool.
+    pub unlabeled_images: usize,
+    /// Share of unlabeled images above the confidence threshold, per epoch.
+    pub mask_rate: Vec<f64>,
+}
 
 /// Which classifier a semi-supervised stage trains: one method's, for one
 /// seed and K.
@@ -58,14 +93,15 @@ pub fn distill_stage(
     let labels = ctx.labels();
     let truth: Vec<u32> = pool.iter().map(|&i| labels[i]).collect();
     let pseudo_label_accuracy = metrics::accuracy(&pseudo, &truth);
-    let metrics = serde_json::json!({
-        "train_loss": student.report.train_loss,
-        "seconds": student.report.seconds,
-        "epochs_run": student.report.epochs_run,
-        "images_per_s": student.report.images_per_s,
-        "unlabeled_images": pseudo.len(),
-        "pseudo_label_accuracy": pseudo_label_accuracy,
-    });
+    let metrics = serde_json::to_value(DistillMetrics {
+        train_loss: student.report.train_loss.clone(),
+        seconds: student.report.seconds,
+        epochs_run: student.report.epochs_run,
+        images_per_s: student.report.images_per_s,
+        unlabeled_images: pseudo.len(),
+        pseudo_label_accuracy,
+    })
+    .expect("metrics serialise");
     let recipe_json = serde_json::json!({
         "protocol": "distill",
         "labels_per_class": t.k,
@@ -103,14 +139,15 @@ pub fn fixmatch_stage(
         ctx.images(&labeled, &pool),
         ctx.run(&format!("fixmatch/{}", t.method)),
     )?;
-    let metrics = serde_json::json!({
-        "train_loss": cls.report.train_loss,
-        "seconds": cls.report.seconds,
-        "epochs_run": cls.report.epochs_run,
-        "images_per_s": cls.report.images_per_s,
-        "unlabeled_images": pool.len(),
-        "mask_rate": stats.mask_rate,
-    });
+    let metrics = serde_json::to_value(FixMatchMetrics {
+        train_loss: cls.report.train_loss.clone(),
+        seconds: cls.report.seconds,
+        epochs_run: cls.report.epochs_run,
+        images_per_s: cls.report.images_per_s,
+        unlabeled_images: pool.len(),
+        mask_rate: stats.mask_rate,
+    })
+    .expect("metrics serialise");
     let recipe_json = serde_json::json!({
         "protocol": "fixmatch",
         "labels_per_class": t.k,

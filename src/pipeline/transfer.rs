@@ -7,7 +7,30 @@ use crate::backbones::checkpoint::{self as ckpt, StageConfig};
 use crate::core::{metrics, Result};
 use crate::data::split;
 use crate::finetune::{self, TransferConfig};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// The `metrics` of a `finetune` or `lpft` stage's config.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferMetrics {
+    /// Mean training loss per epoch.
+    pub train_loss: Vec<f64>,
+    /// Wall time.
+    pub seconds: f64,
+    /// Epochs trained.
+    pub epochs_run: usize,
+    /// Error rate on the held-out labeled images per epoch (empty without
+    /// early stopping).
+    pub val_error: Vec<f64>,
+    /// Cross-entropy on them per epoch.
+    pub val_cross_entropy: Vec<f64>,
+    /// The score early stopping minimised per epoch.
+    pub val_score: Vec<f64>,
+    /// The epoch whose weights were kept (0: the last).
+    pub best_epoch: usize,
+    /// How many labeled images were held out.
+    pub validation_images: usize,
+}
 
 /// Fine-tunes (from the pretraining in `init`, or from scratch) on the
 /// seed's K-shot split and writes the classifier to `dir`. With
@@ -38,22 +61,23 @@ pub fn transfer_stage(
         ctx.images(&sp.labeled, &[]),
         ctx.run(&format!("{protocol}/{method}")),
     )?;
-    let metrics = serde_json::json!({
-        "train_loss": cls.report.train_loss,
-        "seconds": cls.report.seconds,
-        "epochs_run": cls.report.epochs_run,
-        "val_error": cls.val_error,
-        "val_cross_entropy": cls.val_cross_entropy,
-        "val_score": cls.report.val_loss,
-        "best_epoch": cls.report.best_epoch,
-        "validation_images": cls.validation_images,
-    });
+    let metrics = TransferMetrics {
+        train_loss: cls.report.train_loss.clone(),
+        seconds: cls.report.seconds,
+        epochs_run: cls.report.epochs_run,
+        val_error: cls.val_error.clone(),
+        val_cross_entropy: cls.val_cross_entropy.clone(),
+        val_score: cls.report.val_loss.clone(),
+        best_epoch: cls.report.best_epoch,
+        validation_images: cls.validation_images,
+    };
     let recipe_json = serde_json::json!({
         "protocol": protocol,
         "labels_per_class": k,
         "init": init.map(|p| p.display().to_string()),
         "transfer": cfg,
     });
+    let metrics = serde_json::to_value(metrics).expect("metrics serialise");
     save_classifier_stage(ctx, &method, seed, dir, &cls, recipe_json, metrics)?;
     Ok(cls)
 }
