@@ -16,7 +16,8 @@ mod text;
 // Candle allocates and frees many large temporary buffers per step; with
 // glibc's default malloc each one is a fresh mmap whose pages fault in again,
 // which measured as more kernel than user time. mimalloc reuses them: about
-// 2.4x faster training on 2 cores (see ARCHITECTURE.md).
+// 2.4x faster training on 2 cores (docs/results/image-classification.md,
+// "Allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
