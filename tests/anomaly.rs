@@ -4,7 +4,7 @@
 
 use selfsup::anomaly::{TransformSet, SCORES};
 use selfsup::anomaly_run::{run, AnomalyOptions};
-use selfsup::spec::{BackboneSpec, ConvNetSpec};
+use selfsup::spec::{AnomalySpec, BackboneSpec, ConvNetSpec};
 use std::path::Path;
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -49,6 +49,20 @@ fn faces_detector_separates_faces_from_non_faces() {
     }
     assert_eq!(rows[0]["class"], "face");
     assert_eq!(json["mean_auroc"], rows[0]["auroc"]);
+    // The report alone gives the run's spec back.
+    let spec = AnomalySpec::from_report(&json, Path::new("report.json")).unwrap();
+    assert_eq!(
+        (
+            spec.protocol.as_str(),
+            spec.transforms.as_str(),
+            spec.epochs,
+            spec.batch,
+            spec.lr
+        ),
+        ("faces", "rot4", 12, 32, 3e-3)
+    );
+    assert_eq!(spec.seeds, vec![0]);
+    assert_eq!(spec.backbone, opts.backbone);
     assert_eq!(json["scores"].as_array().unwrap().len(), SCORES.len());
     let run0 = &report.runs[0];
     assert_eq!(

@@ -144,3 +144,57 @@ impl AnomalySpec {
         toml::to_string(self).expect("a spec serialises to TOML")
     }
 }
+
+impl AnomalySpec {
+    /// The spec of an anomaly run from its report.json, for runs made
+    /// before `experiment.toml` existed (the detector's epochs are the ones
+    /// it ran, where the run may have asked for the automatic 0).
+    pub fn from_report(report: &serde_json::Value, path: &std::path::Path) -> Result<Self> {
+        let bad = |msg: String| crate::core::Error::Format {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let get = |pointer: &str| -> Result<&serde_json::Value> {
+            report
+                .pointer(pointer)
+                .ok_or_else(|| bad(format!("no `{pointer}`: not an anomaly report.json")))
+        };
+        let from = |pointer: &str| -> Result<serde_json::Value> { Ok(get(pointer)?.clone()) };
+        let read = |v: serde_json::Value, what: &str| -> Result<Self> {
+            serde_json::from_value(v).map_err(|e| bad(format!("{what}: {e}")))
+        };
+        let mut s = Self::default();
+        let protocol = from("/protocol")?;
+        s.protocol = protocol.as_str().unwrap_or_default().to_string();
+        if s.protocol == "one-class" {
+            s.dataset = from("/dataset")?.as_str().unwrap_or_default().to_string();
+        }
+        let c = from("/config")?;
+        let backbone: crate::backbones::BackboneConfig =
+            serde_json::from_value(c["backbone"].clone())
+                .map_err(|e| bad(format!("config.backbone: {e}")))?;
+        let fit = &c["detector"]["fit"];
+        let fields = serde_json::json!({
+            "protocol": s.protocol,
+            "dataset": s.dataset,
+            "classes": c["classes"],
+            "max_normal": c["max_normal"],
+            "max_test": c["max_test"],
+            "size": c["size"],
+            "channels": c["channels"],
+            "train_fraction": c["train_fraction"],
+            "transforms": from("/transforms")?,
+            "score": from("/score")?,
+            "seeds": from("/seeds")?,
+            "epochs": fit["epochs"],
+            "batch": fit["batch_size"],
+            "lr": fit["lr"],
+            "knn_k": c["detector"]["knn_k"],
+            "eval_batch": c["detector"]["eval_batch"],
+        });
+        let mut s = read(fields, "config")?;
+        s.backbone = BackboneSpec::from_config(&backbone);
+        s.init = c["init"].as_str().map(PathBuf::from);
+        Ok(s)
+    }
+}

@@ -142,6 +142,28 @@ impl BackboneSpec {
         })
     }
 
+    /// The sizes of a backbone configuration (its input channels come from
+    /// the data, so they are not part of the spec).
+    pub fn from_config(c: &crate::backbones::BackboneConfig) -> Self {
+        use crate::backbones::BackboneConfig as B;
+        match c {
+            B::ConvNet {
+                widths,
+                convs_per_stage,
+                ..
+            } => Self::ConvNet(ConvNetSpec {
+                widths: widths.clone(),
+                depth: *convs_per_stage,
+            }),
+            B::ResNet18 { base_width, .. } => Self::ResNet18(ResNetSpec { width: *base_width }),
+            B::MobileNetV2 {
+                width_multiplier, ..
+            } => Self::MobileNetV2(MobileNetSpec {
+                width_multiplier: *width_multiplier,
+            }),
+        }
+    }
+
     /// Its name (`convnet`, `resnet18`, `mobilenetv2`).
     pub fn name(&self) -> &'static str {
         match self {
