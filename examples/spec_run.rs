@@ -26,6 +26,8 @@ fn main() -> selfsup::core::Result<()> {
         device: Device::Cpu,
         quiet: true,
         resume: false,
+        // Running the example again replaces its own earlier output.
+        force: true,
     })?;
     println!("{}", report.to_markdown());
     println!(

@@ -73,6 +73,8 @@ pub struct AnomalyOptions {
     pub device: Device,
     /// No progress bars.
     pub quiet: bool,
+    /// Replace an earlier run in `out` (see [`crate::core::output`]).
+    pub force: bool,
 }
 
 impl AnomalyOptions {
@@ -105,6 +107,7 @@ impl AnomalyOptions {
             save_detectors: false,
             device: Device::Cpu,
             quiet: false,
+            force: false,
         }
     }
 }
@@ -277,6 +280,11 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
         ));
     }
     let backbone = opts.backbone.config(c);
+    let policy = crate::core::output::Policy {
+        force: opts.force,
+        resume: false,
+    };
+    crate::core::output::claim(&opts.out, "anomaly", policy)?;
     let epochs = if opts.epochs == 0 {
         auto_epochs(opts.transforms)
     } else {
@@ -364,6 +372,7 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
     };
     fsutil::write_json_atomic(&opts.out.join("report.json"), &report)?;
     fsutil::write_atomic(&opts.out.join("report.md"), report.to_markdown().as_bytes())?;
+    crate::core::output::complete(&opts.out, "anomaly")?;
     Ok(report)
 }
 

@@ -48,6 +48,7 @@ fn options(spec: Experiment, out: &Path) -> PipelineOptions {
         device: Device::Cpu,
         quiet: true,
         resume: false,
+        force: false,
     }
 }
 

@@ -45,6 +45,7 @@ fn run(o: &Opts) -> selfsup::core::Result<Report> {
         device: Device::Cpu,
         quiet: true,
         resume: o.resume,
+        force: false,
     })
 }
 
@@ -139,13 +140,24 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
     // A pretrained checkpoint carries the rotation head, a transfer one the class head.
     let pre: serde_json::Value = read_json(&out.join("pretrain-rotation/config.json"));
     assert_eq!(pre["head_outputs"], 4);
-    // No temporary files are left behind.
+    // No temporary files are left behind; the run is marked complete.
     for d in [out.clone(), out.join("seed0")] {
         for e in std::fs::read_dir(d).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            assert!(!name.starts_with('.'), "leftover {name}");
+            let marker = name == selfsup::core::output::MARKER_FILE;
+            assert!(!name.starts_with('.') || marker, "leftover {name}");
         }
     }
+    let marker = selfsup::core::output::marker(&out).expect("a marker");
+    assert_eq!(
+        (marker.command.as_str(), marker.state),
+        ("pipeline", selfsup::core::output::RunState::Complete)
+    );
+    // The same run again needs --resume or --force, and leaves it as it was.
+    let report = std::fs::read(out.join("report.json")).unwrap();
+    let e = run(&options("fashion-mnist", &out)).unwrap_err().to_string();
+    assert!(e.contains("--resume") && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read(out.join("report.json")).unwrap(), report);
 }
 
 #[test]

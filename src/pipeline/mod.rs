@@ -47,7 +47,7 @@ use crate::backbones::checkpoint as ckpt;
 use crate::backbones::BackboneConfig;
 use crate::core::layout::RunLayout;
 use crate::core::report::{Figure, Report};
-use crate::core::{fsutil, Result};
+use crate::core::{fsutil, output, Result};
 use crate::data::split;
 use crate::finetune;
 use crate::spec::Experiment;
@@ -71,6 +71,9 @@ pub struct PipelineOptions {
     /// match ([`reuse_pretraining`]) instead of training it again;
     /// transfer and evaluation always run.
     pub resume: bool,
+    /// Replace an earlier run in `out` (a directory selfsup did not write
+    /// is refused even so; see [`crate::core::output`]).
+    pub force: bool,
 }
 
 /// Loads the spec's dataset, truncated and with its class selection.
@@ -174,7 +177,8 @@ fn pretrain_methods(
 
 /// Runs the whole pipeline and writes `experiment.toml`, `report.json` and
 /// `report.md` into `opts.out`. Every input is checked before anything is
-/// written.
+/// written; `opts.out` must then be new, empty, or an earlier run that
+/// `resume` continues or `force` replaces, and is marked complete at the end.
 pub fn run(opts: &PipelineOptions) -> Result<Report> {
     let t0 = Instant::now();
     let spec = &opts.spec;
@@ -190,6 +194,11 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
         quiet: opts.quiet,
     };
     let layout = RunLayout::new(&opts.out, spec.pretrain.per_seed);
+    let policy = output::Policy {
+        force: opts.force,
+        resume: opts.resume,
+    };
+    output::claim(&opts.out, "pipeline", policy)?;
     let mut log = RunLog::default();
     log.time("load", t0);
     for (si, &seed) in spec.split.seeds.iter().enumerate() {
@@ -221,6 +230,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
     fsutil::write_atomic(&layout.experiment(), spec.to_toml().as_bytes())?;
     fsutil::write_json_atomic(&layout.report(), &report)?;
     fsutil::write_atomic(&layout.report_md(), report.to_markdown().as_bytes())?;
+    output::complete(&opts.out, "pipeline")?;
     Ok(report)
 }
 

@@ -136,6 +136,8 @@ impl AnomalySpec {
             save_detectors: self.save_detectors,
             device,
             quiet,
+            // A choice of the command line, not part of the spec.
+            force: false,
         })
     }
 

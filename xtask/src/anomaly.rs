@@ -110,6 +110,10 @@ pub struct AnomalyArgs {
     /// No progress bars or per-run lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Replace what an earlier selfsup command wrote to --out (a directory
+    /// selfsup did not write is never touched).
+    #[arg(long)]
+    force: bool,
     /// Output directory (experiment.toml, report.json, report.md, figures/).
     #[arg(long, default_value = "models/anomaly")]
     out: PathBuf,
@@ -186,7 +190,8 @@ pub fn run_anomaly(a: AnomalyArgs) -> Result<()> {
     use selfsup::anomaly_run;
     let spec = a.spec()?;
     let init = crate::hub::resolve_init(spec.init.clone())?;
-    let opts = spec.options(init, a.out.clone(), parse_device(&a.device)?, a.quiet)?;
+    let mut opts = spec.options(init, a.out.clone(), parse_device(&a.device)?, a.quiet)?;
+    opts.force = a.force;
     let report = anomaly_run::run(&opts)?;
     selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.to_toml().as_bytes())?;
     println!("{}", report.to_markdown());

@@ -21,6 +21,10 @@ pub struct RunArgs {
     /// No progress bars or per-result lines (errors and the final table still print).
     #[arg(long)]
     pub quiet: bool,
+    /// Replace what an earlier selfsup command wrote to --out (a directory
+    /// or file selfsup did not write is never touched).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The spec flags: a TOML file, then flags that override single settings

@@ -5,6 +5,7 @@ use crate::spec_args::{array, every_method_epochs, extra_settings, RunArgs, Spec
 use anyhow::{bail, Result};
 use clap::Args;
 use selfsup::core::device::parse_device;
+use selfsup::core::output;
 use selfsup::pipeline::{self, Excluded, PipelineOptions, Stage};
 use selfsup::spec::Experiment;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,7 @@ pub fn run_pipeline(a: PipelineArgs) -> Result<()> {
         device: parse_device(&a.run.device)?,
         quiet: a.run.quiet,
         resume: a.resume,
+        force: a.run.force,
     };
     let report = pipeline::run(&opts)?;
     println!("{}", report.to_markdown());
@@ -140,6 +142,16 @@ fn single_stage_spec(
     spec.resolve(None, &extra)
 }
 
+/// Claims a single stage's `--out` (new, empty, or replaced with `--force`)
+/// once its inputs are checked.
+fn claim(out: &Path, command: &str, run: &RunArgs) -> Result<()> {
+    let policy = output::Policy {
+        force: run.force,
+        resume: false,
+    };
+    Ok(output::claim(out, command, policy)?)
+}
+
 /// Loads the spec's data and runs `f` on the stage context.
 fn with_stage<T>(
     spec: &Experiment,
@@ -178,13 +190,14 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         *spec.split.labels_per_class.iter().max().expect("validated"),
     );
     with_stage(&spec, None, &a.run, |ctx| {
+        claim(&a.out, "pretrain", &a.run)?;
         let excluded = Excluded {
             max_k: k,
             seeds: &[seed],
         };
         let outcome = pipeline::pretrain_stage(ctx, &method, excluded, seed, &a.out)?;
         pipeline::loss_figure(&outcome.history, &method, &a.out.join("loss.png"))?;
-        Ok(())
+        Ok(output::complete(&a.out, "pretrain")?)
     })?;
     println!("wrote {}", a.out.display());
     Ok(())
@@ -228,8 +241,9 @@ pub fn run_transfer(a: TransferArgs) -> Result<()> {
     let backbone = init.as_deref().map(checkpoint_backbone).transpose()?;
     let (seed, k) = (spec.split.seeds[0], spec.split.labels_per_class[0]);
     with_stage(&spec, backbone, &a.run, |ctx| {
+        claim(&a.out, "transfer", &a.run)?;
         pipeline::transfer_stage(ctx, init.as_deref(), a.lpft, k, seed, &a.out)?;
-        Ok(())
+        Ok(output::complete(&a.out, "transfer")?)
     })?;
     println!("wrote {}", a.out.display());
     Ok(())
@@ -259,6 +273,12 @@ pub struct EvaluateArgs {
 }
 
 pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
+    if let Some(out) = a.out.as_ref().filter(|o| o.exists() && !a.run.force) {
+        bail!(
+            "{} exists; give --force to replace it, or another --out",
+            out.display()
+        );
+    }
     let checkpoint = crate::hub::resolve_init(Some(a.checkpoint.clone()))?.expect("given");
     let spec = single_stage_spec(&a.spec, a.seed, a.labels_per_class, Vec::new())?;
     let (seed, k) = (spec.split.seeds[0], spec.split.labels_per_class[0]);

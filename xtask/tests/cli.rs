@@ -517,8 +517,8 @@ const TINY: [&str; 18] = [
     "4,8",
     "--depth",
     "1",
-    "--epochs",
-    "1",
+    "--set",
+    "methods.rotation.epochs=1",
     "--unlabeled",
     "64",
     "--no-knn-monitor",
@@ -692,4 +692,103 @@ fn spec_prints_the_resolved_spec_and_never_overwrites() {
     let (ok, err) = xtask(&["spec", "--out", file.to_str().unwrap()]);
     assert!(!ok && err.contains("exists"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+}
+
+/// Runs xtask with `args` followed by the tiny-run flags.
+fn tiny(args: &[&str]) -> (bool, String) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(TINY.iter().filter(|f| !["--seeds", "0"].contains(f)));
+    xtask(&all)
+}
+
+#[test]
+fn a_users_files_are_never_overwritten_and_runs_are_not_mixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let s = |path: &std::path::Path| path.to_str().unwrap().to_string();
+    // A user's directory and file as --out: refused, even with --force.
+    std::fs::create_dir(p("mine")).unwrap();
+    std::fs::write(p("mine/thesis.tex"), "years of work").unwrap();
+    std::fs::write(p("notes.txt"), "mine").unwrap();
+    for cmd in ["pretrain", "transfer"] {
+        for out in [s(&p("mine")), s(&p("notes.txt"))] {
+            for force in [false, true] {
+                let mut args = vec![cmd, "--out", out.as_str()];
+                if force {
+                    args.push("--force");
+                }
+                let (ok, err) = tiny(&args);
+                assert!(!ok, "{args:?} must fail");
+                assert!(
+                    err.contains("not a directory") || err.contains("did not write"),
+                    "{err}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(p("mine/thesis.tex")).unwrap(),
+        "years of work"
+    );
+    assert_eq!(std::fs::read_to_string(p("notes.txt")).unwrap(), "mine");
+    assert_eq!(std::fs::read_dir(p("mine")).unwrap().count(), 1);
+
+    // The success paths of pretrain, transfer and evaluate.
+    let (pre, tr) = (s(&p("pre")), s(&p("tr")));
+    let (ok, err) = tiny(&["pretrain", "--out", &pre]);
+    assert!(ok, "{err}");
+    let (ok, err) = tiny(&["transfer", "--init", &pre, "--out", &tr]);
+    assert!(ok, "{err}");
+    let result = s(&p("eval.json"));
+    let (ok, err) = tiny(&["evaluate", "--checkpoint", &tr, "--out", &result]);
+    assert!(ok, "{err}");
+    // ... and a second time: refused without --force, replaced with it.
+    let (ok, err) = tiny(&["pretrain", "--out", &pre]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    let (ok, err) = tiny(&["evaluate", "--checkpoint", &tr, "--out", &result]);
+    assert!(!ok && err.contains("--force"), "{err}");
+    let (ok, err) = tiny(&["pretrain", "--force", "--out", &pre]);
+    assert!(ok, "{err}");
+
+    // A finished pipeline run is not mixed with another one.
+    let run = s(&p("run"));
+    let (ok, err) = tiny(&["pipeline", "--seeds", "0", "--out", &run]);
+    assert!(ok, "{err}");
+    let report = std::fs::read(p("run/report.json")).unwrap();
+    let (ok, err) = tiny(&[
+        "pipeline",
+        "--seeds",
+        "0",
+        "--transfer-epochs",
+        "3",
+        "--out",
+        &run,
+    ]);
+    assert!(
+        !ok && err.contains("--resume") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(p("run/report.json")).unwrap(), report);
+    let marker = std::fs::read_to_string(p("run/.selfsup-run.json")).unwrap();
+    assert!(marker.contains("complete"), "{marker}");
+
+    // publish --out may not replace the run it publishes.
+    for out in [run.clone(), s(&p("run/seed0")), s(&p("mine"))] {
+        let (ok, err) = xtask(&[
+            "publish",
+            "--run",
+            &run,
+            "--repo",
+            "me/x",
+            "--dry-run",
+            "--out",
+            &out,
+        ]);
+        assert!(!ok, "publish --out {out} must fail");
+        assert!(err.contains("--out"), "{err}");
+    }
+    assert_eq!(std::fs::read(p("run/report.json")).unwrap(), report);
+    let (ok, err) = xtask(&["publish", "--run", &run, "--repo", "me/x", "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(p("run/hub/model.safetensors").is_file());
 }

@@ -72,6 +72,50 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     Ok(())
 }
 
+/// The process id in a temporary name `.NAME.tmp-PID` / `.NAME.old-PID`.
+fn temporary_pid(name: &str) -> Option<u32> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let (_, pid) = name.rsplit_once('-')?;
+    let stem = &name[..name.len() - pid.len() - 1];
+    (stem.ends_with(".tmp") || stem.ends_with(".old"))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Removes, anywhere under `dir`, the temporaries that an interrupted
+/// atomic write left behind (`.NAME.tmp-PID`, `.NAME.old-PID` of a process
+/// that no longer runs).
+pub fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(|e| Error::io(&path, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        match temporary_pid(&name) {
+            Some(pid)
+                if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() =>
+            {
+                let removed = if file_type.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(|e| Error::io(&path, e))?;
+            }
+            None if file_type.is_dir() => remove_stale_temporaries(&path)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Serialises `value` as pretty JSON into `path` atomically.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value)

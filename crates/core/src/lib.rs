@@ -21,6 +21,7 @@ pub mod error;
 pub mod fsutil;
 pub mod layout;
 pub mod metrics;
+pub mod output;
 pub mod params;
 pub mod report;
 pub mod rng;

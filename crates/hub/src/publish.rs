@@ -339,12 +339,74 @@ fn model_card(repo: &str, parts: &RunParts) -> String {
     s
 }
 
+/// The files a Hub folder holds.
+const HUB_FILES: [&str; 4] = [
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+];
+
+/// Refuses a run that did not finish and a Hub folder that would overwrite
+/// anything but an earlier Hub folder: the run itself, a directory holding
+/// it, a place inside it other than `<run>/hub`, a file, or a directory of
+/// other files.
+fn check_folder(run: &Path, folder: &Path) -> Result<()> {
+    use selfsup_core::output::{marker, RunState};
+    if marker(run).is_some_and(|m| m.state == RunState::Running) {
+        return Err(Error::invalid(
+            "--run",
+            format!(
+                "{} did not finish (interrupted, failed or still running); its report may not match its weights",
+                run.display()
+            ),
+        ));
+    }
+    let absolute = |p: &Path| -> PathBuf {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        p.components().collect()
+    };
+    let (run_abs, out_abs) = (absolute(run), absolute(folder));
+    let inside_run = out_abs.starts_with(&run_abs) && out_abs != run_abs.join("hub");
+    if run_abs.starts_with(&out_abs) || inside_run {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} would replace part of the run {}; give a directory outside it (or none: <run>/hub)",
+                folder.display(),
+                run.display()
+            ),
+        ));
+    }
+    let refuse = |what: &str| {
+        Err(Error::invalid(
+            "--out",
+            format!("{} {what}; nothing was written", folder.display()),
+        ))
+    };
+    match std::fs::read_dir(folder) {
+        Ok(entries) => {
+            for e in entries {
+                let name = e.map_err(|e| Error::io(folder, e))?.file_name();
+                if !HUB_FILES.contains(&name.to_string_lossy().as_ref()) {
+                    return refuse("holds files that are not a Hub folder's");
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) if folder.exists() => refuse("exists and is not a directory"),
+        Err(e) => Err(Error::io(folder, e)),
+    }
+}
+
 /// Writes the Hub folder of `opts.run` (to `opts.out` or `<run>/hub`)
 /// atomically and returns it with its file list.
 pub fn write_folder(opts: &PublishOptions) -> Result<(PathBuf, Vec<String>)> {
     parse_repo_id(&opts.repo)?;
     let parts = locate(&opts.run, opts.method.as_deref())?;
     let folder = opts.out.clone().unwrap_or_else(|| opts.run.join("hub"));
+    check_folder(&opts.run, &folder)?;
     let card = model_card(&opts.repo, &parts);
     let mut files = vec![
         "README.md".to_string(),
