@@ -155,7 +155,9 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
     );
     // The same run again needs --resume or --force, and leaves it as it was.
     let report = std::fs::read(out.join("report.json")).unwrap();
-    let e = run(&options("fashion-mnist", &out)).unwrap_err().to_string();
+    let e = run(&options("fashion-mnist", &out))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--resume") && e.contains("--force"), "{e}");
     assert_eq!(std::fs::read(out.join("report.json")).unwrap(), report);
 }

@@ -291,6 +291,9 @@ mod tests {
         l.assign("transfer.epochs=0").unwrap();
         assert!(err(l.resolve()).contains("transfer.epochs: must be at least 1"));
         let mut l = Layers::default();
+        l.assign("data.max_test=0").unwrap();
+        assert!(err(l.resolve()).contains("data.max_test: must be at least 1"));
+        let mut l = Layers::default();
         l.assign("protocols.run=[\"finetune\", \"probe\"]").unwrap();
         let e = err(l.resolve());
         assert!(e.contains("protocols.run") && e.contains("probe"), "{e}");

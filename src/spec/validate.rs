@@ -68,6 +68,17 @@ impl Experiment {
                 format!("must be 1 or 3, got {}", self.data.channels),
             ));
         }
+        for (path, cap) in [
+            ("data.max_train", self.data.max_train),
+            ("data.max_test", self.data.max_test),
+        ] {
+            if cap == Some(0) {
+                return Err(Error::invalid(
+                    path,
+                    "must be at least 1 (leave it out to use every image)",
+                ));
+            }
+        }
         if self.data.image_size < 8 {
             return Err(Error::invalid("data.image_size", "must be at least 8"));
         }

@@ -78,7 +78,7 @@ pub fn run_fetch(a: FetchArgs) -> Result<()> {
         m.image_shape,
         m.classes.len(),
         m.repo,
-        &m.revision[..m.revision.len().min(12)],
+        short_revision(&m.revision),
         out.dir.display()
     );
     println!("use it with --dataset {name}");
@@ -101,4 +101,22 @@ pub fn run_publish(a: PublishArgs) -> Result<()> {
         None => println!("uploaded to {}", a.repo),
     }
     Ok(())
+}
+
+/// The first 12 characters of a revision (a commit hash, or whatever a
+/// cached dataset.json says), cut at a character boundary.
+fn short_revision(revision: &str) -> String {
+    revision.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_revision;
+
+    #[test]
+    fn a_revision_is_cut_at_a_character_boundary() {
+        assert_eq!(short_revision("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_revision("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(short_revision("main"), "main");
+    }
 }
