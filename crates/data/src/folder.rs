@@ -21,17 +21,25 @@ fn is_image(p: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Image files under `dir`, recursively, sorted by path.
+/// Image files under `dir`, recursively, sorted by path. Symbolic links
+/// to directories are not followed (a link to `.` or `..` would loop or
+/// pull in other classes' images), and a file reached twice (through a
+/// link to a file) counts once.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let entries = std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))?;
         for e in entries {
-            let p = e.map_err(|e| Error::io(&d, e))?.path();
+            let e = e.map_err(|e| Error::io(&d, e))?;
+            let p = e.path();
+            let link = e.file_type().map_err(|err| Error::io(&p, err))?.is_symlink();
             if p.is_dir() {
-                stack.push(p);
-            } else if is_image(&p) {
+                if !link {
+                    stack.push(p);
+                }
+            } else if is_image(&p) && seen.insert(std::fs::canonicalize(&p).unwrap_or(p.clone())) {
                 out.push(p);
             }
         }
@@ -402,6 +410,26 @@ mod tests {
         let pair = load_split_folders(flat.path(), "flat", 8, 1).unwrap();
         assert_eq!((pair.train.len(), pair.test.len()), (16, 4));
         assert_eq!(pair.test.labels().unwrap(), &[0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn symlinked_folders_are_not_followed_and_files_count_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let class = dir.path().join("cats");
+        std::fs::create_dir(&class).unwrap();
+        let other = dir.path().join("dogs");
+        std::fs::create_dir(&other).unwrap();
+        write_png(&class.join("a.png"), 8, 8, |_, _| [1, 2, 3]);
+        write_png(&other.join("b.png"), 8, 8, |_, _| [4, 5, 6]);
+        // Two links to `..` (a loop that also reaches the other class), a
+        // link to `.`, and a second name for a.png.
+        std::os::unix::fs::symlink("..", class.join("up")).unwrap();
+        std::os::unix::fs::symlink("..", class.join("up2")).unwrap();
+        std::os::unix::fs::symlink(".", class.join("self")).unwrap();
+        std::os::unix::fs::symlink("a.png", class.join("again.png")).unwrap();
+        let files = image_files(&class).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].ends_with("again.png") || files[0].ends_with("a.png"));
     }
 
     #[test]
