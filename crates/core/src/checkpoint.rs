@@ -37,13 +37,37 @@ pub fn read_config<C: serde::de::DeserializeOwned>(dir: &Path) -> Result<C> {
     fsutil::read_json(&dir.join(CONFIG_FILE))
 }
 
-/// Reads all tensors of a safetensors file.
+/// Reads all tensors of a safetensors file. A floating-point tensor with a
+/// NaN or infinite value is refused, naming it: weights like that come from
+/// a diverged run or a damaged file, and would only show up as NaN losses.
 pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {
         return Err(Error::format(path, "checkpoint file does not exist"));
     }
-    candle_core::safetensors::load(path, device)
-        .map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        if t.dtype().is_float() && !all_finite(t)? {
+            return Err(Error::format(
+                path,
+                format!("tensor {name} holds NaN or infinite values; the weights are unusable"),
+            ));
+        }
+    }
+    Ok(tensors)
+}
+
+/// Whether every element of a floating-point tensor is finite.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let sum = t
+        .to_dtype(candle_core::DType::F64)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok(sum.is_finite())
 }
 
 /// What a partial load did.
@@ -102,6 +126,23 @@ pub fn load_into(map: &VarMap, path: &Path, prefix: &str, strict: bool) -> Resul
         ));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod nan_tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_weights_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let good = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let bad = Tensor::new(&[1f32, f32::NAN], &Device::Cpu).unwrap();
+        let map = HashMap::from([("a.weight".to_string(), good), ("b.bias".to_string(), bad)]);
+        candle_core::safetensors::save(&map, &path).unwrap();
+        let e = read_tensors(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("b.bias") && e.contains("NaN") && e.contains("w.safetensors"), "{e}");
+    }
 }
 
 #[cfg(test)]
