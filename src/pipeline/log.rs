@@ -73,6 +73,9 @@ impl RunLog {
                 "recipe": Recipe::from(spec),
                 "backbone": ctx.backbone,
                 "device": format!("{device:?}"),
+                // Identical numbers are promised for the same seed, build,
+                // thread count and CPU type: record the CPU.
+                "cpu": crate::bench::cpu_info(),
                 "max_train": spec.data.max_train,
                 "max_test": spec.data.max_test,
                 "train_images": pair.train.len(),
