@@ -141,7 +141,10 @@ mod nan_tests {
         let map = HashMap::from([("a.weight".to_string(), good), ("b.bias".to_string(), bad)]);
         candle_core::safetensors::save(&map, &path).unwrap();
         let e = read_tensors(&path, &Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains("b.bias") && e.contains("NaN") && e.contains("w.safetensors"), "{e}");
+        assert!(
+            e.contains("b.bias") && e.contains("NaN") && e.contains("w.safetensors"),
+            "{e}"
+        );
     }
 }
 

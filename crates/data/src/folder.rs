@@ -34,7 +34,10 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
         for e in entries {
             let e = e.map_err(|e| Error::io(&d, e))?;
             let p = e.path();
-            let link = e.file_type().map_err(|err| Error::io(&p, err))?.is_symlink();
+            let link = e
+                .file_type()
+                .map_err(|err| Error::io(&p, err))?
+                .is_symlink();
             if p.is_dir() {
                 if !link {
                     stack.push(p);

@@ -25,12 +25,39 @@ pub fn endpoint() -> String {
     std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())
 }
 
-/// Removes the token from a message, should any layer below ever echo it.
+/// Every token hf-hub may send: `HF_TOKEN`, and the contents of the token
+/// files it reads (`$HF_TOKEN_PATH`, `$HF_HOME/token`,
+/// `~/.cache/huggingface/token`).
+fn known_tokens() -> Vec<String> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    files.extend(var("HF_TOKEN_PATH").map(Into::into));
+    files.extend(var("HF_HOME").map(|h| std::path::Path::new(&h).join("token")));
+    files.extend(var("HOME").map(|h| std::path::Path::new(&h).join(".cache/huggingface/token")));
+    tokens_from(std::env::var("HF_TOKEN").ok(), &files)
+}
+
+/// The token in `var` and in each readable file of `files`, trimmed; too
+/// short ones (under 4 characters) are left out, as replacing them would
+/// mangle messages.
+fn tokens_from(var: Option<String>, files: &[std::path::PathBuf]) -> Vec<String> {
+    var.into_iter()
+        .chain(files.iter().filter_map(|f| std::fs::read_to_string(f).ok()))
+        .map(|t| t.trim().to_string())
+        .filter(|t| t.len() >= 4)
+        .collect()
+}
+
+/// Removes every known token from a message, should any layer below ever
+/// echo one (an Authorization header in an error, say).
 pub fn redact(msg: &str) -> String {
-    match std::env::var("HF_TOKEN") {
-        Ok(t) if t.len() >= 4 => msg.replace(&t, "<token>"),
-        _ => msg.to_string(),
-    }
+    redact_tokens(msg, &known_tokens())
+}
+
+fn redact_tokens(msg: &str, tokens: &[String]) -> String {
+    tokens
+        .iter()
+        .fold(msg.to_string(), |m, t| m.replace(t.as_str(), "<token>"))
 }
 
 /// Turns an hf-hub error into one that says what was being done and what
@@ -104,5 +131,25 @@ mod tests {
             let e = parse_repo_id(bad).unwrap_err().to_string();
             assert!(e.contains("user/name") && e.contains(bad), "{bad}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_from_a_token_file_is_redacted_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "hf_fileSecret123\n").unwrap();
+        let tokens = tokens_from(
+            Some("hf_varSecret456".into()),
+            &[file, dir.path().join("absent")],
+        );
+        let msg = "401: Authorization: Bearer hf_fileSecret123 (also hf_varSecret456)";
+        let out = redact_tokens(msg, &tokens);
+        assert!(!out.contains("Secret"), "{out}");
+        assert_eq!(out.matches("<token>").count(), 2);
     }
 }

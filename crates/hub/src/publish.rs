@@ -452,7 +452,13 @@ pub fn publish(opts: &PublishOptions) -> Result<PublishOutcome> {
         .model(user, name)
         .upload_folder()
         .folder_path(folder.clone())
-        .commit_message(format!("Upload selfsup run {}", opts.run.display()))
+        // The run's folder name only: no local absolute path leaves the machine.
+        .commit_message(format!(
+            "Upload selfsup run {}",
+            opts.run
+                .file_name()
+                .map_or_else(|| "run".into(), |n| n.to_string_lossy())
+        ))
         .send()
         .map_err(|e| {
             hub_error(
