@@ -791,4 +791,15 @@ fn a_users_files_are_never_overwritten_and_runs_are_not_mixed() {
     let (ok, err) = xtask(&["publish", "--run", &run, "--repo", "me/x", "--dry-run"]);
     assert!(ok, "{err}");
     assert!(p("run/hub/model.safetensors").is_file());
+    // Weights that are not the report's are not published.
+    let cfg_path = p("run/pretrain-rotation/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["metrics"]["val_loss"] = serde_json::json!(123.0);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let (ok, err) = xtask(&["publish", "--run", &run, "--repo", "me/x", "--dry-run"]);
+    assert!(
+        !ok && err.contains("not the ones report.json describes"),
+        "{err}"
+    );
 }

@@ -115,6 +115,9 @@ fn locate(run: &Path, method: Option<&str>) -> Result<RunParts> {
         }
     }
     let config: Value = read_json(&checkpoint.join("config.json"))?;
+    if let (Some(r), Some(m)) = (&report, &method) {
+        check_weights_match_report(r, m, &config, &checkpoint)?;
+    }
     let method = method.unwrap_or_else(|| {
         config["method"]
             .as_str()
@@ -127,6 +130,39 @@ fn locate(run: &Path, method: Option<&str>) -> Result<RunParts> {
         method,
         config,
     })
+}
+
+/// Refuses weights that are not the ones the report describes: the
+/// pretraining's held-out loss in its config.json must be the one in the
+/// report's `pretraining` row of that method and seed (a run changed after
+/// its report was written would otherwise ship new weights with old
+/// accuracies).
+fn check_weights_match_report(
+    report: &Value,
+    method: &str,
+    config: &Value,
+    checkpoint: &Path,
+) -> Result<()> {
+    let Some(rows) = report["pretraining"].as_array() else {
+        return Ok(());
+    };
+    let seed = config["seed"].as_u64();
+    let row = rows
+        .iter()
+        .find(|r| r["method"].as_str() == Some(method) && r["seed"].as_u64() == seed);
+    let (Some(row), Some(have)) = (row, config["metrics"]["val_loss"].as_f64()) else {
+        return Ok(());
+    };
+    match row["val_loss"].as_f64() {
+        Some(want) if want != have => Err(Error::format(
+            checkpoint.join("config.json"),
+            format!(
+                "these weights (held-out loss {have}) are not the ones report.json describes ({want}); \
+                 the run was changed after its report was written: run it again before publishing"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The pretrained method with the largest gain over scratch in `gains`.
