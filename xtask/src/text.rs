@@ -4,6 +4,7 @@ use crate::spec_args::{assign_all, print_written, set_given};
 use anyhow::{bail, Result};
 use clap::Args;
 use selfsup::core::device::parse_device;
+use selfsup::core::output;
 use selfsup::spec::layers::Layers;
 use std::path::PathBuf;
 use toml::Value;
@@ -84,6 +85,10 @@ pub struct TextArgs {
     /// No progress bar or per-evaluation lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Replace what an earlier selfsup command wrote to --out (a directory
+    /// selfsup did not write is never touched).
+    #[arg(long)]
+    force: bool,
 }
 
 impl TextArgs {
@@ -148,9 +153,22 @@ pub fn run_text(a: TextArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| selfsup::data::registry::data_dir().join("text/rust-book.txt"));
     let c = corpus::load(&path, cfg.heldout_fraction)?;
+    cfg.check()?;
+    if a.resume && !a.out.join("checkpoint").is_dir() {
+        bail!(
+            "--resume: {} holds no checkpoint/ to continue",
+            a.out.display()
+        );
+    }
+    let policy = output::Policy {
+        force: a.force,
+        resume: a.resume,
+    };
+    output::claim(&a.out, "text", policy)?;
     let report = train::run(&c, &cfg, &a.out, a.resume, &device, a.quiet)?;
     let spec = toml::to_string(&cfg)?;
     selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.as_bytes())?;
+    output::complete(&a.out, "text")?;
     println!("{}", report.to_markdown());
     print_written(
         &a.out,

@@ -66,6 +66,20 @@ pub struct TextConfig {
     pub seed: u64,
 }
 
+impl TextConfig {
+    /// Fails on settings no run can train with.
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 || self.max_len < 3 {
+            return Err(Error::invalid(
+                "text config",
+                "steps and batch size must be positive and max_len at least 3",
+            ));
+        }
+        let vocab = self.vocab_size.max(1);
+        BertConfig::small(vocab, self.hidden, self.layers, self.heads, self.max_len).validate()
+    }
+}
+
 impl Default for TextConfig {
     fn default() -> Self {
         Self {
@@ -411,12 +425,7 @@ pub fn run_until(
     quiet: bool,
 ) -> Result<TextReport> {
     let t0 = Instant::now();
-    if cfg.steps == 0 || cfg.batch_size == 0 || cfg.max_len < 3 {
-        return Err(Error::invalid(
-            "text config",
-            "steps and batch size must be positive and max_len at least 3",
-        ));
-    }
+    cfg.check()?;
     let ckpt = out.join("checkpoint");
     let (map, model, tokenizer, mut opt, start, mut history) = if resume {
         let st: TrainingState = fsutil::read_json(&ckpt.join(STATE_JSON))?;
