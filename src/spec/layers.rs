@@ -391,6 +391,33 @@ mod tests {
     }
 
     #[test]
+    fn mangled_spec_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let valid = Experiment::default().to_toml().into_bytes();
+        let f = dir.path().join("run.toml");
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..400 {
+            let mut b = valid.clone();
+            for _ in 0..1 + next() % 6 {
+                let at = (next() % b.len() as u64) as usize;
+                b[at] = next() as u8;
+            }
+            b.truncate(b.len() - (next() % 40) as usize);
+            std::fs::write(&f, &b).unwrap();
+            let mut l = Layers::default();
+            if l.file(&f).is_ok() {
+                let _ = l.resolve();
+            }
+        }
+    }
+
+    #[test]
     fn the_shipped_default_config_is_the_default_spec() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/default.toml");
         if std::env::var_os("SELFSUP_BLESS").is_some() {

@@ -133,6 +133,27 @@ mod nan_tests {
     use super::*;
 
     #[test]
+    fn mangled_checkpoints_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let t = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), &path).unwrap();
+        let valid = std::fs::read(&path).unwrap();
+        let mut x: u64 = 7;
+        for _ in 0..500 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut b = valid.clone();
+            let at = (x % b.len() as u64) as usize;
+            b[at] = (x >> 32) as u8;
+            b.truncate(b.len() - ((x >> 40) % 8) as usize);
+            std::fs::write(&path, &b).unwrap();
+            let _ = read_tensors(&path, &Device::Cpu);
+        }
+    }
+
+    #[test]
     fn non_finite_weights_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");

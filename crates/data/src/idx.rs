@@ -53,12 +53,15 @@ pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<(usize, usize, usize, V
     if h == 0 || w == 0 {
         return Err(Error::format(path, format!("image size {h}x{w} is empty")));
     }
-    let want = n * h * w;
     let have = bytes.len() - 16;
-    if have != want {
+    let want = n.checked_mul(h).and_then(|p| p.checked_mul(w));
+    if want != Some(have) {
+        let want = want.map_or("more than fit in memory".to_string(), |w| {
+            format!("{w} bytes")
+        });
         return Err(Error::format(
             path,
-            format!("truncated or oversized: header says {n} images of {h}x{w} ({want} bytes) but {have} bytes follow"),
+            format!("truncated or oversized: header says {n} images of {h}x{w} ({want}) but {have} bytes follow"),
         ));
     }
     Ok((n, h, w, bytes[16..].to_vec()))
