@@ -132,14 +132,25 @@ fn sgemm(
         return;
     }
     // The last element each matrix touches must be inside its slice.
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(last(m, n, dst_rs, 1) < dst.len(), "sgemm: dst too short");
+    // Checked: shapes from a public API must not wrap around into a
+    // bound that passes.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows - 1)
+            .checked_mul(rs)
+            .zip((cols - 1).checked_mul(cs))
+            .and_then(|(a, b)| a.checked_add(b))
+    };
+    let fits = |l: Option<usize>, len: usize| l.is_some_and(|l| l < len);
     assert!(
-        last(m, k, lhs_rs, lhs_cs) < lhs.len(),
+        fits(last(m, n, dst_rs, 1), dst.len()),
+        "sgemm: dst too short"
+    );
+    assert!(
+        fits(last(m, k, lhs_rs, lhs_cs), lhs.len()),
         "sgemm: lhs too short"
     );
     assert!(
-        last(k, n, rhs_rs, rhs_cs) < rhs.len(),
+        fits(last(k, n, rhs_rs, rhs_cs), rhs.len()),
         "sgemm: rhs too short"
     );
     // SAFETY: the asserts above keep every index gemm forms,
