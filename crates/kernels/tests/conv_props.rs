@@ -189,6 +189,18 @@ fn fast_conv_matches_reference_on_random_shapes_cpu() {
     check_device(&Device::Cpu, 120, 7);
 }
 
+/// The same check on a 2-thread pool, so the parallel path over image groups
+/// (taken when there are at least twice as many groups as threads: the
+/// 5-9-image batches with one image per group) runs on any host.
+#[test]
+fn fast_conv_matches_reference_on_a_two_thread_pool() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| check_device(&Device::Cpu, 80, 13));
+}
+
 #[test]
 fn fast_conv_matches_reference_on_cuda_when_present() {
     match Device::cuda_if_available(0) {
