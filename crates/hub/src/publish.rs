@@ -244,6 +244,10 @@ fn model_card(repo: &str, parts: &RunParts) -> String {
         .or(parts.config["dataset"].as_str())
         .unwrap_or("unknown")
         .to_string();
+    let dataset = without_local_paths(&Value::String(dataset))
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
     let is_text = parts.method == "masked-lm";
     let ms = metrics(parts);
     let mut s = String::from("---\nlibrary_name: selfsup\ntags:\n- self-supervised\n- candle\n");
@@ -297,7 +301,8 @@ fn model_card(repo: &str, parts: &RunParts) -> String {
     } else {
         // A class selection pretrains on the whole dataset (the stage's
         // config says which) and is evaluated on the selection.
-        let pretrained_on = parts.config["dataset"].as_str().unwrap_or(&dataset);
+        let config = without_local_paths(&parts.config);
+        let pretrained_on = config["dataset"].as_str().unwrap_or(&dataset);
         let evaluated = if pretrained_on == dataset {
             String::new()
         } else {
@@ -353,11 +358,13 @@ fn model_card(repo: &str, parts: &RunParts) -> String {
     s.push_str(
         "## Training recipe\n\nThe checkpoint's `config.json`, as written by selfsup:\n\n```json\n",
     );
-    s.push_str(&serde_json::to_string_pretty(&parts.config).unwrap_or_default());
+    s.push_str(
+        &serde_json::to_string_pretty(&without_local_paths(&parts.config)).unwrap_or_default(),
+    );
     s.push_str("\n```\n\n");
     if let Some(cfg) = r.map(|r| &r["config"]).filter(|c| !c.is_null()) {
         s.push_str("The run's settings (`report.json` → `config`):\n\n```json\n");
-        s.push_str(&serde_json::to_string_pretty(cfg).unwrap_or_default());
+        s.push_str(&serde_json::to_string_pretty(&without_local_paths(cfg)).unwrap_or_default());
         s.push_str("\n```\n\n");
     }
     s.push_str("## Use it\n\n");
@@ -373,6 +380,27 @@ fn model_card(repo: &str, parts: &RunParts) -> String {
         );
     }
     s
+}
+
+/// `value` with every string that is an absolute local path (a dataset
+/// directory, the `init` of a transfer stage, a corpus) cut to its last
+/// component: a published folder tells nothing about the publisher's disk.
+fn without_local_paths(value: &Value) -> Value {
+    match value {
+        Value::String(s) if Path::new(s).is_absolute() || s.starts_with('~') => {
+            Value::String(Path::new(s).file_name().map_or_else(
+                || "<local path>".into(),
+                |n| n.to_string_lossy().into_owned(),
+            ))
+        }
+        Value::Array(a) => Value::Array(a.iter().map(without_local_paths).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), without_local_paths(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// The files a Hub folder holds.
@@ -454,10 +482,16 @@ pub fn write_folder(opts: &PublishOptions) -> Result<(PathBuf, Vec<String>)> {
     }
     write_dir_atomic(&folder, |tmp| {
         write_atomic(&tmp.join("README.md"), card.as_bytes())?;
-        for f in files.iter().filter(|f| *f != "README.md") {
+        for f in files
+            .iter()
+            .filter(|f| *f != "README.md" && *f != "config.json")
+        {
             let from = parts.checkpoint.join(f);
             std::fs::copy(&from, tmp.join(f)).map_err(|e| Error::io(&from, e))?;
         }
+        let config = serde_json::to_vec_pretty(&without_local_paths(&parts.config))
+            .map_err(|e| Error::format(parts.checkpoint.join("config.json"), e.to_string()))?;
+        write_atomic(&tmp.join("config.json"), &config)?;
         Ok(())
     })?;
     files.sort();
@@ -553,5 +587,29 @@ mod tests {
             Some("zalando-datasets/fashion_mnist")
         );
         assert_eq!(hub_dataset("/data/my-folder"), None);
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_are_cut_to_their_last_component() {
+        let v = serde_json::json!({
+            "dataset": "/home/me/private/birds",
+            "recipe": {"init": "/srv/runs/a/pretrain-simclr", "protocol": "finetune"},
+            "list": ["~/corpus.txt", "relative/stays"],
+            "n": 3
+        });
+        let out = without_local_paths(&v);
+        assert_eq!(out["dataset"], "birds");
+        assert_eq!(out["recipe"]["init"], "pretrain-simclr");
+        assert_eq!(out["recipe"]["protocol"], "finetune");
+        assert_eq!(
+            out["list"],
+            serde_json::json!(["corpus.txt", "relative/stays"])
+        );
+        assert_eq!(out["n"], 3);
     }
 }
