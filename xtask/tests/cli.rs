@@ -803,3 +803,36 @@ fn a_users_files_are_never_overwritten_and_runs_are_not_mixed() {
         "{err}"
     );
 }
+
+#[test]
+fn usage_errors_exit_2_and_other_errors_exit_1() {
+    let code = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(code(&["pipeline", "--no-such-flag"]), Some(2));
+    assert_eq!(code(&["no-such-command"]), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    assert_eq!(
+        code(&[
+            "pipeline",
+            "--quiet",
+            "--set",
+            "transfer.epochs=0",
+            "--out",
+            o
+        ]),
+        Some(1)
+    );
+    assert_eq!(
+        code(&["spec", "--from-report", "/no/such/report.json"]),
+        Some(1)
+    );
+    assert!(!out.exists());
+}
