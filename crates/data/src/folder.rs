@@ -240,6 +240,26 @@ fn annotated_split(dir: &Path, names: &[String], size: usize, channels: usize) -
     labeled_files(&files, names, size, channels)
 }
 
+/// Fails when a test file is also a training file (the same file reached
+/// through a link, or a link in one split to the other): a test score on
+/// training images means nothing.
+fn refuse_shared_files(train_dir: &Path, test: &[(PathBuf, String)]) -> Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut train = std::collections::HashSet::new();
+    for c in class_dirs(train_dir)? {
+        for f in image_files(&c)? {
+            train.insert(canonical(&f));
+        }
+    }
+    match test.iter().find(|(f, _)| train.contains(&canonical(f))) {
+        Some((f, _)) => Err(Error::format(
+            f,
+            "is also a training image (the same file in train/ and the test split); remove one",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An image-folder dataset as a train/test pair:
 /// - `<dir>/train/<class>/...` with `<dir>/test/<class>/...` (or `val/`,
 ///   `valid/`; Tiny ImageNet's `val/val_annotations.txt` is understood);
@@ -285,6 +305,7 @@ pub fn load_split_folders(
             if files.is_empty() {
                 return Err(Error::format(&test_dir, "no images in its class folders"));
             }
+            refuse_shared_files(&train_dir, &files)?;
             labeled_files(&files, &names, size, channels)?
         };
         return crate::DatasetPair::new(name.to_string(), train, test);
@@ -433,6 +454,25 @@ mod tests {
         let files = image_files(&class).unwrap();
         assert_eq!(files.len(), 1, "{files:?}");
         assert!(files[0].ends_with("again.png") || files[0].ends_with("a.png"));
+    }
+
+    #[test]
+    fn a_file_in_both_train_and_test_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for split in ["train", "test"] {
+            std::fs::create_dir_all(dir.path().join(split).join("cats")).unwrap();
+        }
+        let a = dir.path().join("train/cats/a.png");
+        write_png(&a, 8, 8, |_, _| [1, 2, 3]);
+        write_png(&dir.path().join("train/cats/b.png"), 8, 8, |_, _| [3, 2, 1]);
+        std::os::unix::fs::symlink(&a, dir.path().join("test/cats/a.png")).unwrap();
+        let e = load_split_folders(dir.path(), "pets", 8, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test/cats/a.png") && e.contains("also a training image"),
+            "{e}"
+        );
     }
 
     #[test]
