@@ -15,6 +15,9 @@ pub struct Prepared {
     /// With a class selection that pretrains on every class: the whole
     /// training set.
     pub all_classes: Option<AllClasses>,
+    /// Images of an image folder skipped as unreadable
+    /// (`data.skip_bad_images`).
+    pub skipped_images: usize,
 }
 
 /// The training set before a class selection, kept as the pretraining
@@ -60,6 +63,7 @@ pub fn prepare(
         pair,
         norm,
         all_classes: None,
+        skipped_images: 0,
     })
 }
 
@@ -120,6 +124,7 @@ pub fn select_classes(prep: Prepared, classes: &[String], keep_all: bool) -> Res
                 train: prep.pair.train,
                 index,
             }),
+            skipped_images: prep.skipped_images,
         });
     }
     let all: Vec<usize> = (0..pair.train.len()).collect();
@@ -128,6 +133,7 @@ pub fn select_classes(prep: Prepared, classes: &[String], keep_all: bool) -> Res
         pair,
         norm,
         all_classes: None,
+        skipped_images: 0,
     })
 }
 

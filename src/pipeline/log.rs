@@ -80,6 +80,7 @@ impl RunLog {
                 "max_test": spec.data.max_test,
                 "train_images": pair.train.len(),
                 "test_images": pair.test.len(),
+                "skipped_images": ctx.prep.skipped_images,
             }),
             pretraining: self.pretraining,
             figures: self.figures,

@@ -83,11 +83,20 @@ pub fn load(spec: &Experiment) -> Result<Prepared> {
         size: d.image_size,
         channels: d.channels,
     });
-    select_classes(
+    crate::data::folder::set_skip_bad_images(d.skip_bad_images);
+    let prep = select_classes(
         prepare(&d.dataset, d.max_train, d.max_test)?,
         &d.classes,
         d.pretrain_all_classes,
-    )
+    )?;
+    let skipped = crate::data::folder::skipped_images();
+    if skipped > 0 {
+        tracing::warn!("skipped {skipped} unreadable images of {}", d.dataset);
+    }
+    Ok(Prepared {
+        skipped_images: skipped,
+        ..prep
+    })
 }
 
 /// The checks that need the data, made before anything is written; returns

@@ -86,6 +86,9 @@ pub struct DataSpec {
     pub image_size: usize,
     /// Image-folder datasets: 1 (grayscale) or 3 (RGB) channels.
     pub channels: usize,
+    /// Image-folder datasets: skip images that cannot be decoded (each is
+    /// logged, and report.json counts them) instead of stopping.
+    pub skip_bad_images: bool,
 }
 
 impl Default for DataSpec {
@@ -98,6 +101,7 @@ impl Default for DataSpec {
             max_test: None,
             image_size: 32,
             channels: 3,
+            skip_bad_images: false,
         }
     }
 }

@@ -116,6 +116,10 @@ pub struct SpecArgs {
     /// Image-folder datasets: 1 (grayscale) or 3 (RGB) channels (default: 3).
     #[arg(long)]
     pub channels: Option<usize>,
+    /// Image-folder datasets: skip images that cannot be decoded (each is
+    /// logged, report.json counts them) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_images: bool,
     /// Keep only these classes (names, comma-separated), relabelled 0..n.
     /// Pretraining still uses the unlabeled images of every class.
     #[arg(long, value_delimiter = ',')]
@@ -209,6 +213,7 @@ impl SpecArgs {
             ("data.image_size", int(self.image_size)),
             ("data.channels", int(self.channels)),
             ("data.classes", list(&self.classes)),
+            ("data.skip_bad_images", switch(self.skip_bad_images, true)),
             (
                 "data.pretrain_all_classes",
                 switch(self.pretrain_selected_only, false),

@@ -61,6 +61,40 @@ pub fn decode(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>> {
     })
 }
 
+thread_local! {
+    /// Whether this thread's image-folder loads skip unreadable images;
+    /// see [`set_skip_bad_images`].
+    static SKIP_BAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Images skipped since the last [`set_skip_bad_images`].
+    static SKIPPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes this thread's image-folder loads skip images that cannot be
+/// decoded (each is logged as a warning with its path and error) instead of
+/// stopping at the first; resets the count [`skipped_images`] reports.
+pub fn set_skip_bad_images(skip: bool) {
+    SKIP_BAD.set(skip);
+    SKIPPED.set(0);
+}
+
+/// How many images this thread's loads skipped since [`set_skip_bad_images`].
+pub fn skipped_images() -> usize {
+    SKIPPED.get()
+}
+
+/// [`decode`], or `None` for an unreadable image when skipping is on.
+fn decode_or_skip(path: &Path, size: usize, channels: usize) -> Result<Option<Vec<u8>>> {
+    match decode(path, size, channels) {
+        Ok(px) => Ok(Some(px)),
+        Err(e) if SKIP_BAD.get() => {
+            SKIPPED.set(SKIPPED.get() + 1);
+            tracing::warn!("skipping an unreadable image: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// [`decode`] for an encoded image already in memory (a parquet cell, say);
 /// errors name `<memory>` and are meant to be re-labelled by the caller.
 pub fn decode_bytes(bytes: &[u8], size: usize, channels: usize) -> Result<Vec<u8>> {
@@ -128,11 +162,18 @@ pub fn load_images(dir: &Path, size: usize, channels: usize) -> Result<(Dataset,
         ));
     }
     let mut px = Vec::with_capacity(files.len() * channels * size * size);
-    for f in &files {
-        px.extend(decode(f, size, channels)?);
+    let mut kept = Vec::with_capacity(files.len());
+    for f in files {
+        if let Some(p) = decode_or_skip(&f, size, channels)? {
+            px.extend(p);
+            kept.push(f);
+        }
     }
-    let ds = Dataset::new(px, (files.len(), channels, size, size), None, Vec::new())?;
-    Ok((ds, files))
+    if kept.is_empty() {
+        return Err(Error::format(dir, "none of its images could be read"));
+    }
+    let ds = Dataset::new(px, (kept.len(), channels, size, size), None, Vec::new())?;
+    Ok((ds, kept))
 }
 
 /// A labeled dataset from one sub-folder per class under `dir` (classes in
@@ -204,8 +245,10 @@ fn labeled_files(
                 format!("class `{class}` does not appear among the training classes"),
             )
         })?;
-        px.extend(decode(f, size, channels)?);
-        labels.push(y as u32);
+        if let Some(p) = decode_or_skip(f, size, channels)? {
+            px.extend(p);
+            labels.push(y as u32);
+        }
     }
     Dataset::new(
         px,
@@ -473,6 +516,24 @@ mod tests {
             e.contains("test/cats/a.png") && e.contains("also a training image"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unreadable_images_can_be_skipped_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let class = dir.path().join("cats");
+        std::fs::create_dir(&class).unwrap();
+        write_png(&class.join("a.png"), 8, 8, |_, _| [1, 2, 3]);
+        std::fs::write(class.join("broken.png"), b"not a png").unwrap();
+        let e = load_images(&class, 8, 3).unwrap_err().to_string();
+        assert!(e.contains("broken.png"), "{e}");
+        set_skip_bad_images(true);
+        let loaded = load_images(&class, 8, 3);
+        let skipped = skipped_images();
+        set_skip_bad_images(false);
+        let (ds, files) = loaded.unwrap();
+        assert_eq!((ds.len(), files.len(), skipped), (1, 1, 1));
+        assert!(files[0].ends_with("a.png"));
     }
 
     #[test]
