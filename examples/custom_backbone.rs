@@ -7,7 +7,7 @@ use candle_core::{Device, Module, Tensor};
 use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
 use selfsup::backbones::{Backbone, BuildBackbone};
 use selfsup::core::Result;
-use selfsup::objective::{pretrain_with, ObjectiveContext, Unlabeled};
+use selfsup::objective::{pretrain_with, Hooks, ObjectiveContext, Unlabeled};
 use selfsup::spec::Experiment;
 use std::sync::Arc;
 
@@ -76,7 +76,7 @@ fn main() -> Result<()> {
             &Device::Cpu,
             false,
             &build,
-            None,
+            Hooks::default(),
         )?;
         println!(
             "{method}: {} epochs, held-out loss {:.3}, pretext accuracy {:.1}%",

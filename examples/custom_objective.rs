@@ -10,7 +10,7 @@ use selfsup::augment::{hflip, Image};
 use selfsup::backbones::Backbone;
 use selfsup::core::{Normalization, Result};
 use selfsup::objective::{
-    classification_loss, pretrain_with, Objective, ObjectiveContext, Unlabeled,
+    classification_loss, pretrain_with, Hooks, Objective, ObjectiveContext, Unlabeled,
 };
 use selfsup::spec::Experiment;
 use std::sync::Arc;
@@ -74,7 +74,15 @@ fn main() -> Result<()> {
         norm: &norm,
     };
     let backbone = Arc::new(spec.backbone_config(1));
-    let out = pretrain_with(&cfg, backbone, data, &Device::Cpu, false, &build, None)?;
+    let out = pretrain_with(
+        &cfg,
+        backbone,
+        data,
+        &Device::Cpu,
+        false,
+        &build,
+        Hooks::default(),
+    )?;
     println!(
         "flip prediction: {} epochs, held-out accuracy {:.1}%",
         out.report.epochs_run,

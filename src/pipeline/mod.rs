@@ -37,7 +37,7 @@ pub use context::Stage;
 pub use data::{prepare, pretrain_pool, select_classes, unlabeled_pool, AllClasses, Prepared};
 pub use figures::{embedding_figure, loss_figure};
 pub use frozen::{frozen_protocols, FrozenFeatures};
-pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome};
+pub use pretrain::{pretrain_stage, progress_dir, Excluded, PretrainMetrics, PretrainOutcome};
 pub use protocol::{protocol, protocols, Cell, Protocol};
 pub use resume::reuse_pretraining;
 pub use semi::{distill_stage, fixmatch_stage, DistillMetrics, FixMatchMetrics, Target};
@@ -157,7 +157,7 @@ fn pretrain_methods(
         }
         let outcome = match reused {
             Some(o) => o,
-            None => pretrain_stage(ctx, method, excluded, seed, &dir)?,
+            None => pretrain_stage(ctx, method, excluded, seed, &dir, resume)?,
         };
         log.time("pretrain", t);
         if seed_index == 0 {

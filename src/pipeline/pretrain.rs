@@ -4,8 +4,9 @@ use super::context::Stage;
 use super::data::pretrain_pool;
 use crate::backbones::checkpoint::{self as ckpt, StageConfig};
 use crate::core::report::PretrainSummary;
+use crate::core::train::DirCheckpoint;
 use crate::core::train::FitReport;
-use crate::core::Result;
+use crate::core::{Error, Result};
 use crate::data::split;
 use crate::finetune;
 use crate::methods;
@@ -83,14 +84,25 @@ impl PretrainMetrics {
     }
 }
 
+/// Where a pretraining keeps its state between epochs until it finishes:
+/// `<dir>/.progress`, inside the stage directory it will write (which the
+/// finished stage then replaces as a whole).
+pub fn progress_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join(".progress")
+}
+
 /// Pretrains `method` under `seed` on the pool that keeps out the labels of
-/// `excluded`, and writes the stage directory `dir`.
+/// `excluded`, and writes the stage directory `dir`. After every epoch the
+/// whole training state is kept in [`progress_dir`]; with `resume`, a
+/// state an interrupted run of the same settings left there is continued
+/// (and ends with the numbers of an uninterrupted run).
 pub fn pretrain_stage(
     ctx: &Stage,
     method: &str,
     excluded: Excluded,
     seed: u64,
     dir: &Path,
+    resume: bool,
 ) -> Result<PretrainOutcome> {
     let spec = ctx.spec;
     let (source, pool) = pretrain_pool(
@@ -101,6 +113,23 @@ pub fn pretrain_stage(
         spec.split.unlabeled_cap(),
     )?;
     let cfg = spec.pretrain_config(method, seed, ctx.shape())?;
+    let key = pretrain_stage_config(
+        ctx,
+        method,
+        &cfg,
+        excluded,
+        seed,
+        None,
+        serde_json::Value::Null,
+    );
+    let progress = DirCheckpoint {
+        dir: progress_dir(dir),
+        key: serde_json::to_value(&key).expect("a stage config serialises"),
+        device: ctx.device.clone(),
+    };
+    if !resume && progress.dir.exists() {
+        std::fs::remove_dir_all(&progress.dir).map_err(|e| Error::io(&progress.dir, e))?;
+    }
     let siamese = spec.methods.get(method)?.siamese;
     let build = |octx: &pretext::ObjectiveContext, vb: candle_nn::VarBuilder| {
         methods::build(method, &siamese, octx, vb)
@@ -132,9 +161,13 @@ pub fn pretrain_stage(
         ctx.device,
         ctx.quiet,
         &build,
-        spec.pretrain
-            .knn_monitor
-            .then_some(&monitor as pretext::Monitor),
+        pretext::Hooks {
+            monitor: spec
+                .pretrain
+                .knn_monitor
+                .then_some(&monitor as pretext::Monitor),
+            checkpoint: Some(&progress),
+        },
     )?;
     let metrics = PretrainMetrics {
         val_loss: pre.val_loss,
@@ -158,6 +191,7 @@ pub fn pretrain_stage(
         Some(pre.objective.head_outputs()),
         serde_json::to_value(&metrics).expect("metrics serialise"),
     );
+    // The finished stage replaces the directory, its progress included.
     ckpt::save(dir, &pre.map, &sc)?;
     if !ctx.quiet {
         eprintln!(

@@ -195,7 +195,7 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
             max_k: k,
             seeds: &[seed],
         };
-        let outcome = pipeline::pretrain_stage(ctx, &method, excluded, seed, &a.out)?;
+        let outcome = pipeline::pretrain_stage(ctx, &method, excluded, seed, &a.out, false)?;
         pipeline::loss_figure(&outcome.history, &method, &a.out.join("loss.png"))?;
         Ok(output::complete(&a.out, "pretrain")?)
     })?;

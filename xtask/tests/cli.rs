@@ -836,3 +836,94 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     );
     assert!(!out.exists());
 }
+
+/// A pipeline killed with SIGKILL in the middle of pretraining, then run
+/// again with `--resume`, ends with the report of a run never interrupted
+/// (MoCo: its momentum encoder and key queue are part of the state).
+#[test]
+fn a_killed_pretraining_resumes_to_the_same_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = |out: &std::path::Path| -> Vec<String> {
+        let mut f: Vec<String> = [
+            "pipeline",
+            "--quiet",
+            "--max-train",
+            "300",
+            "--max-test",
+            "100",
+            "--seeds",
+            "0",
+            "--labels-per-class",
+            "2",
+            "--widths",
+            "4,8",
+            "--depth",
+            "1",
+            "--unlabeled",
+            "128",
+            "--pretext",
+            "moco",
+            "--contrastive-batch",
+            "32",
+            "--contrastive-epochs",
+            "40",
+            "--set",
+            "methods.moco.patience=100",
+            "--set",
+            "methods.moco.projector.dim=16",
+            "--set",
+            "methods.moco.queue_size=64",
+            "--transfer-epochs",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        f.extend(["--out".to_string(), out.display().to_string()]);
+        f
+    };
+    let results = |out: &std::path::Path| -> (serde_json::Value, serde_json::Value) {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        (
+            r["results"].clone(),
+            r["pretraining"][0]["val_loss"].clone(),
+        )
+    };
+    let whole = dir.path().join("whole");
+    let (ok, err) = xtask(&flags(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(flags(&killed))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = killed.join("pretrain-moco/.progress/state.json");
+    let epochs_done = || -> u64 {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["epochs_done"].as_u64())
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while epochs_done() < 5 && start.elapsed().as_secs() < 120 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup of any kind
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run was killed mid-pretraining");
+    assert!(epochs_done() >= 5, "it had finished epochs to resume from");
+    assert!(!killed.join("report.json").exists());
+
+    let mut again = flags(&killed);
+    again.push("--resume".into());
+    let (ok, err) = xtask(&again.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    assert_eq!(results(&killed), results(&whole));
+    assert!(!killed.join("pretrain-moco/.progress").exists());
+}

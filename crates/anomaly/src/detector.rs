@@ -194,6 +194,7 @@ impl Detector {
                         .collect(),
                     map: &map,
                     quiet,
+                    checkpoint: None,
                 },
                 |items, _| {
                     let pairs: Vec<(usize, usize)> =

@@ -46,6 +46,7 @@ use selfsup_core::{rng, Error, Normalization, Result};
 use selfsup_data::batch;
 use selfsup_objective::{Objective, ObjectiveContext};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Method names, SimCLR first.
@@ -336,6 +337,42 @@ fn enqueue(queue: &mut KeyQueue, keys: &Tensor) -> Result<()> {
 impl Objective for Siamese {
     fn name(&self) -> &'static str {
         self.method.name()
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.target {
+            for (name, var) in t.named_vars() {
+                out.push((format!("target.{name}"), var.as_tensor().copy()?));
+            }
+        }
+        if let Some(q) = &self.queue {
+            let q = q.lock().expect("queue poisoned");
+            out.push(("queue.keys".into(), q.keys.copy()?));
+            let next = Tensor::new(&[q.next as u32], &Device::Cpu)?;
+            out.push(("queue.next".into(), next));
+        }
+        Ok(out)
+    }
+
+    fn restore_state(&self, saved: &HashMap<String, Tensor>) -> Result<()> {
+        let get = |name: &str| {
+            saved.get(name).ok_or_else(|| {
+                Error::invalid("checkpoint", format!("the saved state lacks {name}"))
+            })
+        };
+        if let Some(t) = &self.target {
+            for (name, var) in t.named_vars() {
+                let v = get(&format!("target.{name}"))?;
+                var.set(&v.to_device(var.device())?)?;
+            }
+        }
+        if let Some(q) = &self.queue {
+            let mut q = q.lock().expect("queue poisoned");
+            q.keys = get("queue.keys")?.to_device(q.keys.device())?;
+            q.next = get("queue.next")?.to_vec1::<u32>()?[0] as usize;
+        }
+        Ok(())
     }
 
     fn head_outputs(&self) -> usize {

@@ -23,6 +23,15 @@ pub struct MomentumTarget {
 }
 
 impl MomentumTarget {
+    /// The target's variables by name, sorted.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.map.data().lock().expect("var map poisoned");
+        let mut vars: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
     /// Builds the copy and initialises it to the online weights. The
     /// projector's online variables must already exist under
     /// `head.projector`.

@@ -290,6 +290,7 @@ pub fn train_classifier(
             vars,
             map: &map,
             quiet,
+            checkpoint: None,
         },
         |items, step| {
             let idx: Vec<usize> = items.iter().map(|&i| fit_idx[i]).collect();

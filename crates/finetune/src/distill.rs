@@ -149,6 +149,7 @@ pub fn distill(
             vars,
             map: &student.map,
             quiet,
+            checkpoint: None,
         },
         |items, step| {
             let idx: Vec<usize> = items.iter().map(|&i| images[i]).collect();

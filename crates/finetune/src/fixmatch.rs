@@ -211,6 +211,7 @@ pub fn fixmatch(
             vars,
             map: &student.map,
             quiet,
+            checkpoint: None,
         },
         |items, step| {
             let mut r = rng::stream_at(seed, "fixmatch-labeled", step);

@@ -70,6 +70,7 @@ pub fn fit_linear_head(
             vars: map.all_vars(),
             map: &map,
             quiet: true,
+            checkpoint: None,
         },
         |_, _| {
             Ok((

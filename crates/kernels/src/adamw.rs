@@ -155,14 +155,56 @@ pub struct AdamW {
     fused: Vec<(Var, Moments)>,
     /// Every other float parameter.
     rest: candle_nn::AdamW,
+    /// How many parameters `rest` steps.
+    rest_count: usize,
     step_t: usize,
     params: ParamsAdamW,
 }
+
+/// What [`AdamW::state`] returns: the step count and each CPU f32
+/// parameter's first and second moments, in parameter order.
+pub type AdamWState = (usize, Vec<(Vec<f32>, Vec<f32>)>);
 
 impl AdamW {
     /// The parameters of this optimizer.
     pub fn params(&self) -> &ParamsAdamW {
         &self.params
+    }
+
+    /// The whole optimizer state, for a checkpoint to continue from; `None`
+    /// when some parameters live off the CPU or are not f32 (Candle's
+    /// AdamW steps those, and its state cannot be read).
+    pub fn state(&self) -> Option<AdamWState> {
+        if self.rest_count > 0 {
+            return None;
+        }
+        let moments = self
+            .fused
+            .iter()
+            .map(|(_, m)| m.lock().expect("moments poisoned").clone())
+            .collect();
+        Some((self.step_t, moments))
+    }
+
+    /// Restores a [`AdamW::state`] taken from an optimizer over the same
+    /// parameters.
+    pub fn restore(&mut self, (step_t, moments): AdamWState) -> Result<()> {
+        if moments.len() != self.fused.len() || self.rest_count > 0 {
+            candle_core::bail!(
+                "optimizer state for {} parameters, this optimizer has {}",
+                moments.len(),
+                self.fused.len() + self.rest_count
+            );
+        }
+        for ((var, m), saved) in self.fused.iter().zip(moments) {
+            let n = var.elem_count();
+            if saved.0.len() != n || saved.1.len() != n {
+                candle_core::bail!("optimizer state does not match a parameter of {n} elements");
+            }
+            *m.lock().expect("moments poisoned") = saved;
+        }
+        self.step_t = step_t;
+        Ok(())
     }
 }
 
@@ -181,9 +223,11 @@ impl Optimizer for AdamW {
                 (var, Mutex::new((vec![0.0; n], vec![0.0; n])))
             })
             .collect();
+        let rest_count = rest.len();
         Ok(Self {
             fused,
             rest: candle_nn::AdamW::new(rest, params.clone())?,
+            rest_count,
             step_t: 0,
             params,
         })

@@ -15,10 +15,12 @@ use candle_nn::{VarBuilder, VarMap};
 use selfsup_augment::{apply_batch, apply_views, CropFlip, Pipeline};
 use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BuildBackbone};
-use selfsup_core::train::{fit_prefetched, FitConfig, FitReport, FitRun};
+use selfsup_core::train::{fit_prefetched, EpochCheckpoint, FitConfig, FitReport, FitRun, Saved};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{split, Dataset};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A self-supervised objective: a head on the backbone plus a loss built
@@ -40,6 +42,15 @@ pub trait Objective: Send + Sync {
     /// number and the total (momentum encoders update their targets here,
     /// from the online weights the previous step left).
     fn before_step(&self, _step: u64, _total: u64) -> Result<()> {
+        Ok(())
+    }
+    /// State kept outside the optimised variables (a momentum network, a
+    /// queue of keys), for mid-training checkpoints.
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+    /// Restores what [`Objective::state`] returned.
+    fn restore_state(&self, _saved: &HashMap<String, Tensor>) -> Result<()> {
         Ok(())
     }
     /// Loss, pretext accuracy, and the number of images the backbone saw,
@@ -183,10 +194,55 @@ pub fn evaluate_objective(
     Ok((loss / n.max(1) as f64, acc / n.max(1) as f64))
 }
 
+/// What may watch or keep a pretraining run besides the loop itself.
+#[derive(Default, Clone, Copy)]
+pub struct Hooks<'a> {
+    /// Runs after every epoch (its values are reported, never used to
+    /// choose anything).
+    pub monitor: Option<Monitor<'a>>,
+    /// Keeps the state after every epoch and continues from what a killed
+    /// run left (with the objective's own state and the monitor's history).
+    pub checkpoint: Option<&'a dyn EpochCheckpoint>,
+}
+
+/// An [`EpochCheckpoint`] that also keeps the objective's state and the
+/// monitor's history.
+struct WithObjective<'a> {
+    inner: &'a dyn EpochCheckpoint,
+    objective: &'a dyn Objective,
+    monitored: &'a RefCell<Vec<f64>>,
+}
+
+impl EpochCheckpoint for WithObjective<'_> {
+    fn load(&self) -> Result<Option<Saved>> {
+        let Some(saved) = self.inner.load()? else {
+            return Ok(None);
+        };
+        let prefix = "objective.";
+        let own: HashMap<String, Tensor> = saved
+            .tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
+            .collect();
+        self.objective.restore_state(&own)?;
+        *self.monitored.borrow_mut() =
+            serde_json::from_value(saved.meta["monitor"].clone()).unwrap_or_default();
+        Ok(Some(saved))
+    }
+
+    fn save(&self, mut saved: Saved) -> Result<()> {
+        for (k, t) in self.objective.state()? {
+            saved.tensors.insert(format!("objective.{k}"), t);
+        }
+        saved.meta["monitor"] = serde_json::json!(*self.monitored.borrow());
+        self.inner.save(saved)
+    }
+}
+
 /// Pretrains the backbone `backbone` builds with the objective `build`
-/// makes, on the unlabeled images `data`. `monitor`, if given, runs after
-/// every epoch; early stopping uses the objective's own loss on held-out
-/// unlabeled images.
+/// makes, on the unlabeled images `data`. Early stopping uses the
+/// objective's own loss on held-out unlabeled images; `hooks` may add a
+/// per-epoch monitor and mid-training checkpoints.
 pub fn pretrain_with(
     cfg: &PretrainConfig,
     backbone: Arc<dyn BuildBackbone>,
@@ -194,9 +250,10 @@ pub fn pretrain_with(
     device: &Device,
     quiet: bool,
     build: ObjectiveBuilder,
-    monitor: Option<Monitor>,
+    hooks: Hooks,
 ) -> Result<Pretrained> {
     let Unlabeled { ds, pool, norm } = data;
+    let monitor = hooks.monitor;
     let backbone_builder = backbone;
     if pool.len() < 2 {
         return Err(Error::invalid(
@@ -236,7 +293,7 @@ pub fn pretrain_with(
             seed,
         )
     };
-    let mut monitored = Vec::new();
+    let monitored = RefCell::new(Vec::new());
     let mut validate = || -> Result<f64> {
         if let Some(m) = monitor {
             let v = m(backbone.as_ref())?;
@@ -244,14 +301,19 @@ pub fn pretrain_with(
                 eprintln!(
                     "pretrain/{}: epoch {} kNN monitor {:.1}%",
                     cfg.method,
-                    monitored.len() + 1,
+                    monitored.borrow().len() + 1,
                     100.0 * v
                 );
             }
-            monitored.push(v);
+            monitored.borrow_mut().push(v);
         }
         Ok(held_out()?.0)
     };
+    let checkpoint = hooks.checkpoint.map(|inner| WithObjective {
+        inner,
+        objective: objective.as_ref(),
+        monitored: &monitored,
+    });
     let mut fit_cfg = cfg.fit.clone();
     // Losses over the pairs of a batch need every batch full.
     fit_cfg.drop_last |= views > 1 && train_idx.len() >= 2 * fit_cfg.batch_size;
@@ -267,6 +329,7 @@ pub fn pretrain_with(
                 .collect(),
             map: &map,
             quiet,
+            checkpoint: checkpoint.as_ref().map(|c| c as &dyn EpochCheckpoint),
         },
         |batch_items, step| {
             let idx: Vec<usize> = batch_items.iter().map(|&i| train_idx[i]).collect();
@@ -298,6 +361,6 @@ pub fn pretrain_with(
         report,
         val_accuracy,
         val_loss,
-        monitor: monitored,
+        monitor: monitored.into_inner(),
     })
 }

@@ -23,8 +23,8 @@ use selfsup_data::{batch, Dataset};
 use std::sync::Arc;
 
 pub use selfsup_objective::{
-    classification_loss, evaluate_objective, pretrain_with, Monitor, Objective, ObjectiveBuilder,
-    ObjectiveContext, PretrainConfig, Pretrained, Unlabeled,
+    classification_loss, evaluate_objective, pretrain_with, Hooks, Monitor, Objective,
+    ObjectiveBuilder, ObjectiveContext, PretrainConfig, Pretrained, Unlabeled,
 };
 
 /// Pretext names accepted by [`build_objective`].
@@ -123,7 +123,7 @@ pub fn pretrain(
         device,
         quiet,
         &build,
-        None,
+        Hooks::default(),
     )
 }
 

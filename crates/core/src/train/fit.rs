@@ -2,9 +2,13 @@
 //! batches prepared on a background thread, AdamW, early stopping on a
 //! validation score with the best epoch's weights restored.
 
-use super::{check_finite, EarlyStopping, LrSchedule, Progress, StopDecision, Trainer};
+use super::{
+    check_finite, EarlyStopping, EpochCheckpoint, LrSchedule, Progress, Saved, StopDecision,
+    Trainer,
+};
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// Settings of one [`fit`] run.
@@ -96,6 +100,10 @@ pub struct FitRun<'a> {
     pub map: &'a candle_nn::VarMap,
     /// No progress bar.
     pub quiet: bool,
+    /// Keep the state after every epoch here, and start from what an
+    /// interrupted run left (CPU training only: elsewhere the optimizer's
+    /// state cannot be read, and nothing is kept).
+    pub checkpoint: Option<&'a dyn EpochCheckpoint>,
 }
 
 /// A generic training loop: `epochs` passes over `n_items` items in seeded
@@ -137,6 +145,7 @@ pub fn fit_prefetched<B: Send>(
         vars,
         map,
         quiet,
+        checkpoint,
     } = run;
     if n_items == 0 {
         return Err(Error::invalid(stage, "no training items"));
@@ -162,12 +171,34 @@ pub fn fit_prefetched<B: Send>(
     let mut best: Option<Vec<(Var, Tensor)>> = None;
     let mut report = FitReport::default();
     let mut order: Vec<usize> = (0..n_items).collect();
-    for epoch in 0..cfg.epochs {
+    let shuffle = |order: &mut Vec<usize>, epoch: usize| {
         order.shuffle(&mut crate::rng::stream_at(
             cfg.seed,
             "shuffle",
             epoch as u64,
-        ));
+        ))
+    };
+    let mut first = 0;
+    if let Some(saved) = checkpoint.map(|c| c.load()).transpose()?.flatten() {
+        first = saved.epochs_done;
+        tracing::info!(
+            stage,
+            epochs = first,
+            "continuing from the state a killed run left"
+        );
+        resume_from(
+            saved,
+            map,
+            &mut trainer,
+            &mut stopper,
+            &mut best,
+            &mut report,
+        )?;
+        // The order of each epoch shuffles the previous one's.
+        (0..first).for_each(|e| shuffle(&mut order, e));
+    }
+    for epoch in first..cfg.epochs {
+        shuffle(&mut order, epoch);
         let base = trainer.steps() as u64;
         let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size).take(steps_per_epoch).collect();
         let sum = std::thread::scope(|scope| -> Result<f64> {
@@ -242,6 +273,16 @@ pub fn fit_prefetched<B: Send>(
                 "epoch done"
             );
         }
+        if let Some(c) = checkpoint {
+            let state = LoopState {
+                map,
+                trainer: &trainer,
+                stopper: &stopper,
+                best: best.as_deref(),
+                report: &report,
+            };
+            keep(c, state)?;
+        }
     }
     if let Some(snap) = best {
         if report.best_epoch < report.epochs_run {
@@ -252,6 +293,101 @@ pub fn fit_prefetched<B: Send>(
     progress.finish();
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The loop's state, as [`keep`] saves it.
+struct LoopState<'a> {
+    map: &'a candle_nn::VarMap,
+    trainer: &'a Trainer,
+    stopper: &'a EarlyStopping,
+    best: Option<&'a [(Var, Tensor)]>,
+    report: &'a FitReport,
+}
+
+/// The variables of `map` by name.
+fn named_vars(map: &candle_nn::VarMap) -> Vec<(String, Var)> {
+    let data = map.data().lock().expect("var map poisoned");
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Saves the state after an epoch (nothing when the optimizer's state
+/// cannot be read: off the CPU).
+fn keep(c: &dyn EpochCheckpoint, s: LoopState) -> Result<()> {
+    let Some((step_t, moments)) = s.trainer.state() else {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("mid-training checkpoints need CPU f32 training; none is kept")
+        });
+        return Ok(());
+    };
+    let mut tensors = HashMap::new();
+    let vars = named_vars(s.map);
+    for (name, var) in &vars {
+        tensors.insert(format!("var.{name}"), var.as_tensor().copy()?);
+    }
+    for (var, t) in s.best.unwrap_or_default() {
+        if let Some((name, _)) = vars
+            .iter()
+            .find(|(_, v)| v.as_tensor().id() == var.as_tensor().id())
+        {
+            tensors.insert(format!("best.{name}"), t.clone());
+        }
+    }
+    for (i, (m, v)) in moments.into_iter().enumerate() {
+        let n = m.len();
+        let cpu = &candle_core::Device::Cpu;
+        tensors.insert(format!("adam.m.{i}"), Tensor::from_vec(m, n, cpu)?);
+        tensors.insert(format!("adam.v.{i}"), Tensor::from_vec(v, n, cpu)?);
+    }
+    let (best, bad) = s.stopper.state();
+    c.save(Saved {
+        epochs_done: s.report.epochs_run,
+        report: s.report.clone(),
+        stopper: (best.is_finite().then_some(best), bad),
+        meta: serde_json::json!({ "adam_step": step_t }),
+        tensors,
+    })
+}
+
+/// Sets the loop's state from what [`keep`] saved.
+fn resume_from(
+    saved: Saved,
+    map: &candle_nn::VarMap,
+    trainer: &mut Trainer,
+    stopper: &mut EarlyStopping,
+    best: &mut Option<Vec<(Var, Tensor)>>,
+    report: &mut FitReport,
+) -> Result<()> {
+    let missing =
+        |name: &str| Error::invalid("checkpoint", format!("the saved state lacks {name}"));
+    let t = &saved.tensors;
+    let mut best_vars = Vec::new();
+    for (name, var) in named_vars(map) {
+        let v = t
+            .get(&format!("var.{name}"))
+            .ok_or_else(|| missing(&name))?;
+        var.set(&v.to_device(var.device())?)?;
+        if let Some(b) = t.get(&format!("best.{name}")) {
+            best_vars.push((var.clone(), b.to_device(var.device())?));
+        }
+    }
+    *best = (!best_vars.is_empty()).then_some(best_vars);
+    let mut moments = Vec::new();
+    while let Some(m) = t.get(&format!("adam.m.{}", moments.len())) {
+        let v = t
+            .get(&format!("adam.v.{}", moments.len()))
+            .ok_or_else(|| missing("adam.v"))?;
+        moments.push((m.to_vec1::<f32>()?, v.to_vec1::<f32>()?));
+    }
+    let step_t = saved.meta["adam_step"]
+        .as_u64()
+        .ok_or_else(|| missing("adam_step"))? as usize;
+    trainer.restore((step_t, moments))?;
+    stopper.restore((saved.stopper.0.unwrap_or(f64::INFINITY), saved.stopper.1));
+    *report = saved.report;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -296,6 +432,7 @@ mod fit_tests {
                 vars: map.all_vars(),
                 map: &map,
                 quiet: true,
+                checkpoint: None,
             },
             |idx, _| Ok(((&w - &target)?.sqr()?.sum_all()?, idx.len())),
             Some(&mut val),
@@ -346,6 +483,7 @@ mod fit_tests {
                 vars: map.all_vars(),
                 map: &map,
                 quiet: true,
+                checkpoint: None,
             },
             |idx, _| Ok((w.sqr()?.sum_all()?, idx.len())),
             Some(&mut val),
@@ -380,6 +518,7 @@ mod fit_tests {
                 vars: map.all_vars(),
                 map: &map,
                 quiet: true,
+                checkpoint: None,
             },
             |items, step| Ok((items.to_vec(), step)),
             |(items, prepared_at): (Vec<usize>, u64), step| {
@@ -405,6 +544,7 @@ mod fit_tests {
                 vars: map.all_vars(),
                 map: &map,
                 quiet: true,
+                checkpoint: None,
             },
             |_, step| {
                 if step == 1 {
@@ -432,6 +572,7 @@ mod fit_tests {
                 vars: map.all_vars(),
                 map: &map,
                 quiet: true,
+                checkpoint: None,
             },
             |items, _| Ok(items.len()),
             |n: usize, _| {
@@ -443,5 +584,78 @@ mod fit_tests {
         .unwrap();
         assert_eq!(sizes, vec![3, 3, 3, 3]);
         assert_eq!(rep.step_loss.len(), 4);
+    }
+
+    /// A run killed after some epochs and continued from its checkpoint ends
+    /// with the weights and history of one never interrupted.
+    #[test]
+    fn a_killed_run_continues_to_the_same_end() {
+        let cfg = FitConfig {
+            epochs: 8,
+            batch_size: 3,
+            lr: 0.05,
+            weight_decay: 0.01,
+            warmup_fraction: 0.2,
+            patience: Some(3),
+            seed: 5,
+            drop_last: false,
+        };
+        let target = Tensor::new(&[1f32, -2.0, 3.0, 0.5], &Device::Cpu).unwrap();
+        // One run: `kill_at` makes a step fail like a killed process.
+        let train = |dir: Option<&std::path::Path>, kill_at: Option<u64>| {
+            let map = candle_nn::VarMap::new();
+            let vb = crate::params::seeded_var_builder(&map, 0, &Device::Cpu);
+            let w = vb.get(4, "w").unwrap();
+            let store = dir.map(|d| super::super::DirCheckpoint {
+                dir: d.to_path_buf(),
+                key: serde_json::json!({"stage": "test"}),
+                device: Device::Cpu,
+            });
+            let (w2, t2) = (w.clone(), target.clone());
+            // A pure function of the weights, as a real validation loss is.
+            let mut val = || -> Result<f64> {
+                let d = (&w2 - &t2)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+                Ok(f64::from(d).sin().abs())
+            };
+            let rep = fit(
+                FitRun {
+                    cfg: &cfg,
+                    stage: "test",
+                    n_items: 10,
+                    vars: map.all_vars(),
+                    map: &map,
+                    quiet: true,
+                    checkpoint: store.as_ref().map(|s| s as &dyn EpochCheckpoint),
+                },
+                |idx, step| {
+                    if Some(step) == kill_at {
+                        return Err(Error::invalid("test", "killed"));
+                    }
+                    let scale = idx.iter().sum::<usize>() as f64 / 10.0;
+                    Ok((((&w - &target)?.sqr()?.sum_all()? * scale)?, idx.len()))
+                },
+                Some(&mut val),
+            );
+            (rep, w.to_vec1::<f32>().unwrap())
+        };
+        let (whole, w_whole) = train(None, None);
+        let whole = whole.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("progress");
+        assert!(
+            train(Some(&ck), Some(9)).0.is_err(),
+            "the first run dies in epoch 3"
+        );
+        assert!(ck.join("state.json").is_file());
+        let (resumed, w_resumed) = train(Some(&ck), None);
+        let resumed = resumed.unwrap();
+        assert_eq!(w_resumed, w_whole);
+        assert_eq!(resumed.train_loss, whole.train_loss);
+        assert_eq!(resumed.val_loss, whole.val_loss);
+        assert_eq!(resumed.step_loss, whole.step_loss);
+        assert_eq!(
+            (resumed.epochs_run, resumed.best_epoch),
+            (whole.epochs_run, whole.best_epoch)
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! generic loop that uses them ([`fit()`], in `fit.rs`).
 
 mod fit;
+mod resume;
 pub use fit::*;
+pub use resume::{DirCheckpoint, EpochCheckpoint, Saved};
 
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
@@ -111,6 +113,17 @@ impl Trainer {
     pub fn current_lr(&self) -> f64 {
         self.schedule.lr_at(self.step)
     }
+
+    /// The optimizer's state ([`AdamW::state`]); `None` off the CPU.
+    pub fn state(&self) -> Option<selfsup_kernels::adamw::AdamWState> {
+        self.opt.state()
+    }
+
+    /// Continues from a [`Trainer::state`] taken after `steps` steps.
+    pub fn restore(&mut self, state: selfsup_kernels::adamw::AdamWState) -> Result<()> {
+        self.step = state.0;
+        Ok(self.opt.restore(state)?)
+    }
 }
 
 /// Fails with [`Error::NonFinite`] when `value` is NaN or infinite.
@@ -179,6 +192,16 @@ impl EarlyStopping {
     /// Best loss seen so far.
     pub fn best(&self) -> f64 {
         self.best
+    }
+
+    /// (best loss, evaluations since it), to continue from later.
+    pub fn state(&self) -> (f64, usize) {
+        (self.best, self.bad)
+    }
+
+    /// Continues from a [`EarlyStopping::state`].
+    pub fn restore(&mut self, (best, bad): (f64, usize)) {
+        (self.best, self.bad) = (best, bad);
     }
 }
 
