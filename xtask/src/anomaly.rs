@@ -1,7 +1,7 @@
 //! `anomaly`: transformation-prediction anomaly detection, configured by an
 //! [`AnomalySpec`] laid over the defaults in layers like the pipeline's.
 
-use crate::spec_args::{assign_all, print_written, set_given};
+use crate::spec_args::{assign_all, int, ints, path, print_written, set_given};
 use anyhow::Result;
 use clap::Args;
 use selfsup::core::device::parse_device;
@@ -117,24 +117,6 @@ pub struct AnomalyArgs {
     /// Output directory (experiment.toml, report.json, report.md, figures/).
     #[arg(long, default_value = "models/anomaly")]
     out: PathBuf,
-}
-
-fn int(v: Option<usize>) -> Option<Value> {
-    v.map(|n| Value::Integer(n as i64))
-}
-
-fn ints<T: Copy + TryInto<i64>>(v: &Option<Vec<T>>) -> Option<Value> {
-    v.as_ref().map(|v| {
-        Value::Array(
-            v.iter()
-                .map(|&n| Value::Integer(n.try_into().unwrap_or(i64::MAX)))
-                .collect(),
-        )
-    })
-}
-
-fn path(p: &Option<PathBuf>) -> Option<Value> {
-    p.as_ref().map(|p| Value::String(p.display().to_string()))
 }
 
 impl AnomalyArgs {

@@ -193,13 +193,34 @@ fn switch(on: bool, value: bool) -> Option<Value> {
     on.then_some(Value::Boolean(value))
 }
 
-fn list<T: Clone + Into<Value>>(v: &Option<Vec<T>>) -> Option<Value> {
+/// A list flag's values as a spec array.
+pub fn list<T: Clone + Into<Value>>(v: &Option<Vec<T>>) -> Option<Value> {
     v.as_ref()
         .map(|v| Value::Array(v.iter().cloned().map(Into::into).collect()))
 }
 
-fn int(v: Option<usize>) -> Option<Value> {
-    v.map(|n| Value::Integer(n as i64))
+/// A count or seed as a spec integer. One beyond TOML's integers (above
+/// 2^63 - 1) becomes a string, which the spec then refuses by its path.
+fn integer<T: Copy + TryInto<i64> + ToString>(n: T) -> Value {
+    n.try_into()
+        .map(Value::Integer)
+        .unwrap_or_else(|_| Value::String(n.to_string()))
+}
+
+/// A numeric flag's value as a spec integer, if the flag was given.
+pub fn int<T: Copy + TryInto<i64> + ToString>(v: Option<T>) -> Option<Value> {
+    v.map(integer)
+}
+
+/// A numeric list flag's values as a spec array of integers.
+pub fn ints<T: Copy + TryInto<i64> + ToString>(v: &Option<Vec<T>>) -> Option<Value> {
+    v.as_ref()
+        .map(|v| Value::Array(v.iter().copied().map(integer).collect()))
+}
+
+/// A path flag's value as a spec string.
+pub fn path(p: &Option<std::path::PathBuf>) -> Option<Value> {
+    p.as_ref().map(|p| Value::String(p.display().to_string()))
 }
 
 impl SpecArgs {
@@ -218,12 +239,7 @@ impl SpecArgs {
                 "data.pretrain_all_classes",
                 switch(self.pretrain_selected_only, false),
             ),
-            (
-                "backbone.widths",
-                self.widths
-                    .as_ref()
-                    .map(|w| Value::Array(w.iter().map(|&n| Value::Integer(n as i64)).collect())),
-            ),
+            ("backbone.widths", ints(&self.widths)),
             ("backbone.depth", int(self.depth)),
             ("backbone.width", int(self.resnet_width)),
             ("backbone.width_multiplier", some(self.width_multiplier)),
@@ -399,16 +415,11 @@ pub fn extra_settings(pairs: Vec<(&str, Option<Value>)>) -> Vec<(String, Value)>
         .collect()
 }
 
-/// A list flag's values as a spec array.
-pub fn array<T: Clone + Into<Value>>(v: &Option<Vec<T>>) -> Option<Value> {
-    list(v)
-}
-
 /// `--epochs`: every method's maximum epochs.
 pub fn every_method_epochs(epochs: Option<usize>) -> Vec<(String, Value)> {
     let Some(e) = epochs else { return Vec::new() };
     selfsup::methods::names()
         .into_iter()
-        .map(|m| (format!("methods.{m}.epochs"), Value::Integer(e as i64)))
+        .map(|m| (format!("methods.{m}.epochs"), integer(e)))
         .collect()
 }

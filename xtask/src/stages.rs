@@ -1,7 +1,7 @@
 //! `pipeline`, `pretrain`, `transfer` and `evaluate`: the commands that
 //! resolve an experiment spec and run all or one of its stages.
 
-use crate::spec_args::{array, every_method_epochs, extra_settings, RunArgs, SpecArgs};
+use crate::spec_args::{every_method_epochs, extra_settings, ints, list, RunArgs, SpecArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use selfsup::core::device::parse_device;
@@ -49,28 +49,14 @@ pub struct PipelineArgs {
     resume: bool,
 }
 
-fn usizes(v: &Option<Vec<usize>>) -> Option<Value> {
-    array(
-        &v.as_ref()
-            .map(|v| v.iter().map(|&n| n as i64).collect::<Vec<_>>()),
-    )
-}
-
-fn seeds(v: &Option<Vec<u64>>) -> Option<Value> {
-    array(
-        &v.as_ref()
-            .map(|v| v.iter().map(|&n| n as i64).collect::<Vec<_>>()),
-    )
-}
-
 impl PipelineArgs {
     /// The run's spec: the layers and this command's own flags.
     pub fn experiment(&self) -> Result<Experiment> {
         let mut extra = every_method_epochs(self.epochs);
         extra.extend(extra_settings(vec![
-            ("pretrain.methods", array(&self.pretext)),
-            ("split.labels_per_class", usizes(&self.labels_per_class)),
-            ("split.seeds", seeds(&self.seeds)),
+            ("pretrain.methods", list(&self.pretext)),
+            ("split.labels_per_class", ints(&self.labels_per_class)),
+            ("split.seeds", ints(&self.seeds)),
             (
                 "pretrain.per_seed",
                 self.pretrain_per_seed.then_some(Value::Boolean(true)),
@@ -130,14 +116,8 @@ fn single_stage_spec(
     mut extra: Vec<(String, Value)>,
 ) -> Result<Experiment> {
     extra.extend(extra_settings(vec![
-        (
-            "split.seeds",
-            seed.map(|s| Value::Array(vec![Value::Integer(s as i64)])),
-        ),
-        (
-            "split.labels_per_class",
-            k.map(|k| Value::Array(vec![Value::Integer(k as i64)])),
-        ),
+        ("split.seeds", ints(&seed.map(|s| vec![s]))),
+        ("split.labels_per_class", ints(&k.map(|k| vec![k]))),
     ]));
     spec.resolve(None, &extra)
 }

@@ -1,6 +1,6 @@
 //! `text`: masked-token pretraining of a small BERT, or `--fill`.
 
-use crate::spec_args::{assign_all, print_written, set_given};
+use crate::spec_args::{assign_all, int, print_written, set_given};
 use anyhow::{bail, Result};
 use clap::Args;
 use selfsup::core::device::parse_device;
@@ -99,7 +99,6 @@ impl TextArgs {
         if let Some(f) = &self.config {
             layers.file_as::<TextConfig>(f)?;
         }
-        let int = |v: Option<usize>| v.map(|n| Value::Integer(n as i64));
         let table = [
             ("steps", int(self.steps)),
             ("batch_size", int(self.batch)),
@@ -113,7 +112,7 @@ impl TextArgs {
             ("eval_passes", int(self.eval_passes)),
             ("warmup_fraction", self.warmup.map(Value::from)),
             ("heldout_fraction", self.heldout_fraction.map(Value::from)),
-            ("seed", self.seed.map(|s| Value::Integer(s as i64))),
+            ("seed", int(self.seed)),
         ];
         set_given(&mut layers, table)?;
         assign_all(&mut layers, &self.set)?;
