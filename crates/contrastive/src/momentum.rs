@@ -25,11 +25,7 @@ pub struct MomentumTarget {
 impl MomentumTarget {
     /// The target's variables by name, sorted.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let data = self.map.data().lock().expect("var map poisoned");
-        let mut vars: Vec<(String, Var)> =
-            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        params::named_vars(&self.map)
     }
 
     /// Builds the copy and initialises it to the online weights. The
@@ -52,15 +48,7 @@ impl MomentumTarget {
         )?;
         let online = ctx.online.data().lock().expect("var map poisoned");
         let mut pairs = Vec::new();
-        let mut targets: Vec<(String, Var)> = map
-            .data()
-            .lock()
-            .expect("var map poisoned")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        targets.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, t) in targets {
+        for (name, t) in params::named_vars(&map) {
             let o = online.get(&name).ok_or_else(|| {
                 Error::invalid("momentum target", format!("online network has no {name}"))
             })?;

@@ -102,30 +102,32 @@ pub fn seeded_var_builder(map: &VarMap, seed: u64, device: &Device) -> VarBuilde
     VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone())
 }
 
+/// Every variable of `map` (BatchNorm running statistics included) with
+/// its name, sorted by name.
+pub fn named_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let data = map.data().lock().expect("var map poisoned");
+    let mut named: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
 /// The variables of `map` whose names start with `prefix`, sorted by name
 /// (for optimisers that train only part of a model).
 pub fn vars_with_prefix(map: &VarMap, prefix: &str) -> Vec<Var> {
-    let data = map.data().lock().expect("var map poisoned");
-    let mut named: Vec<_> = data
-        .iter()
+    named_vars(map)
+        .into_iter()
         .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named.into_iter().map(|(_, v)| v).collect()
+        .map(|(_, v)| v)
+        .collect()
 }
 
 /// The trainable variables of `map` (BatchNorm running statistics excluded),
 /// sorted by name.
 pub fn trainable_vars(map: &VarMap) -> Vec<(String, Var)> {
-    let data = map.data().lock().expect("var map poisoned");
-    let mut named: Vec<_> = data
-        .iter()
+    named_vars(map)
+        .into_iter()
         .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named
+        .collect()
 }
 
 /// Largest `|a - b|` over the elements of two tensors of one shape (used

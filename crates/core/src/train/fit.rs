@@ -6,6 +6,7 @@ use super::{
     check_finite, EarlyStopping, EpochCheckpoint, LrSchedule, Progress, Saved, StopDecision,
     Trainer,
 };
+use crate::params::named_vars;
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use std::collections::HashMap;
@@ -302,14 +303,6 @@ struct LoopState<'a> {
     stopper: &'a EarlyStopping,
     best: Option<&'a [(Var, Tensor)]>,
     report: &'a FitReport,
-}
-
-/// The variables of `map` by name.
-fn named_vars(map: &candle_nn::VarMap) -> Vec<(String, Var)> {
-    let data = map.data().lock().expect("var map poisoned");
-    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars
 }
 
 /// Saves the state after an epoch (nothing when the optimizer's state
