@@ -2,7 +2,7 @@
 //! the same layers as the pipeline's spec (defaults, `--preset`,
 //! `--config`, flags, `--set`), one flat table of keys named as the flags.
 
-use super::BackboneSpec;
+use super::{report_field, BackboneSpec};
 use crate::anomaly::TransformSet;
 use crate::anomaly_run::AnomalyOptions;
 use crate::core::Result;
@@ -152,51 +152,36 @@ impl AnomalySpec {
     /// before `experiment.toml` existed (the detector's epochs are the ones
     /// it ran, where the run may have asked for the automatic 0).
     pub fn from_report(report: &serde_json::Value, path: &std::path::Path) -> Result<Self> {
-        let bad = |msg: String| crate::core::Error::Format {
-            path: path.to_path_buf(),
-            msg,
+        let protocol: String = report_field(report, "anomaly", "/protocol", path)?;
+        let dataset = match protocol.as_str() {
+            "one-class" => report_field(report, "anomaly", "/dataset", path)?,
+            _ => Self::default().dataset,
         };
-        let get = |pointer: &str| -> Result<&serde_json::Value> {
-            report
-                .pointer(pointer)
-                .ok_or_else(|| bad(format!("no `{pointer}`: not an anomaly report.json")))
-        };
-        let from = |pointer: &str| -> Result<serde_json::Value> { Ok(get(pointer)?.clone()) };
-        let read = |v: serde_json::Value, what: &str| -> Result<Self> {
-            serde_json::from_value(v).map_err(|e| bad(format!("{what}: {e}")))
-        };
-        let mut s = Self::default();
-        let protocol = from("/protocol")?;
-        s.protocol = protocol.as_str().unwrap_or_default().to_string();
-        if s.protocol == "one-class" {
-            s.dataset = from("/dataset")?.as_str().unwrap_or_default().to_string();
-        }
-        let c = from("/config")?;
         let backbone: crate::backbones::BackboneConfig =
-            serde_json::from_value(c["backbone"].clone())
-                .map_err(|e| bad(format!("config.backbone: {e}")))?;
-        let fit = &c["detector"]["fit"];
-        let fields = serde_json::json!({
-            "protocol": s.protocol,
-            "dataset": s.dataset,
-            "classes": c["classes"],
-            "max_normal": c["max_normal"],
-            "max_test": c["max_test"],
-            "size": c["size"],
-            "channels": c["channels"],
-            "train_fraction": c["train_fraction"],
-            "transforms": from("/transforms")?,
-            "score": from("/score")?,
-            "seeds": from("/seeds")?,
-            "epochs": fit["epochs"],
-            "batch": fit["batch_size"],
-            "lr": fit["lr"],
-            "knn_k": c["detector"]["knn_k"],
-            "eval_batch": c["detector"]["eval_batch"],
-        });
-        let mut s = read(fields, "config")?;
-        s.backbone = BackboneSpec::from_config(&backbone);
-        s.init = c["init"].as_str().map(PathBuf::from);
-        Ok(s)
+            report_field(report, "anomaly", "/config/backbone", path)?;
+        Ok(Self {
+            protocol,
+            dataset,
+            classes: report_field(report, "anomaly", "/config/classes", path)?,
+            max_normal: report_field(report, "anomaly", "/config/max_normal", path)?,
+            max_test: report_field(report, "anomaly", "/config/max_test", path)?,
+            normal: None,
+            anomalies: None,
+            normal_test: None,
+            size: report_field(report, "anomaly", "/config/size", path)?,
+            channels: report_field(report, "anomaly", "/config/channels", path)?,
+            train_fraction: report_field(report, "anomaly", "/config/train_fraction", path)?,
+            transforms: report_field(report, "anomaly", "/transforms", path)?,
+            score: report_field(report, "anomaly", "/score", path)?,
+            seeds: report_field(report, "anomaly", "/seeds", path)?,
+            backbone: BackboneSpec::from_config(&backbone),
+            init: report_field(report, "anomaly", "/config/init", path)?,
+            epochs: report_field(report, "anomaly", "/config/detector/fit/epochs", path)?,
+            batch: report_field(report, "anomaly", "/config/detector/fit/batch_size", path)?,
+            lr: report_field(report, "anomaly", "/config/detector/fit/lr", path)?,
+            knn_k: report_field(report, "anomaly", "/config/detector/knn_k", path)?,
+            eval_batch: report_field(report, "anomaly", "/config/detector/eval_batch", path)?,
+            save_detectors: false,
+        })
     }
 }

@@ -3,7 +3,7 @@
 //! recipe files keep working. It converts to and from the nested
 //! [`Experiment`], which is what runs.
 
-use super::{BackboneSpec, Experiment, ViewAugment};
+use super::{report_field, BackboneSpec, Experiment, ViewAugment};
 use crate::contrastive::SiameseConfig;
 use crate::core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -466,22 +466,6 @@ fn legacy_backbone(b: &BackboneSpec) -> ((Vec<usize>, usize), usize, f64) {
     out
 }
 
-/// The field `key` of a report, read as a `T`; errors name the file.
-fn report_field<T: serde::de::DeserializeOwned>(
-    report: &serde_json::Value,
-    key: &str,
-    path: &Path,
-) -> Result<T> {
-    let bad = |msg: String| Error::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let v = report
-        .pointer(key)
-        .ok_or_else(|| bad(format!("no `{key}`: not a pipeline report.json")))?;
-    serde_json::from_value(v.clone()).map_err(|e| bad(format!("`{key}`: {e}")))
-}
-
 impl Experiment {
     /// The spec of a run from its report.json, for runs made before
     /// `experiment.toml` existed: dataset, backbone, methods, label budgets
@@ -490,22 +474,22 @@ impl Experiment {
     /// defaults), and the protocols that appear in its results.
     pub fn from_report(report: &serde_json::Value, path: &Path) -> Result<Self> {
         let mut e = Experiment::default();
-        let dataset: String = report_field(report, "/dataset", path)?;
+        let dataset: String = report_field(report, "pipeline", "/dataset", path)?;
         // A class selection is written as `name[a,b]`.
         e.data.dataset = dataset.split('[').next().unwrap_or(&dataset).to_string();
-        let backbone: String = report_field(report, "/backbone", path)?;
+        let backbone: String = report_field(report, "pipeline", "/backbone", path)?;
         e.backbone = BackboneSpec::from_name(&backbone).map_err(|err| Error::Format {
             path: path.to_path_buf(),
             msg: err.to_string(),
         })?;
-        e.pretrain.methods = report_field(report, "/pretext", path)?;
-        e.split.seeds = report_field(report, "/seeds", path)?;
-        e.split.labels_per_class = report_field(report, "/labels_per_class", path)?;
-        e.data.max_train = report_field(report, "/config/max_train", path)?;
-        e.data.max_test = report_field(report, "/config/max_test", path)?;
-        let recipe: Recipe = report_field(report, "/config/recipe", path)?;
+        e.pretrain.methods = report_field(report, "pipeline", "/pretext", path)?;
+        e.split.seeds = report_field(report, "pipeline", "/seeds", path)?;
+        e.split.labels_per_class = report_field(report, "pipeline", "/labels_per_class", path)?;
+        e.data.max_train = report_field(report, "pipeline", "/config/max_train", path)?;
+        e.data.max_test = report_field(report, "pipeline", "/config/max_test", path)?;
+        let recipe: Recipe = report_field(report, "pipeline", "/config/recipe", path)?;
         let mut e = recipe.into_experiment(e);
-        let rows: Vec<serde_json::Value> = report_field(report, "/results", path)?;
+        let rows: Vec<serde_json::Value> = report_field(report, "pipeline", "/results", path)?;
         let ran: Vec<&str> = rows.iter().filter_map(|r| r["protocol"].as_str()).collect();
         if !ran.is_empty() {
             e.protocols.run = super::PROTOCOLS

@@ -533,6 +533,24 @@ pub enum ViewAugment {
     Custom(Pipeline),
 }
 
+/// The field at `pointer` of a `kind` report (`pipeline`, `anomaly`), read
+/// as a `T`; errors name the file and the field.
+pub(crate) fn report_field<T: serde::de::DeserializeOwned>(
+    report: &serde_json::Value,
+    kind: &str,
+    pointer: &str,
+    path: &std::path::Path,
+) -> Result<T> {
+    let bad = |msg: String| Error::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let v = report
+        .pointer(pointer)
+        .ok_or_else(|| bad(format!("no `{pointer}`: not a {kind} report.json")))?;
+    serde_json::from_value(v.clone()).map_err(|e| bad(format!("`{pointer}`: {e}")))
+}
+
 impl ViewAugment {
     /// `auto`: the SimCLR view preset for the image size.
     pub fn auto() -> Self {
