@@ -20,6 +20,20 @@ pub struct Prepared {
     pub skipped_images: usize,
 }
 
+impl Prepared {
+    /// `pair` with its input normalisation fitted on every training image.
+    fn fitted(pair: DatasetPair, skipped_images: usize) -> Self {
+        let all: Vec<usize> = (0..pair.train.len()).collect();
+        let norm = batch::fit_normalization(&pair.train, &all);
+        Self {
+            pair,
+            norm,
+            all_classes: None,
+            skipped_images,
+        }
+    }
+}
+
 /// The training set before a class selection, kept as the pretraining
 /// source.
 pub struct AllClasses {
@@ -57,14 +71,7 @@ pub fn prepare(
             format!("{dataset}: images are {h}x{w}; selfsup needs square images of at least 8x8"),
         ));
     }
-    let all: Vec<usize> = (0..pair.train.len()).collect();
-    let norm = batch::fit_normalization(&pair.train, &all);
-    Ok(Prepared {
-        pair,
-        norm,
-        all_classes: None,
-        skipped_images: 0,
-    })
+    Ok(Prepared::fitted(pair, 0))
 }
 
 /// Keeps only the named classes of both splits (relabelled 0..n in the
@@ -127,14 +134,7 @@ pub fn select_classes(prep: Prepared, classes: &[String], keep_all: bool) -> Res
             skipped_images: prep.skipped_images,
         });
     }
-    let all: Vec<usize> = (0..pair.train.len()).collect();
-    let norm = batch::fit_normalization(&pair.train, &all);
-    Ok(Prepared {
-        pair,
-        norm,
-        all_classes: None,
-        skipped_images: 0,
-    })
+    Ok(Prepared::fitted(pair, prep.skipped_images))
 }
 
 /// The pretraining pool: training images outside the labeled split (for
