@@ -274,7 +274,7 @@ pub fn fit_prefetched<B: Send>(
                 "epoch done"
             );
         }
-        if let Some(c) = checkpoint {
+        if let Some(c) = checkpoint.filter(|c| c.due(epoch + 1)) {
             let state = LoopState {
                 map,
                 trainer: &trainer,
@@ -580,7 +580,8 @@ mod fit_tests {
     }
 
     /// A run killed after some epochs and continued from its checkpoint ends
-    /// with the weights and history of one never interrupted.
+    /// with the weights and history of one never interrupted, whether the
+    /// state was kept after every epoch or every second one.
     #[test]
     fn a_killed_run_continues_to_the_same_end() {
         let cfg = FitConfig {
@@ -595,7 +596,7 @@ mod fit_tests {
         };
         let target = Tensor::new(&[1f32, -2.0, 3.0, 0.5], &Device::Cpu).unwrap();
         // One run: `kill_at` makes a step fail like a killed process.
-        let train = |dir: Option<&std::path::Path>, kill_at: Option<u64>| {
+        let train = |dir: Option<&std::path::Path>, every: usize, kill_at: Option<u64>| {
             let map = candle_nn::VarMap::new();
             let vb = crate::params::seeded_var_builder(&map, 0, &Device::Cpu);
             let w = vb.get(4, "w").unwrap();
@@ -603,6 +604,7 @@ mod fit_tests {
                 dir: d.to_path_buf(),
                 key: serde_json::json!({"stage": "test"}),
                 device: Device::Cpu,
+                every,
             });
             let (w2, t2) = (w.clone(), target.clone());
             // A pure function of the weights, as a real validation loss is.
@@ -631,24 +633,30 @@ mod fit_tests {
             );
             (rep, w.to_vec1::<f32>().unwrap())
         };
-        let (whole, w_whole) = train(None, None);
+        let (whole, w_whole) = train(None, 1, None);
         let whole = whole.unwrap();
+        // 4 steps an epoch: step 13 is in epoch 4.
+        for (every, kept) in [(1, 3), (2, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let ck = dir.path().join("progress");
+            assert!(train(Some(&ck), every, Some(13)).0.is_err(), "it dies");
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(ck.join("state.json")).unwrap()).unwrap();
+            assert_eq!(state["epochs_done"], kept, "every {every}");
+            let (resumed, w_resumed) = train(Some(&ck), every, None);
+            let resumed = resumed.unwrap();
+            assert_eq!(w_resumed, w_whole);
+            assert_eq!(resumed.train_loss, whole.train_loss);
+            assert_eq!(resumed.val_loss, whole.val_loss);
+            assert_eq!(resumed.step_loss, whole.step_loss);
+            assert_eq!(
+                (resumed.epochs_run, resumed.best_epoch),
+                (whole.epochs_run, whole.best_epoch)
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let ck = dir.path().join("progress");
-        assert!(
-            train(Some(&ck), Some(9)).0.is_err(),
-            "the first run dies in epoch 3"
-        );
-        assert!(ck.join("state.json").is_file());
-        let (resumed, w_resumed) = train(Some(&ck), None);
-        let resumed = resumed.unwrap();
-        assert_eq!(w_resumed, w_whole);
-        assert_eq!(resumed.train_loss, whole.train_loss);
-        assert_eq!(resumed.val_loss, whole.val_loss);
-        assert_eq!(resumed.step_loss, whole.step_loss);
-        assert_eq!(
-            (resumed.epochs_run, resumed.best_epoch),
-            (whole.epochs_run, whole.best_epoch)
-        );
+        assert!(train(Some(&ck), 0, Some(13)).0.is_err());
+        assert!(!ck.exists(), "every 0 keeps nothing");
     }
 }

@@ -5,7 +5,7 @@
 mod fit;
 mod resume;
 pub use fit::*;
-pub use resume::{DirCheckpoint, EpochCheckpoint, Saved};
+pub use resume::{DirCheckpoint, EpochCheckpoint, Saved, WithMeta};
 
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
@@ -23,6 +23,9 @@ pub struct StageRun<'a> {
     pub quiet: bool,
     /// The stage's name (`finetune/simclr`).
     pub stage: &'a str,
+    /// Keep the loop's state between epochs here, and continue from what
+    /// a killed run of the same stage left (see [`FitRun::checkpoint`]).
+    pub checkpoint: Option<&'a dyn EpochCheckpoint>,
 }
 
 /// Linear warmup from 0 to `base_lr` over `warmup_steps`, then cosine decay

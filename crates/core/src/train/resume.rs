@@ -33,6 +33,49 @@ pub trait EpochCheckpoint {
     fn load(&self) -> Result<Option<Saved>>;
     /// Keeps the state after an epoch (replacing the previous one).
     fn save(&self, saved: Saved) -> Result<()>;
+    /// Whether to keep the state after `epochs_done` epochs (every epoch
+    /// unless a store says otherwise).
+    fn due(&self, epochs_done: usize) -> bool {
+        let _ = epochs_done;
+        true
+    }
+}
+
+/// A store that adds one caller's own state to [`Saved::meta`] under `key`
+/// (say, a history a validation closure keeps), and puts it back on load.
+pub struct WithMeta<'a, T> {
+    /// The store underneath.
+    pub inner: &'a dyn EpochCheckpoint,
+    /// The field of `meta`.
+    pub key: &'static str,
+    /// The state, shared with the closure that updates it.
+    pub state: &'a std::cell::RefCell<T>,
+}
+
+impl<T: Serialize + serde::de::DeserializeOwned> EpochCheckpoint for WithMeta<'_, T> {
+    fn load(&self) -> Result<Option<Saved>> {
+        let Some(saved) = self.inner.load()? else {
+            return Ok(None);
+        };
+        let value = serde_json::from_value(saved.meta[self.key].clone()).map_err(|e| {
+            Error::invalid(
+                "checkpoint",
+                format!("the saved state's {} cannot be read: {e}", self.key),
+            )
+        })?;
+        *self.state.borrow_mut() = value;
+        Ok(Some(saved))
+    }
+
+    fn save(&self, mut saved: Saved) -> Result<()> {
+        saved.meta[self.key] = serde_json::to_value(&*self.state.borrow())
+            .map_err(|e| Error::invalid("checkpoint", e.to_string()))?;
+        self.inner.save(saved)
+    }
+
+    fn due(&self, epochs_done: usize) -> bool {
+        self.inner.due(epochs_done)
+    }
 }
 
 /// `state.json` of a [`DirCheckpoint`].
@@ -57,6 +100,8 @@ pub struct DirCheckpoint {
     pub key: serde_json::Value,
     /// Where loaded tensors go.
     pub device: Device,
+    /// Keep the state after every `every`-th epoch (0: never).
+    pub every: usize,
 }
 
 impl EpochCheckpoint for DirCheckpoint {
@@ -98,5 +143,9 @@ impl EpochCheckpoint for DirCheckpoint {
                 .map_err(|e| Error::format(&path, e.to_string()))?;
             crate::fsutil::write_json_atomic(&tmp.join("state.json"), &file)
         })
+    }
+
+    fn due(&self, epochs_done: usize) -> bool {
+        self.every > 0 && epochs_done % self.every == 0
     }
 }
