@@ -4,37 +4,10 @@
 use super::context::Stage;
 use super::pretrain::{pretrain_stage_config, Excluded, PretrainMetrics, PretrainOutcome};
 use crate::backbones::checkpoint::StageConfig;
+use crate::core::jsondiff::first_difference;
 use crate::core::report::PretrainSummary;
 use crate::core::{Error, Result};
 use std::path::Path;
-
-/// The first place where two JSON values differ, as a dotted path (`None`
-/// when they are equal).
-fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| {
-                let sub = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match (x.get(k), y.get(k)) {
-                    (Some(u), Some(v)) => first_difference(u, v, &sub),
-                    _ => Some(sub),
-                }
-            })
-        }
-        _ if a == b => None,
-        _ => Some(if path.is_empty() {
-            "(root)".into()
-        } else {
-            path.into()
-        }),
-    }
-}
 
 /// With `--resume`: the finished pretraining stage in `dir`, if there is
 /// one, as the outcome [`super::pretrain_stage`] would have returned. A

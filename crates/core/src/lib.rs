@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod jsondiff;
 pub mod layout;
 pub mod metrics;
 pub mod output;

@@ -5,8 +5,11 @@
 //! runs before any work, and creates the directory, so an `--out` that is a
 //! file or cannot be written is found at once.
 //!
-//! A run directory carries [`MARKER_FILE`]: the command that wrote it and
-//! whether it finished ([`RunState`]).
+//! A run directory carries [`MARKER_FILE`]: the command that wrote it,
+//! its spec, and whether it finished ([`RunState`]). `--resume` continues
+//! only a run of the same spec; another spec is refused, naming the first
+//! setting that differs, unless the command allows it
+//! ([`Policy::other_spec`]).
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -34,6 +37,9 @@ pub struct RunMarker {
     pub command: String,
     /// Whether it finished.
     pub state: RunState,
+    /// The spec it ran (absent in markers of older runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
 }
 
 /// What an output path holds.
@@ -59,6 +65,9 @@ pub struct Policy {
     pub force: bool,
     /// Keep it and continue (the command decides what it reuses).
     pub resume: bool,
+    /// With `resume`: continue it under another spec (the command reuses
+    /// only what still matches) instead of refusing.
+    pub other_spec: bool,
 }
 
 /// Reads the marker of `dir`, if it has one.
@@ -102,21 +111,54 @@ pub fn inspect(path: &Path) -> Result<Existing> {
 }
 
 /// Writes the marker of `dir` (atomically).
-pub fn mark(dir: &Path, command: &str, state: RunState) -> Result<()> {
+pub fn mark(
+    dir: &Path,
+    command: &str,
+    state: RunState,
+    spec: Option<&serde_json::Value>,
+) -> Result<()> {
     let m = RunMarker {
         tool: "selfsup".into(),
         command: command.into(),
         state,
+        spec: spec.cloned(),
     };
     crate::fsutil::write_json_atomic(&dir.join(MARKER_FILE), &m)
 }
 
+/// With `--resume`: refuses to continue, in `out`, a run whose marker
+/// records a spec other than `spec`, naming the first differing setting.
+fn check_same_spec(out: &Path, earlier: &RunMarker, spec: &serde_json::Value) -> Result<()> {
+    use crate::jsondiff::{at, first_difference};
+    let Some(old) = &earlier.spec else {
+        return Ok(()); // an older run: nothing to compare with
+    };
+    match first_difference(old, spec, "") {
+        None => Ok(()),
+        Some(key) => Err(Error::invalid(
+            out.join(MARKER_FILE).display().to_string(),
+            format!(
+                "--resume continues a run with the same spec, and {key} differs (it ran with {}, now {}); \
+                 run it with the spec it had (its experiment.toml), or give --force to start over, or another --out",
+                at(old, &key),
+                at(spec, &key)
+            ),
+        )),
+    }
+}
+
 /// Claims `out` for `command` under `policy` before any work: refuses a
 /// file, a foreign directory, or an earlier selfsup output without
-/// `--force`/`--resume`; with `--force` empties it; creates it; removes
+/// `--force`/`--resume` (and with `--resume`, one of another `spec` unless
+/// [`Policy::other_spec`]); with `--force` empties it; creates it; removes
 /// temporary directories an interrupted save left in it; and marks it
-/// [`RunState::Running`].
-pub fn claim(out: &Path, command: &str, policy: Policy) -> Result<()> {
+/// [`RunState::Running`] with `spec`.
+pub fn claim(
+    out: &Path,
+    command: &str,
+    policy: Policy,
+    spec: Option<&serde_json::Value>,
+) -> Result<()> {
     let refuse = |msg: String| Err(Error::invalid(out.display().to_string(), msg));
     match inspect(out)? {
         Existing::NotADirectory => {
@@ -140,16 +182,23 @@ pub fn claim(out: &Path, command: &str, policy: Policy) -> Result<()> {
         Existing::Ours(_) if policy.force && !policy.resume => {
             std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
         }
+        Existing::Ours(Some(earlier)) if !policy.other_spec => {
+            if let Some(spec) = spec {
+                check_same_spec(out, &earlier, spec)?;
+            }
+        }
         _ => {}
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     crate::fsutil::remove_stale_temporaries(out)?;
-    mark(out, command, RunState::Running)
+    mark(out, command, RunState::Running, spec)
 }
 
-/// Marks `out` as [`RunState::Complete`].
+/// Marks `out` as [`RunState::Complete`], keeping the spec it was claimed
+/// with.
 pub fn complete(out: &Path, command: &str) -> Result<()> {
-    mark(out, command, RunState::Complete)
+    let spec = marker(out).and_then(|m| m.spec);
+    mark(out, command, RunState::Complete, spec.as_ref())
 }
 
 #[cfg(test)]
@@ -166,10 +215,12 @@ mod tests {
             Policy::default(),
             Policy {
                 force: true,
-                resume: false,
+                ..Policy::default()
             },
         ] {
-            let e = claim(&theirs, "pipeline", policy).unwrap_err().to_string();
+            let e = claim(&theirs, "pipeline", policy, None)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("did not write"), "{e}");
         }
         let file = dir.path().join("notes.txt");
@@ -179,8 +230,9 @@ mod tests {
             "pretrain",
             Policy {
                 force: true,
-                resume: false,
+                ..Policy::default()
             },
+            None,
         )
         .unwrap_err()
         .to_string();
@@ -196,10 +248,10 @@ mod tests {
     fn an_earlier_run_needs_resume_or_force() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("run");
-        claim(&out, "pipeline", Policy::default()).unwrap();
+        claim(&out, "pipeline", Policy::default(), None).unwrap();
         std::fs::write(out.join("report.json"), "{}").unwrap();
         complete(&out, "pipeline").unwrap();
-        let e = claim(&out, "pipeline", Policy::default())
+        let e = claim(&out, "pipeline", Policy::default(), None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -210,9 +262,10 @@ mod tests {
             &out,
             "pipeline",
             Policy {
-                force: false,
                 resume: true,
+                ..Policy::default()
             },
+            None,
         )
         .unwrap();
         assert!(out.join("report.json").exists(), "--resume keeps the run");
@@ -222,8 +275,9 @@ mod tests {
             "pipeline",
             Policy {
                 force: true,
-                resume: false,
+                ..Policy::default()
             },
+            None,
         )
         .unwrap();
         assert!(!out.join("report.json").exists(), "--force replaces it");
@@ -234,12 +288,50 @@ mod tests {
             &out,
             "pipeline",
             Policy {
-                force: false,
                 resume: true,
+                ..Policy::default()
             },
+            None,
         )
         .unwrap();
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn resume_continues_only_the_same_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let spec = serde_json::json!({"transfer": {"epochs": 5, "lr": 0.01}});
+        claim(&out, "pipeline", Policy::default(), Some(&spec)).unwrap();
+        complete(&out, "pipeline").unwrap();
+        assert_eq!(marker(&out).unwrap().spec.as_ref(), Some(&spec));
+        let resume = Policy {
+            resume: true,
+            ..Policy::default()
+        };
+        claim(&out, "pipeline", resume, Some(&spec)).unwrap();
+        let mut other = spec.clone();
+        other["transfer"]["epochs"] = serde_json::json!(6);
+        let e = claim(&out, "pipeline", resume, Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(".selfsup-run.json")
+                && e.contains("transfer.epochs")
+                && e.contains("5, now 6"),
+            "{e}"
+        );
+        assert_eq!(
+            marker(&out).unwrap().spec.as_ref(),
+            Some(&spec),
+            "untouched"
+        );
+        let reuse = Policy {
+            other_spec: true,
+            ..resume
+        };
+        claim(&out, "pipeline", reuse, Some(&other)).unwrap();
+        assert_eq!(marker(&out).unwrap().spec.as_ref(), Some(&other));
     }
 
     #[test]
