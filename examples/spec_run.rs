@@ -26,6 +26,8 @@ fn main() -> selfsup::core::Result<()> {
         device: Device::Cpu,
         quiet: true,
         resume: false,
+        reuse_pretraining: false,
+        checkpoint_every: 1,
         // Running the example again replaces its own earlier output.
         force: true,
     })?;

@@ -282,9 +282,9 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
     let backbone = opts.backbone.config(c);
     let policy = crate::core::output::Policy {
         force: opts.force,
-        resume: false,
+        ..Default::default()
     };
-    crate::core::output::claim(&opts.out, "anomaly", policy)?;
+    crate::core::output::claim(&opts.out, "anomaly", policy, None)?;
     let epochs = if opts.epochs == 0 {
         auto_epochs(opts.transforms)
     } else {

@@ -48,6 +48,8 @@ fn options(spec: Experiment, out: &Path) -> PipelineOptions {
         device: Device::Cpu,
         quiet: true,
         resume: false,
+        reuse_pretraining: false,
+        checkpoint_every: 1,
         force: false,
     }
 }

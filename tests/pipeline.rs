@@ -22,6 +22,7 @@ struct Opts {
     max_train: Option<usize>,
     max_test: Option<usize>,
     resume: bool,
+    reuse_pretraining: bool,
 }
 
 impl Opts {
@@ -45,6 +46,8 @@ fn run(o: &Opts) -> selfsup::core::Result<Report> {
         device: Device::Cpu,
         quiet: true,
         resume: o.resume,
+        reuse_pretraining: o.reuse_pretraining,
+        checkpoint_every: 1,
         force: false,
     })
 }
@@ -92,6 +95,7 @@ fn options(dataset: &str, out: &Path) -> Opts {
         max_train: Some(400),
         max_test: Some(100),
         resume: false,
+        reuse_pretraining: false,
     }
 }
 
@@ -680,9 +684,18 @@ fn resume_reuses_a_matching_pretraining_and_refuses_another() {
     assert!(out.join("figures/rotation-loss.png").is_file());
     assert!(read_json(&out.join("report.json"))["pretraining"][0]["reused"] == true);
 
-    // Other pretraining settings: refused, naming the file and the field,
-    // and the stage is left as it was.
+    // --resume under another spec: refused, naming the first setting that
+    // differs, with everything left as it was.
     o.recipe.pretrain_lr *= 2.0;
+    let e = run(&o).unwrap_err().to_string();
+    assert!(
+        e.contains(".selfsup-run.json") && e.contains("methods.rotation.lr"),
+        "{e}"
+    );
+    // --reuse-pretraining accepts another spec but not another pretraining:
+    // refused, naming the stage's file and the field.
+    o.resume = false;
+    o.reuse_pretraining = true;
     let e = run(&o).unwrap_err().to_string();
     assert!(
         e.contains("pretrain-rotation/config.json") && e.contains("pretrain.fit.lr"),

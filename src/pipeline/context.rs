@@ -4,9 +4,12 @@
 use super::data::Prepared;
 use crate::backbones::checkpoint::StageConfig;
 use crate::backbones::BackboneConfig;
+use crate::core::train::{DirCheckpoint, EpochCheckpoint};
+use crate::core::{Error, Result};
 use crate::finetune::{Images, StageRun};
 use crate::spec::Experiment;
 use candle_core::Device;
+use std::path::{Path, PathBuf};
 
 /// The shared inputs of the stage functions.
 #[derive(Clone, Copy)]
@@ -21,6 +24,20 @@ pub struct Stage<'a> {
     pub device: &'a Device,
     /// No progress bars or per-result lines.
     pub quiet: bool,
+    /// Continue the transfer stages an interrupted run of the same spec
+    /// left mid-way (pretraining has its own flag, as `--reuse-pretraining`
+    /// continues pretrainings but not transfers of another spec).
+    pub resume: bool,
+    /// Keep a stage's training state after every this many epochs (0:
+    /// never), so that a killed run can continue.
+    pub checkpoint_every: usize,
+}
+
+/// Where a stage keeps its training state between epochs until it
+/// finishes: `<dir>/.progress`, inside the stage directory it will write
+/// (which the finished stage then replaces as a whole).
+pub fn progress_dir(dir: &Path) -> PathBuf {
+    dir.join(".progress")
 }
 
 impl Stage<'_> {
@@ -48,13 +65,41 @@ impl Stage<'_> {
         }
     }
 
-    /// How a stage called `stage` runs.
-    pub fn run<'b>(&'b self, stage: &'b str) -> StageRun<'b> {
+    /// How a stage called `stage` runs, keeping its state between epochs
+    /// in `checkpoint` if given.
+    pub fn run<'b>(
+        &'b self,
+        stage: &'b str,
+        checkpoint: Option<&'b DirCheckpoint>,
+    ) -> StageRun<'b> {
         StageRun {
             device: self.device,
             quiet: self.quiet,
             stage,
+            checkpoint: checkpoint.map(|c| c as &dyn EpochCheckpoint),
         }
+    }
+
+    /// The store for the training state of the stage that will write
+    /// `dir`, identified by `key` (its settings): [`progress_dir`], kept
+    /// every [`Stage::checkpoint_every`] epochs (`None` with 0). Unless
+    /// `resume`, whatever an earlier run left there is removed first.
+    pub fn progress(
+        &self,
+        dir: &Path,
+        key: &impl serde::Serialize,
+        resume: bool,
+    ) -> Result<Option<DirCheckpoint>> {
+        let store = progress_dir(dir);
+        if !resume && store.exists() {
+            std::fs::remove_dir_all(&store).map_err(|e| Error::io(&store, e))?;
+        }
+        Ok((self.checkpoint_every > 0).then(|| DirCheckpoint {
+            dir: store,
+            key: serde_json::to_value(key).expect("a stage's settings serialise"),
+            device: self.device.clone(),
+            every: self.checkpoint_every,
+        }))
     }
 
     /// A stage's config.json: what it is, what it was trained on, and its

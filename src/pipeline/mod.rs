@@ -33,11 +33,11 @@ mod resume;
 mod semi;
 mod transfer;
 
-pub use context::Stage;
+pub use context::{progress_dir, Stage};
 pub use data::{prepare, pretrain_pool, select_classes, unlabeled_pool, AllClasses, Prepared};
 pub use figures::{embedding_figure, loss_figure};
 pub use frozen::{frozen_protocols, FrozenFeatures};
-pub use pretrain::{pretrain_stage, progress_dir, Excluded, PretrainMetrics, PretrainOutcome};
+pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome};
 pub use protocol::{protocol, protocols, Cell, Protocol};
 pub use resume::reuse_pretraining;
 pub use semi::{distill_stage, fixmatch_stage, DistillMetrics, FixMatchMetrics, Target};
@@ -67,10 +67,19 @@ pub struct PipelineOptions {
     pub device: Device,
     /// No progress bars.
     pub quiet: bool,
-    /// Reuse each finished pretraining stage found in `out` whose settings
-    /// match ([`reuse_pretraining`]) instead of training it again;
-    /// transfer and evaluation always run.
+    /// Continue the run in `out` if it ran the same spec: reuse each
+    /// finished pretraining ([`reuse_pretraining`]), continue a stage that
+    /// was killed mid-way from its last kept epoch, and redo the rest
+    /// (which gives the same numbers). A run of another spec is refused,
+    /// naming the first differing setting.
     pub resume: bool,
+    /// Continue the run in `out` under another spec: reuse each finished
+    /// (or killed) pretraining whose settings still match, refuse one that
+    /// does not, and train every transfer stage anew.
+    pub reuse_pretraining: bool,
+    /// Keep each stage's training state after every this many epochs so
+    /// that a killed run can continue (0: never).
+    pub checkpoint_every: usize,
     /// Replace an earlier run in `out` (a directory selfsup did not write
     /// is refused even so; see [`crate::core::output`]).
     pub force: bool,
@@ -120,6 +129,35 @@ fn check_data(spec: &Experiment, prep: &Prepared) -> Result<BackboneConfig> {
     Ok(spec.backbone_config(prep.pair.train.image_shape().0))
 }
 
+/// The labels the pretraining for the seed at `seed_index` keeps out.
+fn excluded(spec: &Experiment, seed_index: usize) -> Excluded<'_> {
+    let seeds = &spec.split.seeds;
+    Excluded {
+        max_k: *spec.split.labels_per_class.iter().max().expect("validated"),
+        seeds: if spec.pretrain.per_seed {
+            std::slice::from_ref(&seeds[seed_index])
+        } else {
+            seeds
+        },
+    }
+}
+
+/// Before a continued run claims its output: every finished pretraining it
+/// would reuse must match the spec ([`reuse_pretraining`] names the first
+/// difference), so that a refused run changes nothing.
+fn check_reusable(ctx: &Stage, layout: &RunLayout) -> Result<()> {
+    let spec = ctx.spec;
+    for (si, &seed) in spec.split.seeds.iter().enumerate() {
+        if spec.pretrain.per_seed || si == 0 {
+            for method in &spec.pretrain.methods {
+                let dir = layout.pretrain(seed, method);
+                reuse_pretraining(ctx, method, excluded(spec, si), seed, &dir)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Pretrains (or with `resume` reuses) every method for the seed at
 /// `seed_index`, drawing the first seed's figures.
 fn pretrain_methods(
@@ -130,16 +168,8 @@ fn pretrain_methods(
     log: &mut RunLog,
 ) -> Result<()> {
     let spec = ctx.spec;
-    let seeds = &spec.split.seeds;
-    let seed = seeds[seed_index];
-    let excluded = Excluded {
-        max_k: *spec.split.labels_per_class.iter().max().expect("validated"),
-        seeds: if spec.pretrain.per_seed {
-            std::slice::from_ref(&seeds[seed_index])
-        } else {
-            seeds
-        },
-    };
+    let seed = spec.split.seeds[seed_index];
+    let excluded = excluded(spec, seed_index);
     for method in &spec.pretrain.methods {
         let t = Instant::now();
         let dir = layout.pretrain(seed, method);
@@ -201,18 +231,26 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
         spec,
         device: &opts.device,
         quiet: opts.quiet,
+        resume: opts.resume && !opts.reuse_pretraining,
+        checkpoint_every: opts.checkpoint_every,
     };
     let layout = RunLayout::new(&opts.out, spec.pretrain.per_seed);
+    let continues = opts.resume || opts.reuse_pretraining;
     let policy = output::Policy {
         force: opts.force,
-        resume: opts.resume,
+        resume: continues,
+        other_spec: opts.reuse_pretraining,
     };
-    output::claim(&opts.out, "pipeline", policy)?;
+    let spec_json = serde_json::to_value(spec).expect("a spec serialises");
+    if opts.reuse_pretraining {
+        check_reusable(&ctx, &layout)?;
+    }
+    output::claim(&opts.out, "pipeline", policy, Some(&spec_json))?;
     let mut log = RunLog::default();
     log.time("load", t0);
     for (si, &seed) in spec.split.seeds.iter().enumerate() {
         if spec.pretrain.per_seed || si == 0 {
-            pretrain_methods(&ctx, &layout, opts.resume, si, &mut log)?;
+            pretrain_methods(&ctx, &layout, continues, si, &mut log)?;
         }
         for &k in &spec.split.labels_per_class {
             let scratch = std::iter::once(("scratch".to_string(), None));

@@ -4,9 +4,9 @@ use super::context::Stage;
 use super::data::pretrain_pool;
 use crate::backbones::checkpoint::{self as ckpt, StageConfig};
 use crate::core::report::PretrainSummary;
-use crate::core::train::DirCheckpoint;
+use crate::core::train::EpochCheckpoint;
 use crate::core::train::FitReport;
-use crate::core::{Error, Result};
+use crate::core::Result;
 use crate::data::split;
 use crate::finetune;
 use crate::methods;
@@ -84,16 +84,9 @@ impl PretrainMetrics {
     }
 }
 
-/// Where a pretraining keeps its state between epochs until it finishes:
-/// `<dir>/.progress`, inside the stage directory it will write (which the
-/// finished stage then replaces as a whole).
-pub fn progress_dir(dir: &Path) -> std::path::PathBuf {
-    dir.join(".progress")
-}
-
 /// Pretrains `method` under `seed` on the pool that keeps out the labels of
-/// `excluded`, and writes the stage directory `dir`. After every epoch the
-/// whole training state is kept in [`progress_dir`]; with `resume`, a
+/// `excluded`, and writes the stage directory `dir`. The whole training
+/// state is kept in [`super::progress_dir`] (see [`Stage::progress`]); with `resume`, a
 /// state an interrupted run of the same settings left there is continued
 /// (and ends with the numbers of an uninterrupted run).
 pub fn pretrain_stage(
@@ -122,14 +115,7 @@ pub fn pretrain_stage(
         None,
         serde_json::Value::Null,
     );
-    let progress = DirCheckpoint {
-        dir: progress_dir(dir),
-        key: serde_json::to_value(&key).expect("a stage config serialises"),
-        device: ctx.device.clone(),
-    };
-    if !resume && progress.dir.exists() {
-        std::fs::remove_dir_all(&progress.dir).map_err(|e| Error::io(&progress.dir, e))?;
-    }
+    let progress = ctx.progress(dir, &key, resume)?;
     let siamese = spec.methods.get(method)?.siamese;
     let build = |octx: &pretext::ObjectiveContext, vb: candle_nn::VarBuilder| {
         methods::build(method, &siamese, octx, vb)
@@ -166,7 +152,7 @@ pub fn pretrain_stage(
                 .pretrain
                 .knn_monitor
                 .then_some(&monitor as pretext::Monitor),
-            checkpoint: Some(&progress),
+            checkpoint: progress.as_ref().map(|p| p as &dyn EpochCheckpoint),
         },
     )?;
     let metrics = PretrainMetrics {

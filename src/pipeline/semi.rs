@@ -46,7 +46,7 @@ pub struct FixMatchMetrics {
 
 /// Which classifier a semi-supervised stage trains: one method's, for one
 /// seed and K.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct Target<'a> {
     /// The method (or `scratch`).
     pub method: &'a str,
@@ -80,12 +80,13 @@ pub fn distill_stage(
     let (labeled, pool) = semi_supervised_split(ctx, t.k, t.seed)?;
     let cfg = ctx.spec.distill_config(t.seed, ctx.shape())?;
     let (student, _) = finetune::load_classifier(teacher_dir, ctx.device)?;
+    let progress = ctx.progress(dir, &("distill", t, &cfg), ctx.resume)?;
     let (student, pseudo) = finetune::distill(
         &cfg,
         teacher,
         student,
         ctx.images(&labeled, &pool),
-        ctx.run(&format!("distill/{}", t.method)),
+        ctx.run(&format!("distill/{}", t.method), progress.as_ref()),
     )?;
     // Diagnostics only, after training: how often the teacher's label was
     // right on the images it labeled. The pool already excludes this seed's
@@ -133,11 +134,12 @@ pub fn fixmatch_stage(
     let (labeled, pool) = semi_supervised_split(ctx, t.k, t.seed)?;
     let cfg = ctx.spec.fixmatch_config(t.seed, ctx.shape())?;
     let (start, _) = finetune::load_classifier(init_dir, ctx.device)?;
+    let progress = ctx.progress(dir, &("fixmatch", t, &cfg), ctx.resume)?;
     let (cls, stats) = finetune::fixmatch(
         &cfg,
         start,
         ctx.images(&labeled, &pool),
-        ctx.run(&format!("fixmatch/{}", t.method)),
+        ctx.run(&format!("fixmatch/{}", t.method), progress.as_ref()),
     )?;
     let metrics = serde_json::to_value(FixMatchMetrics {
         train_loss: cls.report.train_loss.clone(),

@@ -54,12 +54,14 @@ pub fn transfer_stage(
         Some(d) => checkpoint_method(d)?,
         None => "scratch".to_string(),
     };
+    let key = (protocol, &method, seed, k, &cfg);
+    let progress = ctx.progress(dir, &key, ctx.resume)?;
     let cls = finetune::train_classifier(
         &cfg,
         init,
         ctx.backbone,
         ctx.images(&sp.labeled, &[]),
-        ctx.run(&format!("{protocol}/{method}")),
+        ctx.run(&format!("{protocol}/{method}"), progress.as_ref()),
     )?;
     let metrics = TransferMetrics {
         train_loss: cls.report.train_loss.clone(),

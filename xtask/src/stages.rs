@@ -42,11 +42,22 @@ pub struct PipelineArgs {
     /// Output directory (experiment.toml, report.json, report.md, checkpoints).
     #[arg(long, default_value = "models/pipeline")]
     out: PathBuf,
-    /// Reuse every finished pretraining in OUT trained with the same
-    /// settings instead of training it again (one trained with other
-    /// settings is an error); transfer and evaluation run anew.
+    /// Continue the run in OUT, which must have run the same spec (else
+    /// the first differing setting is named): finished pretrainings are
+    /// reused, a stage killed mid-way continues from its last kept epoch,
+    /// and the rest runs again, ending with an uninterrupted run's numbers.
     #[arg(long)]
     resume: bool,
+    /// Continue the run in OUT under another spec: every pretraining whose
+    /// settings still match is reused (one that differs is an error) and
+    /// every transfer stage trains anew.
+    #[arg(long)]
+    reuse_pretraining: bool,
+    /// Keep each stage's training state (weights, optimizer, schedule,
+    /// early stopping) after every N epochs, for --resume after a kill
+    /// (0: never; about four times the model's size on disk while it runs).
+    #[arg(long, default_value_t = 1)]
+    checkpoint_every: usize,
 }
 
 impl PipelineArgs {
@@ -74,6 +85,8 @@ pub fn run_pipeline(a: PipelineArgs) -> Result<()> {
         device: parse_device(&a.run.device)?,
         quiet: a.run.quiet,
         resume: a.resume,
+        reuse_pretraining: a.reuse_pretraining,
+        checkpoint_every: a.checkpoint_every,
         force: a.run.force,
     };
     let report = pipeline::run(&opts)?;
@@ -127,9 +140,9 @@ fn single_stage_spec(
 fn claim(out: &Path, command: &str, run: &RunArgs) -> Result<()> {
     let policy = output::Policy {
         force: run.force,
-        resume: false,
+        ..Default::default()
     };
-    Ok(output::claim(out, command, policy)?)
+    Ok(output::claim(out, command, policy, None)?)
 }
 
 /// Loads the spec's data and runs `f` on the stage context.
@@ -149,6 +162,8 @@ fn with_stage<T>(
         spec,
         device: &device,
         quiet: run.quiet,
+        resume: false,
+        checkpoint_every: 1,
     };
     f(&ctx)
 }

@@ -162,8 +162,10 @@ pub fn run_text(a: TextArgs) -> Result<()> {
     let policy = output::Policy {
         force: a.force,
         resume: a.resume,
+        other_spec: false,
     };
-    output::claim(&a.out, "text", policy)?;
+    let spec_json = serde_json::to_value(&cfg)?;
+    output::claim(&a.out, "text", policy, Some(&spec_json))?;
     let report = train::run(&c, &cfg, &a.out, a.resume, &device, a.quiet)?;
     let spec = toml::to_string(&cfg)?;
     selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.as_bytes())?;

@@ -837,6 +837,40 @@ fn usage_errors_exit_2_and_other_errors_exit_1() {
     assert!(!out.exists());
 }
 
+/// Epochs a stage's kept state (`<stage>/.progress`) says are done.
+fn epochs_done(progress: &std::path::Path) -> u64 {
+    std::fs::read(progress.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["epochs_done"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Runs xtask with `args` and kills it with SIGKILL (no cleanup of any
+/// kind) once the stage state in `progress` has `epochs` epochs done.
+fn kill_after(args: &[String], progress: &std::path::Path, epochs: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while epochs_done(progress) < epochs && start.elapsed().as_secs() < 300 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run was killed mid-stage");
+    assert!(
+        epochs_done(progress) >= epochs,
+        "{} had finished epochs to resume from",
+        progress.display()
+    );
+}
+
 /// A pipeline killed with SIGKILL in the middle of pretraining, then run
 /// again with `--resume`, ends with the report of a run never interrupted
 /// (MoCo: its momentum encoder and key queue are part of the state).
@@ -894,30 +928,7 @@ fn a_killed_pretraining_resumes_to_the_same_report() {
     assert!(ok, "{err}");
 
     let killed = dir.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(flags(&killed))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let state = killed.join("pretrain-moco/.progress/state.json");
-    let epochs_done = || -> u64 {
-        std::fs::read(&state)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["epochs_done"].as_u64())
-            .unwrap_or(0)
-    };
-    let start = std::time::Instant::now();
-    while epochs_done() < 5 && start.elapsed().as_secs() < 120 {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL: no cleanup of any kind
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "the run was killed mid-pretraining");
-    assert!(epochs_done() >= 5, "it had finished epochs to resume from");
+    kill_after(&flags(&killed), &killed.join("pretrain-moco/.progress"), 5);
     assert!(!killed.join("report.json").exists());
 
     let mut again = flags(&killed);
@@ -926,4 +937,120 @@ fn a_killed_pretraining_resumes_to_the_same_report() {
     assert!(ok, "{err}");
     assert_eq!(results(&killed), results(&whole));
     assert!(!killed.join("pretrain-moco/.progress").exists());
+}
+
+/// Killed in the middle of a fine-tune (whose early stopping keeps a
+/// validation history) and again in the middle of FixMatch (whose
+/// pseudo-label counts and distribution alignment carry across steps), and
+/// continued with `--resume` each time, a pipeline ends with the report and
+/// stage metrics of a run never interrupted. Its state is kept every second
+/// epoch, so each resume also redoes an epoch.
+#[test]
+fn a_run_killed_in_transfer_resumes_to_the_same_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = |out: &std::path::Path| -> Vec<String> {
+        let mut f: Vec<String> = [
+            "pipeline",
+            "--quiet",
+            "--max-train",
+            "400",
+            "--max-test",
+            "100",
+            "--seeds",
+            "0",
+            "--labels-per-class",
+            "5",
+            "--widths",
+            "4,8",
+            "--depth",
+            "1",
+            "--unlabeled",
+            "128",
+            "--pretext",
+            "rotation",
+            "--epochs",
+            "1",
+            "--transfer-epochs",
+            "40",
+            "--set",
+            "transfer.patience=100",
+            "--set",
+            "transfer.batch=8",
+            "--fixmatch-epochs",
+            "12",
+            "--fixmatch-align",
+            "--set",
+            "protocols.fixmatch.batch=16",
+            "--set",
+            "protocols.fixmatch.labeled_batch=8",
+            "--set",
+            "protocols.fixmatch.threshold=0.3",
+            "--no-lpft",
+            "--checkpoint-every",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        f.extend(["--out".to_string(), out.display().to_string()]);
+        f
+    };
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+    };
+    // The results and the stages' metrics, less their timings.
+    let outcome = |out: &std::path::Path| {
+        let stage = |name: &str| {
+            let mut m =
+                read(out.join("seed0/k5").join(name).join("config.json"))["metrics"].clone();
+            let m2 = m.as_object_mut().unwrap();
+            m2.remove("seconds");
+            m2.remove("images_per_s");
+            m
+        };
+        (
+            read(out.join("report.json"))["results"].clone(),
+            stage("scratch-finetune"),
+            stage("scratch-fixmatch"),
+        )
+    };
+    let whole = dir.path().join("whole");
+    let (ok, err) = xtask(&flags(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    assert!(outcome(&whole).1["val_error"].as_array().unwrap().len() > 3);
+
+    let killed = dir.path().join("killed");
+    let mut again = flags(&killed);
+    again.push("--resume".into());
+    kill_after(
+        &flags(&killed),
+        &killed.join("seed0/k5/scratch-finetune/.progress"),
+        3,
+    );
+    kill_after(
+        &again,
+        &killed.join("seed0/k5/scratch-fixmatch/.progress"),
+        4,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(&again)
+        .env("SELFSUP_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("continuing from the state a killed run left"),
+        "it continued, not started over: {log}"
+    );
+    assert_eq!(outcome(&killed), outcome(&whole));
+    assert!(!killed.join("seed0/k5/scratch-fixmatch/.progress").exists());
+
+    // A different spec is not continued: the first differing setting is named.
+    let mut other = again.clone();
+    other.extend(["--set".into(), "transfer.lr=0.5".into()]);
+    let (ok, err) = xtask(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && err.contains("transfer.lr") && err.contains("--force"),
+        "{err}"
+    );
 }

@@ -136,6 +136,7 @@ impl Detector {
             device,
             quiet,
             stage,
+            checkpoint,
         } = run;
         if normal.len() < 2 {
             return Err(Error::invalid(
@@ -194,7 +195,7 @@ impl Detector {
                         .collect(),
                     map: &map,
                     quiet,
-                    checkpoint: None,
+                    checkpoint,
                 },
                 |items, _| {
                     let pairs: Vec<(usize, usize)> =

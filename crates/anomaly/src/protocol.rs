@@ -113,6 +113,7 @@ pub fn run_task(ds: &Dataset, task: &Task, seed: u64, s: &RunSettings) -> Result
             device: s.device,
             quiet: s.quiet,
             stage: &format!("anomaly/{}/seed{seed}", task.name),
+            checkpoint: None,
         },
     )?;
     let train_seconds = t0.elapsed().as_secs_f64();

@@ -9,10 +9,13 @@ use candle_nn::{Linear, VarMap};
 use selfsup_augment::{apply_batch, Pipeline};
 use selfsup_backbones::checkpoint::{self, BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BackboneConfig};
-use selfsup_core::train::{fit_prefetched, FitConfig, FitReport, FitRun};
+use selfsup_core::train::{
+    fit_prefetched, EpochCheckpoint, FitConfig, FitReport, FitRun, WithMeta,
+};
 use selfsup_core::{params, rng, Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::path::Path;
 
 /// Transfer settings shared by all protocols.
@@ -202,6 +205,7 @@ pub fn train_classifier(
         device,
         quiet,
         stage,
+        checkpoint,
     } = run;
     let seed = cfg.fit.seed;
     let (mut map, backbone) = match init {
@@ -261,7 +265,14 @@ pub fn train_classifier(
     // Early stopping monitors the held-out error rate, ties broken by the
     // cross-entropy: on a few dozen images the loss alone prefers a timid,
     // barely trained model over a confident one that classifies better.
-    let mut history: Vec<(f64, f64)> = Vec::new();
+    // The per-epoch history lives beside the loop's own state, so that a
+    // continued run reports the epochs before the interruption too.
+    let history: RefCell<Vec<(f64, f64)>> = RefCell::default();
+    let store = checkpoint.map(|inner| WithMeta {
+        inner,
+        key: "val_history",
+        state: &history,
+    });
     let val_y: Vec<u32> = val_idx.iter().map(|&i| labels[i]).collect();
     let mut validate = || -> Result<f64> {
         let feats = extract_features(
@@ -279,7 +290,7 @@ pub fn train_classifier(
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let loss = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
         let error = wrong as f64 / val_y.len().max(1) as f64;
-        history.push((error, loss));
+        history.borrow_mut().push((error, loss));
         Ok(error + VAL_LOSS_WEIGHT * loss)
     };
     let report = fit_prefetched(
@@ -290,7 +301,7 @@ pub fn train_classifier(
             vars,
             map: &map,
             quiet,
-            checkpoint: None,
+            checkpoint: store.as_ref().map(|s| s as &dyn EpochCheckpoint),
         },
         |items, step| {
             let idx: Vec<usize> = items.iter().map(|&i| fit_idx[i]).collect();
@@ -307,6 +318,7 @@ pub fn train_classifier(
         },
         (!val_idx.is_empty()).then_some(&mut validate as &mut dyn FnMut() -> Result<f64>),
     )?;
+    let history = history.into_inner();
     Ok(Classifier {
         validation_images: val_idx.len(),
         val_error: history.iter().map(|h| h.0).collect(),

@@ -105,6 +105,7 @@ pub fn distill(
         device,
         quiet,
         stage,
+        checkpoint,
     } = run;
     cfg.check()?;
     let labels = train.labels().ok_or_else(|| {
@@ -149,7 +150,7 @@ pub fn distill(
             vars,
             map: &student.map,
             quiet,
-            checkpoint: None,
+            checkpoint,
         },
         |items, step| {
             let idx: Vec<usize> = items.iter().map(|&i| images[i]).collect();

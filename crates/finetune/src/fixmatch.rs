@@ -5,10 +5,11 @@ use crate::classifier::{reestimate_batchnorm, Classifier};
 use crate::{without_labeled, Images, StageRun};
 use candle_core::{DType, Module, Tensor, D};
 use selfsup_augment::{apply_batch, Pipeline};
-use selfsup_core::train::{fit_prefetched, FitConfig, FitRun};
+use selfsup_core::train::{fit_prefetched, EpochCheckpoint, FitConfig, FitRun, WithMeta};
 use selfsup_core::{params, rng, Error, Result};
 use selfsup_data::batch;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 
 /// Settings of [`fixmatch`]: semi-supervised fine-tuning in which the model
 /// labels the unlabeled images itself, online (Sohn et al. 2020, FixMatch).
@@ -40,13 +41,22 @@ pub struct FixMatchConfig {
     pub distribution_alignment: bool,
 }
 
+/// What the FixMatch loop carries from step to step besides the weights:
+/// per-epoch counts of confident pseudo-labels and the alignment state.
+#[derive(Serialize, Deserialize)]
+struct LoopState {
+    masked: Vec<f64>,
+    seen: Vec<f64>,
+    alignment: Option<DistributionAlignment>,
+}
+
 /// Momentum of the running average of predictions that
 /// [`DistributionAlignment`] divides by (about the last 100 steps).
 pub const ALIGNMENT_MOMENTUM: f64 = 0.99;
 
 /// The state of distribution alignment: the target class distribution and
 /// a running average of the model's predicted one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DistributionAlignment {
     target: Vec<f64>,
     running: Option<Vec<f64>>,
@@ -180,6 +190,7 @@ pub fn fixmatch(
         device,
         quiet,
         stage,
+        checkpoint,
     } = run;
     use rand::Rng as _;
     cfg.check()?;
@@ -201,8 +212,18 @@ pub fn fixmatch(
         .collect();
     let (backbone, head) = (&student.backbone, &student.head);
     let per_epoch = cfg.fit.steps_per_epoch(unlabeled.len());
-    let (mut masked, mut seen) = (vec![0.0f64; cfg.fit.epochs], vec![0.0f64; cfg.fit.epochs]);
-    let mut alignment: Option<DistributionAlignment> = None;
+    // Kept with the loop's state, so that a continued run aligns and
+    // counts as an uninterrupted one.
+    let state = RefCell::new(LoopState {
+        masked: vec![0.0; cfg.fit.epochs],
+        seen: vec![0.0; cfg.fit.epochs],
+        alignment: None,
+    });
+    let store = checkpoint.map(|inner| WithMeta {
+        inner,
+        key: "fixmatch",
+        state: &state,
+    });
     let report = fit_prefetched(
         FitRun {
             cfg: &cfg.fit,
@@ -211,7 +232,7 @@ pub fn fixmatch(
             vars,
             map: &student.map,
             quiet,
-            checkpoint: None,
+            checkpoint: store.as_ref().map(|s| s as &dyn EpochCheckpoint),
         },
         |items, step| {
             let mut r = rng::stream_at(seed, "fixmatch-labeled", step);
@@ -253,9 +274,10 @@ pub fn fixmatch(
             let sup = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, nl)?, &y)?;
             let mut probs =
                 candle_nn::ops::softmax(&logits.narrow(0, nl, nu)?.detach(), D::Minus1)?;
+            let mut st = state.borrow_mut();
             if cfg.distribution_alignment {
                 let classes = probs.dim(1)?;
-                let da = alignment.get_or_insert_with(|| {
+                let da = st.alignment.get_or_insert_with(|| {
                     let y: Vec<u32> = labeled.iter().map(|&i| labels[i]).collect();
                     DistributionAlignment::new(&y, classes, ALIGNMENT_MOMENTUM)
                 });
@@ -270,8 +292,8 @@ pub fn fixmatch(
             let nll = log_p.gather(&pseudo.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
             let unsup = ((nll * &mask)?.sum_all()? / nu as f64)?;
             let epoch = (step as usize / per_epoch).min(cfg.fit.epochs - 1);
-            masked[epoch] += f64::from(mask.sum_all()?.to_scalar::<f32>()?);
-            seen[epoch] += nu as f64;
+            st.masked[epoch] += f64::from(mask.sum_all()?.to_scalar::<f32>()?);
+            st.seen[epoch] += nu as f64;
             let loss = (sup + (unsup * cfg.unlabeled_weight)?)?;
             Ok((loss, nl + 2 * nu))
         },
@@ -285,6 +307,7 @@ pub fn fixmatch(
         cfg.eval_batch,
         device,
     )?;
+    let LoopState { masked, seen, .. } = state.into_inner();
     let mask_rate = masked
         .iter()
         .zip(&seen)

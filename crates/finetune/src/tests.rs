@@ -49,6 +49,7 @@ fn quiet<'a>(device: &'a Device, stage: &'a str) -> StageRun<'a> {
         device,
         quiet: true,
         stage,
+        checkpoint: None,
     }
 }
 
