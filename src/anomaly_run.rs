@@ -69,6 +69,9 @@ pub struct AnomalyOptions {
     pub out: PathBuf,
     /// Keep each detector's checkpoint under `<out>/detectors/`.
     pub save_detectors: bool,
+    /// Image folders: skip images that cannot be decoded (counted in the
+    /// report's `config.skipped_images`) instead of stopping.
+    pub skip_bad_images: bool,
     /// Where tensors live.
     pub device: Device,
     /// No progress bars.
@@ -105,6 +108,7 @@ impl AnomalyOptions {
             eval_batch: 1024,
             out: PathBuf::from("models/anomaly"),
             save_detectors: false,
+            skip_bad_images: false,
             device: Device::Cpu,
             quiet: false,
             force: false,
@@ -271,7 +275,12 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
             ),
         ));
     }
+    folder::set_skip_bad_images(opts.skip_bad_images);
     let (ds, dataset, per_seed) = tasks(opts)?;
+    let skipped_images = folder::skipped_images();
+    if skipped_images > 0 {
+        tracing::warn!("skipped {skipped_images} unreadable images");
+    }
     let (c, h, w) = ds.image_shape();
     if h != w {
         return Err(Error::invalid(
@@ -367,6 +376,8 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
             "train_fraction": opts.train_fraction,
             "size": opts.size,
             "channels": opts.channels,
+            "skip_bad_images": opts.skip_bad_images,
+            "skipped_images": skipped_images,
         }),
         figures,
     };

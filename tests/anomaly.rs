@@ -214,10 +214,19 @@ fn folders_protocol_reads_png_directories() {
     std::fs::write(odd.join("bad.png"), b"\x89PNG truncated").unwrap();
     let e = run(&AnomalyOptions {
         out: out2.clone(),
-        ..opts
+        ..opts.clone()
     })
     .unwrap_err()
     .to_string();
     assert!(e.contains("bad.png"), "{e}");
     assert!(!out2.join("report.json").exists());
+    // With skip_bad_images the broken one is left out and counted.
+    let skipped = run(&AnomalyOptions {
+        out: dir.path().join("run3"),
+        skip_bad_images: true,
+        ..opts
+    })
+    .unwrap();
+    assert_eq!(skipped.runs[0].test_anomalies, 12);
+    assert_eq!(skipped.config["skipped_images"], 1);
 }

@@ -68,6 +68,9 @@ pub struct AnomalySpec {
     pub eval_batch: usize,
     /// Keep each detector under `<out>/detectors/`.
     pub save_detectors: bool,
+    /// Image folders: skip images that cannot be decoded instead of
+    /// stopping (the report counts them).
+    pub skip_bad_images: bool,
 }
 
 impl Default for AnomalySpec {
@@ -96,6 +99,7 @@ impl Default for AnomalySpec {
             knn_k: o.knn_k,
             eval_batch: o.eval_batch,
             save_detectors: o.save_detectors,
+            skip_bad_images: o.skip_bad_images,
         }
     }
 }
@@ -134,6 +138,7 @@ impl AnomalySpec {
             eval_batch: self.eval_batch,
             out,
             save_detectors: self.save_detectors,
+            skip_bad_images: self.skip_bad_images,
             device,
             quiet,
             // A choice of the command line, not part of the spec.
@@ -182,6 +187,11 @@ impl AnomalySpec {
             knn_k: report_field(report, "anomaly", "/config/detector/knn_k", path)?,
             eval_batch: report_field(report, "anomaly", "/config/detector/eval_batch", path)?,
             save_detectors: false,
+            // Absent from reports written before the option existed.
+            skip_bad_images: report
+                .pointer("/config/skip_bad_images")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
         })
     }
 }

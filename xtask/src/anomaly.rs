@@ -101,6 +101,10 @@ pub struct AnomalyArgs {
     /// Also save every detector (weights + Dirichlet parameters) under OUT/detectors/.
     #[arg(long)]
     save_detectors: bool,
+    /// Image folders: skip images that cannot be decoded (each is logged
+    /// with its path; report.json counts them) instead of stopping.
+    #[arg(long)]
+    skip_bad_images: bool,
     /// Compute device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -149,6 +153,10 @@ impl AnomalyArgs {
             (
                 "save_detectors",
                 self.save_detectors.then_some(Value::Boolean(true)),
+            ),
+            (
+                "skip_bad_images",
+                self.skip_bad_images.then_some(Value::Boolean(true)),
             ),
         ]
     }
