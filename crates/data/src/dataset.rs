@@ -24,7 +24,10 @@ impl Dataset {
         class_names: Vec<String>,
     ) -> Result<Self> {
         let (n, channels, height, width) = shape;
-        if images.len() != n * channels * height * width {
+        let len = [channels, height, width]
+            .iter()
+            .try_fold(n, |a, &d| a.checked_mul(d));
+        if len != Some(images.len()) {
             return Err(Error::invalid(
                 "dataset",
                 format!(

@@ -98,6 +98,7 @@ fn decode_or_skip(path: &Path, size: usize, channels: usize) -> Result<Option<Ve
 /// [`decode`] for an encoded image already in memory (a parquet cell, say);
 /// errors name `<memory>` and are meant to be re-labelled by the caller.
 pub fn decode_bytes(bytes: &[u8], size: usize, channels: usize) -> Result<Vec<u8>> {
+    check_shape(size, channels)?;
     let path = Path::new("<memory>");
     let img = image::load_from_memory(bytes)
         .map_err(|e| Error::format(path, format!("not a readable PNG/JPEG image: {e}")))?;
@@ -134,11 +135,22 @@ pub fn decode_bytes(bytes: &[u8], size: usize, channels: usize) -> Result<Vec<u8
     })
 }
 
-fn check_size(size: usize) -> Result<()> {
-    if size < 8 {
+/// The largest side images are resized to.
+pub const MAX_SIZE: usize = 2048;
+
+/// Refuses a side outside 8..=[`MAX_SIZE`] and channels other than 1 or 3,
+/// before any buffer is sized from them.
+fn check_shape(size: usize, channels: usize) -> Result<()> {
+    if !(8..=MAX_SIZE).contains(&size) {
         return Err(Error::invalid(
             "--size",
-            format!("{size} pixels; images must be at least 8x8"),
+            format!("{size} pixels; images must be 8x8 to {MAX_SIZE}x{MAX_SIZE}"),
+        ));
+    }
+    if channels != 1 && channels != 3 {
+        return Err(Error::invalid(
+            "--channels",
+            format!("{channels} channels; images load as 1 (gray) or 3 (RGB)"),
         ));
     }
     Ok(())
@@ -147,7 +159,7 @@ fn check_size(size: usize) -> Result<()> {
 /// Every image under `dir` as an unlabeled dataset of `channels` x `size`
 /// x `size` images; also returns the files in dataset order.
 pub fn load_images(dir: &Path, size: usize, channels: usize) -> Result<(Dataset, Vec<PathBuf>)> {
-    check_size(size)?;
+    check_shape(size, channels)?;
     if !dir.is_dir() {
         return Err(Error::invalid(
             "image folder",
@@ -179,7 +191,7 @@ pub fn load_images(dir: &Path, size: usize, channels: usize) -> Result<(Dataset,
 /// A labeled dataset from one sub-folder per class under `dir` (classes in
 /// sorted name order).
 pub fn load_classes(dir: &Path, size: usize, channels: usize) -> Result<Dataset> {
-    check_size(size)?;
+    check_shape(size, channels)?;
     let classes = class_dirs(dir)?;
     if classes.is_empty() {
         return Err(Error::format(
@@ -317,7 +329,7 @@ pub fn load_split_folders(
     size: usize,
     channels: usize,
 ) -> Result<crate::DatasetPair> {
-    check_size(size)?;
+    check_shape(size, channels)?;
     let train_dir = dir.join("train");
     if train_dir.is_dir() {
         let train = load_classes(&train_dir, size, channels)?;
@@ -516,6 +528,29 @@ mod tests {
             e.contains("test/cats/a.png") && e.contains("also a training image"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sizes_and_channels_are_checked_before_any_buffer_is_sized() {
+        let dir = tempfile::tempdir().unwrap();
+        for (size, channels, flag) in [
+            (usize::MAX / 2, 3, "--size"),
+            (MAX_SIZE + 1, 1, "--size"),
+            (4, 3, "--size"),
+            (32, usize::MAX, "--channels"),
+            (32, 2, "--channels"),
+        ] {
+            let e = load_images(dir.path(), size, channels)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag), "{size} {channels}: {e}");
+            let e = decode_bytes(b"", size, channels).unwrap_err().to_string();
+            assert!(e.contains(flag), "{size} {channels}: {e}");
+        }
+        let e = Dataset::new(vec![0; 16], (1 << 22, 1, 1 << 21, 1 << 21), None, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image bytes for shape"), "{e}");
     }
 
     #[test]

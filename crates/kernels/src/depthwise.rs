@@ -308,29 +308,43 @@ extern "C" __global__ void dw_bwd_weight(const float* x, const float* g, float* 
     ) -> Result<CudaStorage> {
         let dev: &CudaDevice = &a.device;
         let (av, bv) = (view(a, la)?, view(b, lb)?);
-        let (name, out_len, cfg) = match kind {
-            Kind::Forward => {
-                let n = batch * c * g.ho * g.wo;
-                ("dw_fwd", n, LaunchConfig::for_num_elems(n as u32))
-            }
-            Kind::InputGrad => {
-                let n = batch * c * g.h * g.w;
-                ("dw_bwd_input", n, LaunchConfig::for_num_elems(n as u32))
-            }
-            Kind::WeightGrad => {
-                let n = c * g.k * g.k;
-                let cfg = LaunchConfig {
-                    grid_dim: (n as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                ("dw_bwd_weight", n, cfg)
-            }
+        // The kernels index with 32-bit ints: every size and element count
+        // must fit, checked here rather than wrapped.
+        let fits = |d: usize| {
+            i32::try_from(d).map_err(|_| {
+                candle_core::Error::Msg(format!(
+                    "depthwise conv: {batch}x{c}x{}x{} needs more than the CUDA kernel's 32-bit indices",
+                    g.h, g.w
+                ))
+            })
+        };
+        let count = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .map_or_else(|| fits(usize::MAX), fits)
+        };
+        let (name, n) = match kind {
+            Kind::Forward => ("dw_fwd", count(&[batch, c, g.ho, g.wo])?),
+            Kind::InputGrad => ("dw_bwd_input", count(&[batch, c, g.h, g.w])?),
+            Kind::WeightGrad => ("dw_bwd_weight", count(&[c, g.k, g.k])?),
+        };
+        // Non-negative and at most i32::MAX, so these conversions are exact.
+        let (out_len, n32) = (n as usize, n as u32);
+        let cfg = match kind {
+            Kind::WeightGrad => LaunchConfig {
+                grid_dim: (n32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            _ => LaunchConfig::for_num_elems(n32),
         };
         let func = dev.get_or_load_custom_func(name, "selfsup_depthwise", ptx()?)?;
         // SAFETY: every element is written by the kernel.
         let out = unsafe { dev.alloc::<f32>(out_len)? };
-        let dims = [batch, c, g.h, g.w, g.ho, g.wo, g.k, g.s, g.p].map(|d| d as i32);
+        let mut dims = Vec::with_capacity(9);
+        for d in [batch, c, g.h, g.w, g.ho, g.wo, g.k, g.s, g.p] {
+            dims.push(fits(d)?);
+        }
         let mut builder = func.builder();
         builder.arg(&av);
         builder.arg(&bv);

@@ -164,13 +164,19 @@ impl Default for Conv2dParams {
 }
 
 fn out_size(n: usize, k: usize, p: Conv2dParams) -> Result<usize> {
-    if n + 2 * p.padding < k || p.stride == 0 {
-        candle_core::bail!(
-            "conv2d: input size {n} with padding {} is smaller than the kernel {k} (or stride 0)",
+    let padded = p.padding.checked_mul(2).and_then(|d| d.checked_add(n));
+    match padded {
+        Some(padded) if padded >= k && p.stride > 0 => Ok((padded - k) / p.stride + 1),
+        _ => candle_core::bail!(
+            "conv2d: input size {n} with padding {} is smaller than the kernel {k}, too large, or stride 0",
             p.padding
-        );
+        ),
     }
-    Ok((n + 2 * p.padding - k) / p.stride + 1)
+}
+
+/// The product of `dims`, or `None` where it overflows.
+fn product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// 2-D convolution of `x` (B, C_in, H, W) with `w` (C_out, C_in / groups,
@@ -178,7 +184,11 @@ fn out_size(n: usize, k: usize, p: Conv2dParams) -> Result<usize> {
 pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
     let (b, cin, h, wd) = x.dims4()?;
     let (cout, cin_g, kh, kw) = w.dims4()?;
-    if p.groups == 0 || cin % p.groups != 0 || cin_g * p.groups != cin || cout % p.groups != 0 {
+    if p.groups == 0
+        || cin % p.groups != 0
+        || cin_g.checked_mul(p.groups) != Some(cin)
+        || cout % p.groups != 0
+    {
         candle_core::bail!(
             "conv2d: input has {cin} channels, kernel {:?} and groups {}",
             w.dims(),
@@ -186,10 +196,21 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
         );
     }
     let (ho, wo) = (out_size(h, kh, p)?, out_size(wd, kw, p)?);
-    FLOPS.fetch_add(
-        (2 * b * cout * cin_g * kh * kw * ho * wo) as u64,
-        Ordering::Relaxed,
-    );
+    // The output and the im2col buffer are allocated from these sizes: a
+    // product that overflows is an error, never a wrapped allocation.
+    let (Some(_), Some(flops)) = (
+        product(&[b, cout, ho, wo]),
+        product(&[2, b, cout, cin_g, kh, kw, ho, wo]),
+    ) else {
+        candle_core::bail!(
+            "conv2d: input {:?} with kernel {:?}, padding {} and stride {} gives an output too large to index",
+            x.dims(),
+            w.dims(),
+            p.padding,
+            p.stride
+        );
+    };
+    FLOPS.fetch_add(flops as u64, Ordering::Relaxed);
     let needs_grad = x.track_op() || w.track_op();
     match k {
         Kernels::Stock => x.conv2d(w, p.padding, p.stride, 1, p.groups),

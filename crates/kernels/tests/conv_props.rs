@@ -245,4 +245,22 @@ fn bad_shapes_are_errors() {
     assert!(e.contains("smaller than the kernel"), "{e}");
     assert_eq!("fast".parse::<Kernels>().unwrap(), Kernels::Fast);
     assert!("turbo".parse::<Kernels>().unwrap_err().contains("turbo"));
+    // Sizes from a caller's arguments never wrap: a padding whose padded
+    // size or output overflows is an error, not a wrapped allocation, with
+    // either implementation and for dense and grouped kernels.
+    let x = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &d).unwrap();
+    let dw = Tensor::zeros((3, 1, 3, 3), candle_core::DType::F32, &d).unwrap();
+    for padding in [usize::MAX / 2, 1 << 33] {
+        for (w, groups) in [(&w, 1), (&dw, 3)] {
+            let p = Conv2dParams {
+                padding,
+                groups,
+                ..p
+            };
+            for k in [Kernels::Fast, Kernels::Stock] {
+                let e = conv2d(&x, w, p, k).unwrap_err().to_string();
+                assert!(e.contains("too large"), "{padding} {groups} {k:?}: {e}");
+            }
+        }
+    }
 }
