@@ -147,13 +147,22 @@ impl Layers {
     /// Lays a TOML file over a spec of type `T`; errors (unreadable file,
     /// bad TOML, unknown keys, wrong types) name the file.
     pub fn file_as<T: DeserializeOwned>(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            msg: format!("cannot read: {e}"),
+        })?;
+        self.text_as::<T>(path, &text)
+    }
+
+    /// Lays TOML `text` (the content of `path`, which errors name) over a
+    /// spec of type `T`, as [`Layers::file_as`] does with a file.
+    pub fn text_as<T: DeserializeOwned>(&mut self, path: &Path, text: &str) -> Result<()> {
         let bad = |msg: String| Error::Format {
             path: path.to_path_buf(),
             msg,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let over: Table =
-            toml::from_str(&text).map_err(|e| bad(e.to_string().trim().to_string()))?;
+            toml::from_str(text).map_err(|e| bad(e.to_string().trim().to_string()))?;
         let mut next = self.table.clone();
         merge(&mut next, &over, true);
         read::<T>(&next).map_err(bad)?;
@@ -245,6 +254,14 @@ impl Experiment {
     pub fn from_file(path: &Path) -> Result<Self> {
         let mut l = Layers::default();
         l.file(path)?;
+        l.resolve()
+    }
+
+    /// Reads a whole spec from TOML text (the content of `path`, which
+    /// errors name) over the defaults.
+    pub fn from_text(path: &Path, text: &str) -> Result<Self> {
+        let mut l = Layers::default();
+        l.text_as::<Experiment>(path, text)?;
         l.resolve()
     }
 }

@@ -173,7 +173,13 @@ pub fn is_cached(root: &Path, name: &str) -> bool {
 
 fn read_split(path: &Path, manifest: &Manifest) -> Result<Split> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_split(path, &bytes, manifest)
+}
+
+/// A cached split from the bytes of its safetensors file (`path` names it
+/// in errors), checked against `manifest`'s image shape and attributes.
+pub fn parse_split(path: &Path, bytes: &[u8], manifest: &Manifest) -> Result<Split> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
     let get = |name: &str, dtype: Dtype| {
         let t = st
@@ -232,6 +238,20 @@ fn read_split(path: &Path, manifest: &Manifest) -> Result<Split> {
 pub fn read_manifest(root: &Path, name: &str) -> Result<Manifest> {
     let path = dataset_dir(root, name).join("dataset.json");
     let manifest: Manifest = read_json(&path)?;
+    check_manifest(&path, manifest, name)
+}
+
+/// A `dataset.json` from its bytes (`path` names it in errors), checked
+/// like [`read_manifest`] checks it.
+pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| Error::format(path, format!("not a dataset manifest: {e}")))?;
+    let name = manifest.name.clone();
+    check_manifest(path, manifest, &name)
+}
+
+/// Refuses a manifest of another layout version.
+fn check_manifest(path: &Path, manifest: Manifest, name: &str) -> Result<Manifest> {
     if manifest.format_version != FORMAT_VERSION {
         return Err(Error::format(
             path,

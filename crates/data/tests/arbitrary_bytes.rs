@@ -2,7 +2,7 @@
 //! error or a well-formed result, and never panics. Seeded, so a failure
 //! reproduces; the same entry points a fuzzer would drive.
 
-use selfsup_data::{cifar, idx};
+use selfsup_data::{cache, cifar, idx, Dataset};
 use std::path::Path;
 
 /// A seeded xorshift stream of bytes and sizes.
@@ -81,4 +81,69 @@ fn cifar_reader_never_panics() {
             let _ = cifar::parse(p, &mangle(&mut r, &valid), variant);
         }
     }
+}
+
+/// A small cached dataset as `cargo xtask fetch` stores it: its manifest
+/// and the bytes of its train split.
+fn cached(root: &Path) -> (cache::Manifest, Vec<u8>, Vec<u8>) {
+    let manifest = cache::Manifest {
+        format_version: cache::FORMAT_VERSION,
+        name: "celeba".into(),
+        repo: "someone/celeba".into(),
+        revision: "0123abcd".into(),
+        train_files: vec![],
+        test_files: vec![],
+        test_split: "test".into(),
+        label_column: "label".into(),
+        classes: vec!["a".into(), "b".into()],
+        image_shape: [1, 2, 2],
+        train_images: 3,
+        test_images: 3,
+        attributes: vec!["Smiling".into()],
+    };
+    let split = || cache::Split {
+        dataset: Dataset::new(
+            (0..12).collect(),
+            (3, 1, 2, 2),
+            Some(vec![0, 1, 1]),
+            manifest.classes.clone(),
+        )
+        .unwrap(),
+        attributes: vec![1, 0, 1],
+    };
+    let dir = cache::store(root, &manifest, &split(), &split()).unwrap();
+    let bytes = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    (manifest, bytes("train.safetensors"), bytes("dataset.json"))
+}
+
+#[test]
+fn cached_dataset_readers_never_panic() {
+    let root = tempfile::tempdir().unwrap();
+    let (manifest, split, json) = cached(root.path());
+    let p = Path::new("train.safetensors");
+    let ok = cache::parse_split(p, &split, &manifest).unwrap();
+    assert_eq!((ok.dataset.len(), ok.attributes.len()), (3, 3));
+    assert_eq!(
+        cache::parse_manifest(Path::new("dataset.json"), &json).unwrap(),
+        manifest
+    );
+    // `SELFSUP_WRITE_FUZZ_SEEDS=DIR` keeps the valid files as fuzzing seeds.
+    if let Some(dir) = std::env::var_os("SELFSUP_WRITE_FUZZ_SEEDS") {
+        std::fs::write(Path::new(&dir).join("celeba-3.safetensors"), &split).unwrap();
+        std::fs::write(Path::new(&dir).join("dataset.json"), &json).unwrap();
+    }
+    let mut r = Bytes(0xC0FF_EE00_1234_5678);
+    for _ in 0..3000 {
+        if let Err(e) = cache::parse_split(p, &mangle(&mut r, &split), &manifest) {
+            assert!(e.to_string().contains("train.safetensors"), "{e}");
+        }
+        let _ = cache::parse_manifest(Path::new("dataset.json"), &mangle(&mut r, &json));
+    }
+    // A manifest whose shape disagrees with the file is refused by name.
+    let mut other = manifest.clone();
+    other.image_shape = [3, 2, 2];
+    let e = cache::parse_split(p, &split, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dataset.json says"), "{e}");
 }

@@ -4,7 +4,8 @@
 //! metadata (the `datasets` library's `ClassLabel` names).
 
 use crate::catalog::Spec;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 use parquet::record::Field;
 use rayon::prelude::*;
 use selfsup_core::{Error, Result};
@@ -39,7 +40,10 @@ impl Decoded {
 }
 
 /// ClassLabel names of `column` from the `huggingface` key-value metadata.
-fn class_names(reader: &SerializedFileReader<std::fs::File>, column: &str) -> Option<Vec<String>> {
+fn class_names<R: ChunkReader + 'static>(
+    reader: &SerializedFileReader<R>,
+    column: &str,
+) -> Option<Vec<String>> {
     let kv = reader.metadata().file_metadata().key_value_metadata()?;
     let json = kv.iter().find(|k| k.key == "huggingface")?.value.as_ref()?;
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
@@ -52,17 +56,122 @@ fn class_names(reader: &SerializedFileReader<std::fs::File>, column: &str) -> Op
         .collect()
 }
 
+/// Refuses column chunks whose footer offsets or sizes are negative or
+/// point past the end of the file (the reader would panic or read
+/// garbage on them).
+fn check_chunks(path: &Path, meta: &ParquetMetaData, file_len: u64) -> Result<()> {
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        for (c, col) in group.columns().iter().enumerate() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or(col.data_page_offset());
+            let len = col.compressed_size();
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(s, l)| s.checked_add(l));
+            if !end.is_some_and(|e| e <= file_len) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "row group {g}, column {c}: a chunk at offset {start} of {len} bytes lies outside the file's {file_len} bytes (truncated or corrupt?)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses dictionary pages that declare more values than their bytes can
+/// hold (PLAIN-encoded, every value takes at least a bit): the reader sizes
+/// the dictionary from that count before decoding it, so a corrupt count
+/// would be an allocation of any size.
+fn check_dictionaries<R: ChunkReader + 'static>(
+    path: &Path,
+    reader: &SerializedFileReader<R>,
+) -> Result<()> {
+    use parquet::basic::PageType;
+    let bad = |e: parquet::errors::ParquetError| {
+        Error::format(
+            path,
+            format!("cannot read a page (truncated or corrupt?): {e}"),
+        )
+    };
+    for g in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(g).map_err(bad)?;
+        for c in 0..group.num_columns() {
+            let mut pages = group.get_column_page_reader(c).map_err(bad)?;
+            while let Some(page) = pages.get_next_page().map_err(bad)? {
+                let (n, bytes) = (page.num_values() as usize, page.buffer().len());
+                if page.page_type() == PageType::DICTIONARY_PAGE && n > bytes.saturating_mul(8) {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "row group {g}, column {c}: a dictionary page declares {n} values in {bytes} bytes (corrupt?)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads and decodes every row of `path` per `spec`. `on_rows` is called
 /// with the number of images decoded so far and the file's row count (for
 /// progress bars). Errors name the file (and the row, for a bad cell).
 pub fn read(path: &Path, spec: &Spec, on_rows: &(dyn Fn(usize, usize) + Sync)) -> Result<Decoded> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| {
+    guarded(path, || decode(path, file, spec, on_rows))
+}
+
+/// [`read`] on a parquet file held in memory; errors name `path`.
+pub fn read_bytes(
+    path: &Path,
+    bytes: Vec<u8>,
+    spec: &Spec,
+    on_rows: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Decoded> {
+    guarded(path, || {
+        decode(path, bytes::Bytes::from(bytes), spec, on_rows)
+    })
+}
+
+/// Runs `f`, turning a panic into an error that names `path`. The parquet
+/// crate's page decoders index into pages without checking them and panic
+/// on some corrupt files (found by the `parquet` fuzz target); a corrupt
+/// download must be an error, never a crash.
+fn guarded(path: &Path, f: impl FnOnce() -> Result<Decoded>) -> Result<Decoded> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::format(
+            path,
+            format!("the parquet reader failed on this file (corrupt?): {msg}"),
+        ))
+    })
+}
+
+/// Decodes every row of the parquet file `source` (called `path` in errors).
+fn decode<R: ChunkReader + 'static>(
+    path: &Path,
+    source: R,
+    spec: &Spec,
+    on_rows: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Decoded> {
+    let source_len = source.len();
+    let reader = SerializedFileReader::new(source).map_err(|e| {
         Error::format(
             path,
             format!("not a readable parquet file (truncated or corrupt?): {e}"),
         )
     })?;
+    check_chunks(path, reader.metadata(), source_len)?;
+    check_dictionaries(path, &reader)?;
     let total = reader.metadata().file_metadata().num_rows().max(0) as usize;
     let schema = reader
         .metadata()

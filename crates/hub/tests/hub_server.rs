@@ -696,3 +696,45 @@ fn hub_scenarios_against_a_local_server() {
     celeba_attributes_label_a_one_class_problem();
     publish_uploads_one_commit_and_init_downloads_it();
 }
+
+/// Parquet files a Hub mirror could serve mangled (truncated, extended,
+/// bytes overwritten; seeded, so a failure reproduces) decode to an error
+/// that names the file or to well-formed rows, and never panic: the entry
+/// point the `parquet` fuzz target drives.
+#[test]
+fn mangled_parquet_files_are_errors_not_panics() {
+    let (images, labels) = mnist_split(3);
+    let valid = parquet_file("image", "label", &images, &labels, &DIGITS, &[]);
+    let spec = selfsup_hub::catalog::spec("mnist").unwrap();
+    let path = Path::new("train-00000.parquet");
+    let rows =
+        |bytes: Vec<u8>| selfsup_hub::parquet_images::read_bytes(path, bytes, spec, &|_, _| {});
+    let ok = rows(valid.clone()).unwrap();
+    assert_eq!((ok.len(), ok.images.len()), (3, 3 * 28 * 28));
+    // `SELFSUP_WRITE_FUZZ_SEEDS=DIR` keeps the valid file as a fuzzing seed.
+    if let Some(dir) = std::env::var_os("SELFSUP_WRITE_FUZZ_SEEDS") {
+        std::fs::write(Path::new(&dir).join("mnist-3.parquet"), &valid).unwrap();
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n.max(1) as u64) as usize
+    };
+    for _ in 0..1500 {
+        let mut b = valid.clone();
+        match next(3) {
+            0 => b.truncate(next(b.len() + 1)),
+            1 => (0..next(64)).for_each(|_| b.push(next(256) as u8)),
+            _ => (0..1 + next(4)).for_each(|_| {
+                let at = next(b.len());
+                b[at] = next(256) as u8;
+            }),
+        }
+        match rows(b) {
+            Ok(d) => assert_eq!(d.images.len(), d.len() * 28 * 28),
+            Err(e) => assert!(e.to_string().contains("train-00000.parquet"), "{e}"),
+        }
+    }
+}
