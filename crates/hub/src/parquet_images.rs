@@ -70,7 +70,7 @@ fn check_chunks(path: &Path, meta: &ParquetMetaData, file_len: u64) -> Result<()
                 .ok()
                 .zip(u64::try_from(len).ok())
                 .and_then(|(s, l)| s.checked_add(l));
-            if !end.is_some_and(|e| e <= file_len) {
+            if end.is_none_or(|e| e > file_len) {
                 return Err(Error::format(
                     path,
                     format!(
