@@ -231,3 +231,58 @@ fn odd_or_tiny_batches_are_refused() {
     )
     .is_err());
 }
+
+/// A pool one image larger than the batch leaves a last batch of a single
+/// image, which no two-view loss can use: the loop drops it instead of
+/// stopping with an error.
+#[test]
+fn a_last_batch_of_one_image_is_dropped() {
+    use selfsup_objective::{pretrain_with, Hooks, PretrainConfig, Unlabeled};
+    let device = Device::Cpu;
+    // 10 images: one is held out, so 9 train, batch 8 (+ 1).
+    let px: Vec<u8> = (0..10 * 64).map(|i| (i * 37 % 251) as u8).collect();
+    let ds = selfsup_data::Dataset::new(px, (10, 1, 8, 8), None, vec![]).unwrap();
+    let pool: Vec<usize> = (0..10).collect();
+    let norm = selfsup_core::Normalization {
+        mean: vec![0.5],
+        std: vec![0.25],
+    };
+    let cfg = PretrainConfig {
+        method: "simclr".into(),
+        fit: selfsup_core::train::FitConfig {
+            epochs: 2,
+            batch_size: 8,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            warmup_fraction: 0.0,
+            patience: None,
+            seed: 1,
+            drop_last: false,
+        },
+        val_fraction: 0.0,
+        max_val: 8,
+        augment: selfsup_augment::CropFlip::NONE,
+        view_augment: Default::default(),
+    };
+    let bcfg = BackboneConfig::ConvNet {
+        in_channels: 1,
+        widths: vec![4],
+        convs_per_stage: 1,
+    };
+    let build = |ctx: &ObjectiveContext, vb: VarBuilder| build("simclr", &tiny_cfg(), ctx, vb);
+    let done = pretrain_with(
+        &cfg,
+        std::sync::Arc::new(bcfg),
+        Unlabeled {
+            ds: &ds,
+            pool: &pool,
+            norm: &norm,
+        },
+        &device,
+        true,
+        &build,
+        Hooks::default(),
+    )
+    .unwrap();
+    assert_eq!(done.report.step_loss.len(), 2, "one full batch per epoch");
+}

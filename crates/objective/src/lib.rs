@@ -315,8 +315,10 @@ pub fn pretrain_with(
         monitored: &monitored,
     });
     let mut fit_cfg = cfg.fit.clone();
-    // Losses over the pairs of a batch need every batch full.
-    fit_cfg.drop_last |= views > 1 && train_idx.len() >= 2 * fit_cfg.batch_size;
+    // Losses over the pairs of a batch need every batch full, and can do
+    // nothing with a last batch of one image.
+    let (n, b) = (train_idx.len(), fit_cfg.batch_size.max(1));
+    fit_cfg.drop_last |= views > 1 && (n >= 2 * b || (n > b && n % b == 1));
     let total = (train_idx.len() / fit_cfg.batch_size.max(1)).max(1) * fit_cfg.epochs;
     let report = fit_prefetched(
         FitRun {
