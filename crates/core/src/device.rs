@@ -39,7 +39,15 @@ mod tests {
     #[test]
     fn parses_cpu_and_rejects_junk() {
         assert!(parse_device("cpu").unwrap().is_cpu());
-        assert!(parse_device("auto").is_ok());
+        // `auto` is the GPU exactly when one can be had.
+        let gpu = Device::cuda_if_available(0).is_ok_and(|d| d.is_cuda());
+        assert_eq!(parse_device("auto").unwrap().is_cuda(), gpu);
+        if !candle_core::utils::cuda_is_available() {
+            let e = parse_device("cuda:0").unwrap_err().to_string();
+            assert!(e.contains("without the `cuda` feature"), "{e}");
+        }
+        let e = parse_device("cuda:x").unwrap_err().to_string();
+        assert!(e.contains("bad GPU ordinal"), "{e}");
         let e = parse_device("tpu").unwrap_err().to_string();
         assert!(e.contains("--device") && e.contains("tpu"), "{e}");
     }

@@ -82,7 +82,38 @@ fn knn_separates_blobs_and_picks_k_without_test_labels() {
     let (te, ey) = blobs(5, 0.3);
     let (pred, k) = knn(&tr, &ty, &te, 3, &[1, 3, 5, 50]).unwrap();
     assert_eq!(selfsup_core::metrics::accuracy(&pred, &ey), 1.0);
-    assert!(k < 18, "k must be below the number of labeled points");
+    // 18 points: 50 is out of range; 1, 3 and 5 all score 100 % by leave-
+    // one-out (each point has 5 classmates nearer than any other point),
+    // and the tie goes to the smallest.
+    assert_eq!(k, 1);
+}
+
+/// Leave-one-out chooses k by hand-computed accuracies, and votes weigh
+/// each neighbour by 1 + its cosine similarity.
+#[test]
+fn knn_choice_and_votes_match_hand_computed_values() {
+    // Similarities of 4 labeled points (classes 0, 0, 1, 1).
+    let sim = vec![
+        vec![1.0, 0.9, 0.8, 0.1],
+        vec![0.9, 1.0, 0.2, 0.85],
+        vec![0.8, 0.2, 1.0, 0.7],
+        vec![0.1, 0.85, 0.7, 1.0],
+    ];
+    let y = [0, 0, 1, 1];
+    // k = 1 (self excluded): 0 -> 1 (class 0, right); 1 -> 0 (right);
+    // 2 -> 0 (wrong); 3 -> 1 (wrong): 50 %.
+    assert_eq!(knn_vote(&sim, &y, 1, 2, true), vec![0, 0, 0, 0]);
+    // k = 2: point 2's neighbours 0 (0.8) and 3 (0.7) give class 0 1.8
+    // against class 1 1.7: class 0; point 3's, 1 (0.85) and 2 (0.7), give
+    // 1.85 against 1.7: class 0; point 0's, 1 (0.9) and 2 (0.8): 1.9 vs 1.8,
+    // class 0; point 1's, 0 (0.9) and 3 (0.85): 1.9 vs 1.85, class 0.
+    assert_eq!(knn_vote(&sim, &y, 2, 2, true), vec![0, 0, 0, 0]);
+    // A query without self-exclusion: nearest first, ties to the lower index.
+    let q = vec![vec![0.5, 0.5, 0.4, 0.4]];
+    assert_eq!(knn_vote(&q, &y, 1, 2, false), vec![0]);
+    // Equal votes go to the lower class: one neighbour of each at 0.4.
+    let q = vec![vec![0.0, 0.0, 0.4, 0.4]];
+    assert_eq!(knn_vote(&q, &[0, 0, 0, 1], 2, 2, false), vec![0]);
 }
 
 #[test]

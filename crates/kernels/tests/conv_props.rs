@@ -202,11 +202,17 @@ fn fast_conv_matches_reference_on_a_two_thread_pool() {
 }
 
 #[test]
-fn fast_conv_matches_reference_on_cuda_when_present() {
-    match Device::cuda_if_available(0) {
-        Ok(d) if d.is_cuda() => check_device(&d, 120, 11),
-        _ => eprintln!("no CUDA device in this build or machine: CPU cases only"),
-    }
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "a CUDA build (`--features cuda`) with a GPU runs this"
+)]
+fn fast_conv_matches_reference_on_cuda() {
+    let d = Device::cuda_if_available(0).expect("CUDA initialises");
+    assert!(
+        d.is_cuda(),
+        "a CUDA build runs this only where a GPU is present"
+    );
+    check_device(&d, 120, 11);
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! installed) load the checkpoint with Hugging Face's `BertForMaskedLM`.
 
 use candle_core::{Device, Tensor};
-use selfsup_core::params::max_abs_diff;
 use selfsup_text::corpus::{self, Corpus};
 use selfsup_text::train::{self, TextConfig};
 use std::path::{Path, PathBuf};
@@ -63,20 +62,13 @@ fn trains_reports_reloads_and_resumes() {
     );
     assert!(r.heldout.top5 > untrained.top5);
     assert_eq!(r.history.len(), 2);
-    // The checkpoint reloads and reproduces the logits of a fresh forward.
+    // The checkpoint reloads: re-evaluated, it gives the reported held-out
+    // numbers (a model that loaded wrong or not at all would not).
     let ck = dir.path().join("checkpoint");
     for f in ["model.safetensors", "config.json", "tokenizer.json"] {
         assert!(ck.join(f).exists(), "{f}");
     }
     let a = train::load(&ck, &Device::Cpu).unwrap();
-    let b = train::load(&ck, &Device::Cpu).unwrap();
-    let ids = Tensor::new(&[[2u32, 40, 50, 4, 60, 3]], &Device::Cpu).unwrap();
-    let mask = Tensor::ones((1, 6), candle_core::DType::U32, &Device::Cpu).unwrap();
-    let la = a.model.forward(&ids, &mask).unwrap();
-    let lb = b.model.forward(&ids, &mask).unwrap();
-    let diff = max_abs_diff(&la, &lb).unwrap();
-    assert_eq!(diff, 0.0);
-    // Re-evaluating the reloaded model gives the reported held-out numbers.
     let held: Vec<Vec<u32>> = c
         .heldout
         .iter()
@@ -151,6 +143,12 @@ fn transformers_loads_the_checkpoint_with_the_same_logits() {
         String::from_utf8_lossy(&out.stderr)
     );
     let theirs: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).unwrap();
+    // Same shape first: zip alone would pass on an empty or short answer.
+    assert_eq!(theirs.len(), ours.len(), "positions");
+    assert!(
+        theirs.iter().zip(&ours).all(|(t, o)| t.len() == o.len()),
+        "vocabulary"
+    );
     for (r, t) in ours.iter().zip(&theirs) {
         for (a, b) in r.iter().zip(t) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
