@@ -50,7 +50,7 @@ pub struct SummaryRow {
 }
 
 /// The whole report of a pipeline run.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     /// Dataset name or path.
     pub dataset: String,
@@ -154,8 +154,12 @@ impl Report {
     }
 
     /// For each label budget and pretext: its best protocol (by mean)
-    /// against from-scratch training (`scratch`/`finetune`) and against the
-    /// best scratch protocol of all (random-feature probes included).
+    /// against the best scratch result among the same protocols (the spec
+    /// gives both the same settings and lengths; random-feature probes are
+    /// scratch's `linear` and `knn`), and against scratch fine-tuning.
+    /// Where scratch skipped one of the pretext's protocols (say, FixMatch
+    /// with `scratch_semi_supervised = false`), the fair comparison is
+    /// unavailable: its fields are `None` and `scratch_missing` names them.
     pub fn gains(&self) -> Vec<Gain> {
         let mut out = Vec::new();
         for &k in &self.labels_per_class {
@@ -165,36 +169,42 @@ impl Report {
                     .filter(|s| s.method == method && s.labels_per_class == k)
                     .collect()
             };
-            let best = |method: &str| {
-                cells(method)
+            let scratch = cells("scratch");
+            if scratch.is_empty() {
+                continue;
+            }
+            let scratch_ft = scratch.iter().find(|s| s.protocol == "finetune");
+            for p in &self.pretext {
+                let own = cells(p);
+                let Some(pre) = own.iter().max_by(|a, b| a.mean.total_cmp(&b.mean)) else {
+                    continue;
+                };
+                let same: Vec<&&SummaryRow> = scratch
+                    .iter()
+                    .filter(|s| own.iter().any(|o| o.protocol == s.protocol))
+                    .collect();
+                let scratch_missing: Vec<String> = own
+                    .iter()
+                    .filter(|o| !scratch.iter().any(|s| s.protocol == o.protocol))
+                    .map(|o| o.protocol.clone())
+                    .collect();
+                let fair = same
                     .into_iter()
                     .max_by(|a, b| a.mean.total_cmp(&b.mean))
-                    .cloned()
-            };
-            let Some(best_scratch) = best("scratch") else {
-                continue;
-            };
-            let scratch_ft = cells("scratch")
-                .into_iter()
-                .find(|s| s.protocol == "finetune")
-                .cloned();
-            for p in &self.pretext {
-                if let Some(pre) = best(p) {
-                    out.push(Gain {
-                        labels_per_class: k,
-                        method: p.clone(),
-                        best_protocol: pre.protocol.clone(),
-                        mean: pre.mean,
-                        std: pre.std,
-                        scratch_finetune_mean: scratch_ft.as_ref().map(|s| s.mean),
-                        gain_vs_scratch_points: scratch_ft
-                            .as_ref()
-                            .map(|s| 100.0 * (pre.mean - s.mean)),
-                        best_scratch_protocol: best_scratch.protocol.clone(),
-                        best_scratch_mean: best_scratch.mean,
-                        gain_vs_best_scratch_points: 100.0 * (pre.mean - best_scratch.mean),
-                    });
-                }
+                    .filter(|_| scratch_missing.is_empty());
+                out.push(Gain {
+                    labels_per_class: k,
+                    method: p.clone(),
+                    best_protocol: pre.protocol.clone(),
+                    mean: pre.mean,
+                    std: pre.std,
+                    scratch_finetune_mean: scratch_ft.map(|s| s.mean),
+                    gain_vs_scratch_points: scratch_ft.map(|s| 100.0 * (pre.mean - s.mean)),
+                    best_scratch_protocol: fair.map(|s| s.protocol.clone()),
+                    best_scratch_mean: fair.map(|s| s.mean),
+                    gain_vs_best_scratch_points: fair.map(|s| 100.0 * (pre.mean - s.mean)),
+                    scratch_missing,
+                });
             }
         }
         out
@@ -232,23 +242,29 @@ impl Report {
         let gains = self.gains();
         if !gains.is_empty() {
             s.push_str("\n## What self-supervision bought\n\n");
-            s.push_str("The best protocol of each pretext (mean ± std over seeds) against training the same network from scratch on the same labels, and against the best scratch protocol of all, random-feature probes included.\n\n");
-            s.push_str("| labels/class | pretext | best protocol | accuracy | scratch finetune | gain | best scratch (protocol) | gain |\n|---|---|---|---|---|---|---|---|\n");
+            s.push_str("The best protocol of each pretext (mean ± std over seeds) against the best that training the same network from scratch reached with the same protocols, settings and lengths (its random-feature probes included), and against scratch fine-tuning. Where scratch skipped one of the pretext's protocols, the fair comparison is unavailable and the table says which.\n\n");
+            s.push_str("| labels/class | pretext | best protocol | accuracy | best scratch, same protocols | gain | scratch finetune | gain |\n|---|---|---|---|---|---|---|---|\n");
+            let pct =
+                |m: Option<f64>| m.map_or("n/a".to_string(), |m| format!("{:.2}%", 100.0 * m));
+            let pts = |d: Option<f64>| d.map_or("n/a".to_string(), |d| format!("{d:+.2}"));
             for g in gains {
-                let (sf, gs) = match (g.scratch_finetune_mean, g.gain_vs_scratch_points) {
-                    (Some(m), Some(d)) => (format!("{:.2}%", 100.0 * m), format!("{d:+.2}")),
-                    _ => ("n/a".into(), "n/a".into()),
+                let fair = match (&g.best_scratch_protocol, g.best_scratch_mean) {
+                    (Some(p), Some(m)) => format!("{:.2}% ({p})", 100.0 * m),
+                    _ => format!(
+                        "unavailable: scratch ran no {}",
+                        g.scratch_missing.join(", ")
+                    ),
                 };
                 s.push_str(&format!(
-                    "| {} | {} | {} | {:.2}% ± {:.2} | {sf} | {gs} | {:.2}% ({}) | {:+.2} |\n",
+                    "| {} | {} | {} | {:.2}% ± {:.2} | {fair} | {} | {} | {} |\n",
                     g.labels_per_class,
                     g.method,
                     g.best_protocol,
                     100.0 * g.mean,
                     100.0 * g.std,
-                    100.0 * g.best_scratch_mean,
-                    g.best_scratch_protocol,
-                    g.gain_vs_best_scratch_points
+                    pts(g.gain_vs_best_scratch_points),
+                    pct(g.scratch_finetune_mean),
+                    pts(g.gain_vs_scratch_points),
                 ));
             }
         }
@@ -317,12 +333,17 @@ pub struct Gain {
     pub scratch_finetune_mean: Option<f64>,
     /// `mean` minus that, in accuracy points.
     pub gain_vs_scratch_points: Option<f64>,
-    /// The best scratch protocol (random-feature probes included).
-    pub best_scratch_protocol: String,
+    /// Scratch's best protocol among the pretext's (random-feature probes
+    /// included); `None` when scratch skipped one of them.
+    pub best_scratch_protocol: Option<String>,
     /// Its mean accuracy.
-    pub best_scratch_mean: f64,
-    /// `mean` minus that, in accuracy points.
-    pub gain_vs_best_scratch_points: f64,
+    pub best_scratch_mean: Option<f64>,
+    /// `mean` minus that, in accuracy points: the fair gain.
+    pub gain_vs_best_scratch_points: Option<f64>,
+    /// The pretext's protocols scratch did not run (the fair comparison is
+    /// then unavailable).
+    #[serde(default)]
+    pub scratch_missing: Vec<String>,
 }
 
 #[cfg(test)]
@@ -386,8 +407,9 @@ mod tests {
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].best_protocol, "linear");
         assert!((g[0].gain_vs_scratch_points.unwrap() - 10.0).abs() < 1e-9);
-        assert!((g[0].gain_vs_best_scratch_points - 10.0).abs() < 1e-9);
-        assert_eq!(g[0].best_scratch_protocol, "finetune");
+        // Scratch ran neither linear nor knn: no fair comparison.
+        assert_eq!(g[0].gain_vs_best_scratch_points, None);
+        assert_eq!(g[0].scratch_missing, ["linear", "knn"]);
         let md = rep.to_markdown();
         assert!(
             md.contains("| rotation | 0 | 12.5 s | 3 | 250 | 0.5000 | 42.0% |"),
@@ -398,6 +420,52 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| rotation | linear | 10 | 71.00% |"), "{md}");
-        assert!(md.contains("| 10 | rotation | linear | 71.00% ± 1.41 | 61.00% | +10.00 | 61.00% (finetune) | +10.00 |"), "{md}");
+        assert!(
+            md.contains("| 10 | rotation | linear | 71.00% ± 1.41 | unavailable: scratch ran no linear, knn | n/a | 61.00% | +10.00 |"),
+            "{md}"
+        );
+    }
+
+    /// The fair gain is over scratch's best among the pretext's protocols,
+    /// not over all of scratch's, and not over a set missing one.
+    #[test]
+    fn gains_compare_the_same_protocols() {
+        let results = vec![
+            row("scratch", "finetune", 0, 0.60),
+            row("scratch", "fixmatch", 0, 0.66),
+            row("scratch", "knn", 0, 0.50),
+            row("simclr", "finetune", 0, 0.64),
+            row("simclr", "fixmatch", 0, 0.71),
+            row("simclr", "knn", 0, 0.62),
+            row("rotation", "finetune", 0, 0.63),
+            row("rotation", "knn", 0, 0.55),
+            row("byol", "finetune", 0, 0.61),
+            row("byol", "distill", 0, 0.70),
+        ];
+        let rep = Report {
+            labels_per_class: vec![10],
+            pretext: vec!["simclr".into(), "rotation".into(), "byol".into()],
+            summary: Report::summarise(&results),
+            results,
+            ..Report::default()
+        };
+        let g = rep.gains();
+        let fair = |i: usize| {
+            (
+                g[i].best_scratch_protocol.clone(),
+                g[i].gain_vs_best_scratch_points,
+            )
+        };
+        let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-9;
+        // simclr: fixmatch 71 against scratch fixmatch 66.
+        assert_eq!(fair(0).0.as_deref(), Some("fixmatch"));
+        assert!(close(fair(0).1, 5.0));
+        // rotation ran no fixmatch: its best scratch is finetune 60, not 66.
+        assert_eq!(fair(1).0.as_deref(), Some("finetune"));
+        assert!(close(fair(1).1, 3.0));
+        // byol's distill has no scratch counterpart: unavailable.
+        assert_eq!((fair(2).0, fair(2).1), (None, None));
+        assert_eq!(g[2].scratch_missing, ["distill"]);
+        assert!(close(g[2].gain_vs_scratch_points, 10.0));
     }
 }
