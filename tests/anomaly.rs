@@ -136,6 +136,10 @@ fn one_class_runs_each_class_on_a_slice() {
         ..small("one-class", dir.path())
     };
     let report = run(&opts).unwrap();
+    // One-class problems headline the knn-all score unless told otherwise.
+    assert_eq!(report.score, "knn-all");
+    let headline = report.scores.iter().find(|s| s.score == "knn-all").unwrap();
+    assert!((report.mean_auroc - headline.mean_auroc).abs() < 1e-12);
     let names: Vec<&str> = report.per_class.iter().map(|r| r.class.as_str()).collect();
     assert_eq!(names, ["Trouser", "Sneaker"]);
     let trouser = &report.runs[0];

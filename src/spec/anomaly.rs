@@ -47,7 +47,8 @@ pub struct AnomalySpec {
     pub train_fraction: f64,
     /// The transformations predicted: `rot4`, `rot-flip8` or `geo72`.
     pub transforms: String,
-    /// Headline score: `nll`, `dirichlet`, `knn` or `knn-all`.
+    /// Headline score: `nll`, `dirichlet`, `knn` or `knn-all`, or `auto`:
+    /// the protocol's own (`knn-all` for one-class, else `dirichlet`).
     pub score: String,
     /// Seeds; each trains its own detectors.
     pub seeds: Vec<u64>,
@@ -89,7 +90,7 @@ impl Default for AnomalySpec {
             channels: o.channels,
             train_fraction: o.train_fraction,
             transforms: o.transforms.name().into(),
-            score: o.score,
+            score: "auto".into(),
             seeds: o.seeds,
             backbone: o.backbone,
             init: None,
@@ -127,7 +128,10 @@ impl AnomalySpec {
             channels: self.channels,
             train_fraction: self.train_fraction,
             transforms: TransformSet::from_name(&self.transforms)?,
-            score: self.score.clone(),
+            score: match self.score.as_str() {
+                "auto" => crate::anomaly_run::default_score(&self.protocol).into(),
+                other => other.into(),
+            },
             seeds: self.seeds.clone(),
             backbone: self.backbone.clone(),
             init,
@@ -193,5 +197,31 @@ impl AnomalySpec {
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_score_follows_the_protocol_unless_given() {
+        let opts = |spec: AnomalySpec| {
+            spec.options(None, "out".into(), Device::Cpu, true)
+                .unwrap()
+                .score
+        };
+        let one_class = AnomalySpec {
+            protocol: "one-class".into(),
+            ..AnomalySpec::default()
+        };
+        assert_eq!(AnomalySpec::default().score, "auto");
+        assert_eq!(opts(AnomalySpec::default()), "dirichlet");
+        assert_eq!(opts(one_class.clone()), "knn-all");
+        let chosen = AnomalySpec {
+            score: "nll".into(),
+            ..one_class
+        };
+        assert_eq!(opts(chosen), "nll");
     }
 }

@@ -64,7 +64,8 @@ pub struct AnomalyArgs {
     #[arg(long)]
     transforms: Option<String>,
     /// Headline score of report.json: nll, dirichlet, knn or knn-all (all
-    /// four are always computed and reported) (default: dirichlet).
+    /// four are always computed and reported) (default: auto, knn-all for
+    /// one-class and dirichlet for the other protocols).
     #[arg(long)]
     score: Option<String>,
     /// Seeds, comma-separated; each trains its own detectors (default: 0,1,2).
