@@ -153,7 +153,10 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
     assert_eq!(gain["best_protocol"], pre.1);
     assert_eq!(gain["best_scratch_protocol"], scratch.1);
     let points = gain["gain_vs_best_scratch_points"].as_f64().unwrap();
-    assert!((points - 100.0 * (pre.0 - scratch.0)).abs() < 1e-9, "{gain}");
+    assert!(
+        (points - 100.0 * (pre.0 - scratch.0)).abs() < 1e-9,
+        "{gain}"
+    );
     let ft = gain["gain_vs_scratch_points"].as_f64().unwrap();
     assert!((ft - 100.0 * (pre.0 - acc("scratch", "finetune"))).abs() < 1e-9);
     assert!(std::fs::read_to_string(out.join("report.md"))

@@ -71,6 +71,7 @@ impl FrozenFeatures {
             &self.test_x,
             classes,
             &ctx.spec.protocols.knn.ks,
+            ctx.spec.protocols.knn.weighting(),
         )?;
         Ok((metrics::accuracy(&pred, test_labels(ctx)), chosen))
     }

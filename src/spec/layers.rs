@@ -314,6 +314,19 @@ mod tests {
         l.assign("protocols.run=[\"finetune\", \"probe\"]").unwrap();
         let e = err(l.resolve());
         assert!(e.contains("protocols.run") && e.contains("probe"), "{e}");
+        for (set, path) in [
+            ("protocols.knn.weighting=\"gaussian\"", "protocols.knn.weighting"),
+            ("protocols.knn.temperature=0.0", "protocols.knn.temperature"),
+        ] {
+            let mut l = Layers::default();
+            l.assign(set).unwrap();
+            let e = err(l.resolve());
+            assert!(e.contains(path), "{e}");
+        }
+        let mut l = Layers::default();
+        l.assign("protocols.knn.weighting=\"temperature\"").unwrap();
+        let w = l.resolve().unwrap().protocols.knn.weighting();
+        assert_eq!(w, crate::finetune::Weighting::Temperature(0.1));
     }
 
     #[test]

@@ -431,12 +431,30 @@ impl ProtocolsSpec {
 pub struct KnnSpec {
     /// Candidate k values; leave-one-out on the labeled images picks one.
     pub ks: Vec<usize>,
+    /// How neighbours vote: `similarity` (1 + cosine similarity) or
+    /// `temperature` (exp(cosine similarity / `temperature`), as the kNN
+    /// monitors of lightly and solo-learn).
+    pub weighting: String,
+    /// The temperature of `temperature` weighting.
+    pub temperature: f64,
 }
 
 impl Default for KnnSpec {
     fn default() -> Self {
         Self {
             ks: vec![1, 3, 5, 10, 20],
+            weighting: "similarity".into(),
+            temperature: 0.1,
+        }
+    }
+}
+
+impl KnnSpec {
+    /// The vote weighting (the spec is validated).
+    pub fn weighting(&self) -> crate::finetune::Weighting {
+        match self.weighting.as_str() {
+            "temperature" => crate::finetune::Weighting::Temperature(self.temperature as f32),
+            _ => crate::finetune::Weighting::Similarity,
         }
     }
 }

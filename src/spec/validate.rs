@@ -169,6 +169,18 @@ impl Experiment {
                 "give at least one k, each at least 1",
             ));
         }
+        if !["similarity", "temperature"].contains(&p.knn.weighting.as_str()) {
+            return Err(Error::invalid(
+                "protocols.knn.weighting",
+                format!("{:?}; give similarity or temperature", p.knn.weighting),
+            ));
+        }
+        if !(p.knn.temperature > 0.0 && p.knn.temperature.is_finite()) {
+            return Err(Error::invalid(
+                "protocols.knn.temperature",
+                "must be a positive number",
+            ));
+        }
         self.augmentation(&p.distill.augment, "protocols.distill.augment", (1, 28, 28))?;
         self.augmentation(
             &p.fixmatch.augment,

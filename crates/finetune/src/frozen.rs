@@ -90,14 +90,37 @@ fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&n)?)
 }
 
-/// Votes of the `k` most similar references for each query (similarity-
-/// weighted); `exclude_self` skips the query's own index (leave-one-out).
+/// How the `k` nearest neighbours' votes are weighed.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Weighting {
+    /// 1 + cosine similarity.
+    #[default]
+    Similarity,
+    /// exp(cosine similarity / T): the kNN of lightly's and solo-learn's
+    /// monitors (T = 0.1 there), which lets the nearest neighbours dominate.
+    Temperature(f32),
+}
+
+impl Weighting {
+    /// The vote of a neighbour at cosine similarity `sim`.
+    pub fn weight(self, sim: f32) -> f32 {
+        match self {
+            Weighting::Similarity => 1.0 + sim,
+            Weighting::Temperature(t) => (sim / t).exp(),
+        }
+    }
+}
+
+/// Votes of the `k` most similar references for each query, weighed by
+/// `weighting`; `exclude_self` skips the query's own index (leave-one-out).
+/// Equal similarities go to the lower index, equal votes to the lower class.
 pub(crate) fn knn_vote(
     sim: &[Vec<f32>],
     ref_y: &[u32],
     k: usize,
     classes: usize,
     exclude_self: bool,
+    weighting: Weighting,
 ) -> Vec<u32> {
     sim.iter()
         .enumerate()
@@ -108,7 +131,7 @@ pub(crate) fn knn_vote(
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             let mut votes = vec![0f32; classes];
             for &j in order.iter().take(k) {
-                votes[ref_y[j] as usize] += 1.0 + row[j];
+                votes[ref_y[j] as usize] += weighting.weight(row[j]);
             }
             votes
                 .iter()
@@ -125,19 +148,20 @@ pub fn knn_leave_one_out(x: &Tensor, y: &[u32], classes: usize, k: usize) -> Res
     let x = l2_normalise(&to_cpu_f32(x)?)?;
     let sim: Vec<Vec<f32>> = x.matmul(&x.t()?)?.to_vec2()?;
     let k = k.clamp(1, y.len().saturating_sub(1).max(1));
-    let pred = knn_vote(&sim, y, k, classes, true);
+    let pred = knn_vote(&sim, y, k, classes, true, Weighting::Similarity);
     Ok(selfsup_core::metrics::accuracy(&pred, y))
 }
 
-/// Cosine kNN. Chooses k among `ks` by leave-one-out accuracy on the
-/// training features (ties go to the smaller k), then predicts `test_x`.
-/// Returns the predictions and the chosen k.
+/// Cosine kNN with votes weighed by `weighting`. Chooses k among `ks` by
+/// leave-one-out accuracy on the training features (ties go to the smaller
+/// k), then predicts `test_x`. Returns the predictions and the chosen k.
 pub fn knn(
     train_x: &Tensor,
     train_y: &[u32],
     test_x: &Tensor,
     classes: usize,
     ks: &[usize],
+    weighting: Weighting,
 ) -> Result<(Vec<u32>, usize)> {
     let tr = l2_normalise(train_x)?;
     let te = l2_normalise(test_x)?;
@@ -149,7 +173,7 @@ pub fn knn(
     }
     let mut best = (f64::NEG_INFINITY, candidates[0]);
     for &k in &candidates {
-        let pred = knn_vote(&self_sim, train_y, k, classes, true);
+        let pred = knn_vote(&self_sim, train_y, k, classes, true, weighting);
         let acc = selfsup_core::metrics::accuracy(&pred, train_y);
         if acc > best.0 {
             best = (acc, k);
@@ -161,7 +185,7 @@ pub fn knn(
     for start in (0..te.dim(0)?).step_by(2048) {
         let len = 2048.min(te.dim(0)? - start);
         let sim: Vec<Vec<f32>> = te.narrow(0, start, len)?.matmul(&tr.t()?)?.to_vec2()?;
-        preds.extend(knn_vote(&sim, train_y, k, classes, false));
+        preds.extend(knn_vote(&sim, train_y, k, classes, false, weighting));
     }
     Ok((preds, k))
 }

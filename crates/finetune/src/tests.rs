@@ -80,7 +80,7 @@ fn cfg() -> TransferConfig {
 fn knn_separates_blobs_and_picks_k_without_test_labels() {
     let (tr, ty) = blobs(6, 0.0);
     let (te, ey) = blobs(5, 0.3);
-    let (pred, k) = knn(&tr, &ty, &te, 3, &[1, 3, 5, 50]).unwrap();
+    let (pred, k) = knn(&tr, &ty, &te, 3, &[1, 3, 5, 50], Weighting::Similarity).unwrap();
     assert_eq!(selfsup_core::metrics::accuracy(&pred, &ey), 1.0);
     // 18 points: 50 is out of range; 1, 3 and 5 all score 100 % by leave-
     // one-out (each point has 5 classmates nearer than any other point),
@@ -102,26 +102,60 @@ fn knn_choice_and_votes_match_hand_computed_values() {
     let y = [0, 0, 1, 1];
     // k = 1 (self excluded): 0 -> 1 (class 0, right); 1 -> 0 (right);
     // 2 -> 0 (wrong); 3 -> 1 (wrong): 50 %.
-    assert_eq!(knn_vote(&sim, &y, 1, 2, true), vec![0, 0, 0, 0]);
+    assert_eq!(
+        knn_vote(&sim, &y, 1, 2, true, Weighting::Similarity),
+        vec![0, 0, 0, 0]
+    );
     // k = 2: point 2's neighbours 0 (0.8) and 3 (0.7) give class 0 1.8
     // against class 1 1.7: class 0; point 3's, 1 (0.85) and 2 (0.7), give
     // 1.85 against 1.7: class 0; point 0's, 1 (0.9) and 2 (0.8): 1.9 vs 1.8,
     // class 0; point 1's, 0 (0.9) and 3 (0.85): 1.9 vs 1.85, class 0.
-    assert_eq!(knn_vote(&sim, &y, 2, 2, true), vec![0, 0, 0, 0]);
+    assert_eq!(
+        knn_vote(&sim, &y, 2, 2, true, Weighting::Similarity),
+        vec![0, 0, 0, 0]
+    );
     // A query without self-exclusion: nearest first, ties to the lower index.
     let q = vec![vec![0.5, 0.5, 0.4, 0.4]];
-    assert_eq!(knn_vote(&q, &y, 1, 2, false), vec![0]);
+    assert_eq!(
+        knn_vote(&q, &y, 1, 2, false, Weighting::Similarity),
+        vec![0]
+    );
     // Equal votes go to the lower class: one neighbour of each at 0.4.
     let q = vec![vec![0.0, 0.0, 0.4, 0.4]];
-    assert_eq!(knn_vote(&q, &[0, 0, 0, 1], 2, 2, false), vec![0]);
+    assert_eq!(
+        knn_vote(&q, &[0, 0, 0, 1], 2, 2, false, Weighting::Similarity),
+        vec![0]
+    );
+    // Temperature weighting lets the nearest neighbour outvote two farther
+    // ones: class 0 at 0.9 against class 1 at 0.5 and 0.45 gives, with
+    // 1 + sim, 1.9 against 2.95 (class 1); with exp(sim / 0.1), e^9 = 8103
+    // against e^5 + e^4.5 = 238 (class 0).
+    let q = vec![vec![0.9, 0.5, 0.45]];
+    let y3 = [0, 1, 1];
+    assert_eq!(
+        knn_vote(&q, &y3, 3, 2, false, Weighting::Similarity),
+        vec![1]
+    );
+    assert_eq!(
+        knn_vote(&q, &y3, 3, 2, false, Weighting::Temperature(0.1)),
+        vec![0]
+    );
+    assert!((Weighting::Temperature(0.1).weight(0.5) - 5f32.exp()).abs() < 1e-3);
+    assert_eq!(Weighting::Similarity.weight(0.25), 1.25);
 }
 
 #[test]
 fn knn_vote_leave_one_out_skips_self() {
     // two points of different classes, each nearest to itself
     let sim = vec![vec![1.0, 0.1], vec![0.1, 1.0]];
-    assert_eq!(knn_vote(&sim, &[0, 1], 1, 2, false), vec![0, 1]);
-    assert_eq!(knn_vote(&sim, &[0, 1], 1, 2, true), vec![1, 0]);
+    assert_eq!(
+        knn_vote(&sim, &[0, 1], 1, 2, false, Weighting::Similarity),
+        vec![0, 1]
+    );
+    assert_eq!(
+        knn_vote(&sim, &[0, 1], 1, 2, true, Weighting::Similarity),
+        vec![1, 0]
+    );
 }
 
 #[test]
