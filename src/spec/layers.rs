@@ -315,7 +315,10 @@ mod tests {
         let e = err(l.resolve());
         assert!(e.contains("protocols.run") && e.contains("probe"), "{e}");
         for (set, path) in [
-            ("protocols.knn.weighting=\"gaussian\"", "protocols.knn.weighting"),
+            (
+                "protocols.knn.weighting=\"gaussian\"",
+                "protocols.knn.weighting",
+            ),
             ("protocols.knn.temperature=0.0", "protocols.knn.temperature"),
         ] {
             let mut l = Layers::default();

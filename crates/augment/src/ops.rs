@@ -191,46 +191,76 @@ pub struct ColorJitter {
     pub p: f32,
 }
 
+/// The factors one application of [`ColorJitter`] drew.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JitterFactors {
+    /// Multiplies every value.
+    pub brightness: f32,
+    /// Blend with the mean gray level (1: unchanged, 0: flat).
+    pub contrast: f32,
+    /// Blend with each pixel's gray level (1: unchanged, 0: gray).
+    pub saturation: f32,
+    /// Hue rotation in turns.
+    pub hue: f32,
+}
+
+/// Applies drawn jitter `f` to `img`: brightness, contrast, then (colour
+/// images only) saturation and hue, clamping to `0..=255` after each.
+pub fn color_jitter(img: &Image, f: JitterFactors) -> Image {
+    let (c, h, w) = (img.c, img.h, img.w);
+    let plane = h * w;
+    let mut px = to_f32(img);
+    let clamp = |v: f32| v.clamp(0.0, 255.0);
+    if f.brightness != 1.0 {
+        px.iter_mut().for_each(|v| *v = clamp(*v * f.brightness));
+    }
+    if f.contrast != 1.0 {
+        let mean = if c == 3 {
+            (0..plane).map(|i| luma(&px, plane, i)).sum::<f32>() / plane as f32
+        } else {
+            px.iter().sum::<f32>() / px.len() as f32
+        };
+        px.iter_mut()
+            .for_each(|v| *v = clamp(mean + (*v - mean) * f.contrast));
+    }
+    if c == 3 {
+        if f.saturation != 1.0 {
+            for i in 0..plane {
+                let g = luma(&px, plane, i);
+                for ch in 0..3 {
+                    let v = &mut px[ch * plane + i];
+                    *v = clamp(g + (*v - g) * f.saturation);
+                }
+            }
+        }
+        if f.hue != 0.0 {
+            rotate_hue(&mut px, plane, f.hue);
+        }
+    }
+    to_u8(c, h, w, &px)
+}
+
 impl Transform for ColorJitter {
     fn apply(&self, img: &Image, rng: &mut Rng) -> Image {
         if !happens(rng, self.p) {
             return img.clone();
         }
-        let (c, h, w) = (img.c, img.h, img.w);
-        let plane = h * w;
-        let mut px = to_f32(img);
-        let clamp = |v: f32| v.clamp(0.0, 255.0);
-        let b = uniform(rng, [1.0 - self.brightness, 1.0 + self.brightness]).max(0.0);
-        if b != 1.0 {
-            px.iter_mut().for_each(|v| *v = clamp(*v * b));
-        }
-        let k = uniform(rng, [1.0 - self.contrast, 1.0 + self.contrast]).max(0.0);
-        if k != 1.0 {
-            let mean = if c == 3 {
-                (0..plane).map(|i| luma(&px, plane, i)).sum::<f32>() / plane as f32
-            } else {
-                px.iter().sum::<f32>() / px.len() as f32
-            };
-            px.iter_mut()
-                .for_each(|v| *v = clamp(mean + (*v - mean) * k));
-        }
-        if c == 3 {
+        let brightness = uniform(rng, [1.0 - self.brightness, 1.0 + self.brightness]).max(0.0);
+        let contrast = uniform(rng, [1.0 - self.contrast, 1.0 + self.contrast]).max(0.0);
+        // Saturation and hue are drawn for colour images only.
+        let (saturation, hue) = if img.c == 3 {
             let s = uniform(rng, [1.0 - self.saturation, 1.0 + self.saturation]).max(0.0);
-            if s != 1.0 {
-                for i in 0..plane {
-                    let g = luma(&px, plane, i);
-                    for ch in 0..3 {
-                        let v = &mut px[ch * plane + i];
-                        *v = clamp(g + (*v - g) * s);
-                    }
-                }
-            }
-            let turn = uniform(rng, [-self.hue.min(0.5), self.hue.min(0.5)]);
-            if turn != 0.0 {
-                rotate_hue(&mut px, plane, turn);
-            }
-        }
-        to_u8(c, h, w, &px)
+            (s, uniform(rng, [-self.hue.min(0.5), self.hue.min(0.5)]))
+        } else {
+            (1.0, 0.0)
+        };
+        let f = JitterFactors {
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        };
+        color_jitter(img, f)
     }
 }
 
