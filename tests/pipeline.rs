@@ -177,6 +177,56 @@ fn pipeline_runs_end_to_end_and_writes_report_and_checkpoints() {
         assert_eq!(cfg["seed"], 0);
         assert!(cfg["normalization"]["mean"][0].as_f64().unwrap() > 0.0);
     }
+    // Every stage's metrics.csv reads back: Lightning's columns, one row
+    // per step plus one per epoch, and the epoch rows hold the losses the
+    // stage's config.json and the report give.
+    for stage in [
+        "pretrain-rotation",
+        "seed0/k2/scratch-finetune",
+        "seed0/k2/rotation-finetune",
+    ] {
+        let csv = std::fs::read_to_string(out.join(stage).join("metrics.csv")).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        assert_eq!(
+            header[..6],
+            [
+                "step",
+                "epoch",
+                "lr",
+                "train_loss_step",
+                "train_loss_epoch",
+                "val_loss"
+            ],
+            "{stage}"
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert!(rows.iter().all(|r| r.len() == header.len()), "{stage}");
+        let epoch_rows: Vec<&Vec<&str>> = rows.iter().filter(|r| !r[4].is_empty()).collect();
+        let metrics = &read_json(&out.join(stage).join("config.json"))["metrics"];
+        let train_loss: Vec<f64> = epoch_rows.iter().map(|r| r[4].parse().unwrap()).collect();
+        let want: Vec<f64> = metrics["train_loss"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(train_loss, want, "{stage}");
+        let steps = rows.len() - epoch_rows.len();
+        assert!(steps >= epoch_rows.len() && rows.iter().all(|r| !r[0].is_empty()));
+        // Step rows carry the learning rate of their step.
+        assert!(rows
+            .iter()
+            .filter(|r| r[4].is_empty())
+            .all(|r| r[2].parse::<f64>().is_ok()));
+        if stage.starts_with("pretrain") {
+            let last: f64 = epoch_rows.last().unwrap()[5].parse().unwrap();
+            assert_eq!(
+                last, report.pretraining[0].val_loss,
+                "the report's held-out loss"
+            );
+        }
+    }
     // A pretrained checkpoint carries the rotation head, a transfer one the class head.
     let pre: serde_json::Value = read_json(&out.join("pretrain-rotation/config.json"));
     assert_eq!(pre["head_outputs"], 4);

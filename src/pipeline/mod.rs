@@ -6,8 +6,8 @@
 //! ```text
 //! experiment.toml, report.json, report.md
 //! figures/<method>-loss.png, figures/<method>-embedding.png
-//! pretrain-<method>/{model.safetensors, config.json}   (seed<s>/pretrain-<method> with pretrain.per_seed)
-//! seed<s>/k<K>/<method>-<protocol>/{model.safetensors, config.json}
+//! pretrain-<method>/{model.safetensors, config.json, metrics.csv}   (seed<s>/pretrain-<method> with pretrain.per_seed)
+//! seed<s>/k<K>/<method>-<protocol>/{model.safetensors, config.json, metrics.csv}
 //!     for the protocols that train a classifier: finetune, lpft, distill, fixmatch
 //! ```
 //!
@@ -37,7 +37,7 @@ pub use context::{progress_dir, Stage};
 pub use data::{prepare, pretrain_pool, select_classes, unlabeled_pool, AllClasses, Prepared};
 pub use figures::{embedding_figure, loss_figure};
 pub use frozen::{frozen_protocols, FrozenFeatures};
-pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome};
+pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome, METRICS_FILE};
 pub use protocol::{protocol, protocols, Cell, Protocol};
 pub use resume::reuse_pretraining;
 pub use semi::{distill_stage, fixmatch_stage, DistillMetrics, FixMatchMetrics, Target};

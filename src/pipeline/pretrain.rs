@@ -76,6 +76,8 @@ impl PretrainMetrics {
             epochs_run: self.epochs_run,
             train_loss: self.train_loss.clone(),
             step_loss: self.step_loss.clone(),
+            // Not kept in config.json; metrics.csv has it.
+            step_lr: Vec::new(),
             val_loss: self.val_loss_per_epoch.clone(),
             best_epoch: self.best_epoch,
             seconds: self.seconds,
@@ -83,6 +85,9 @@ impl PretrainMetrics {
         }
     }
 }
+
+/// Each stage's training history ([`crate::core::train::metrics_csv`]).
+pub const METRICS_FILE: &str = "metrics.csv";
 
 /// Pretrains `method` under `seed` on the pool that keeps out the labels of
 /// `excluded`, and writes the stage directory `dir`. The whole training
@@ -179,6 +184,11 @@ pub fn pretrain_stage(
     );
     // The finished stage replaces the directory, its progress included.
     ckpt::save(dir, &pre.map, &sc)?;
+    crate::core::train::write_metrics_csv(
+        &dir.join(METRICS_FILE),
+        &pre.report,
+        &[("knn_monitor", &pre.monitor)],
+    )?;
     if !ctx.quiet {
         eprintln!(
             "pretrain {method} seed {seed}: {} epochs, held-out {method} accuracy {:.1}%, {:.0} img/s -> {}",

@@ -103,7 +103,15 @@ pub(super) fn save_classifier_stage(
         recipe_json,
         metrics,
     );
-    ckpt::save(dir, &cls.map, &sc)
+    ckpt::save(dir, &cls.map, &sc)?;
+    crate::core::train::write_metrics_csv(
+        &dir.join(super::pretrain::METRICS_FILE),
+        &cls.report,
+        &[
+            ("val_error", &cls.val_error),
+            ("val_cross_entropy", &cls.val_cross_entropy),
+        ],
+    )
 }
 
 /// The method a stage directory was trained with.

@@ -59,6 +59,9 @@ pub struct FitReport {
     /// Training loss of every optimiser step (for loss curves).
     #[serde(default)]
     pub step_loss: Vec<f32>,
+    /// Learning rate of every optimiser step.
+    #[serde(default)]
+    pub step_lr: Vec<f64>,
     /// Validation loss after each epoch (empty without validation).
     pub val_loss: Vec<f64>,
     /// Epoch (1-based) whose weights were kept; 0 means the last.
@@ -213,12 +216,13 @@ pub fn fit_prefetched<B: Send>(
                 }
             });
             let mut sum = 0.0;
-            let step_loss = &mut report.step_loss;
+            let (step_loss, step_lr) = (&mut report.step_loss, &mut report.step_lr);
             for k in 0..chunks.len() {
                 let batch = rx
                     .recv()
                     .map_err(|_| Error::invalid(stage, "batch preparation stopped"))??;
                 let (loss, images) = step(batch, base + k as u64)?;
+                step_lr.push(trainer.current_lr());
                 let v = trainer.step(&loss)?;
                 sum += f64::from(v);
                 step_loss.push(v);

@@ -3,8 +3,10 @@
 //! generic loop that uses them ([`fit()`], in `fit.rs`).
 
 mod fit;
+mod metrics_log;
 mod resume;
 pub use fit::*;
+pub use metrics_log::{metrics_csv, write_metrics_csv};
 pub use resume::{DirCheckpoint, EpochCheckpoint, Saved, WithMeta};
 
 use crate::{Error, Result};
