@@ -7,21 +7,12 @@ use selfsup_data::cache;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let manifest = cache::Manifest {
-        format_version: cache::FORMAT_VERSION,
-        name: "celeba".into(),
-        repo: "someone/celeba".into(),
-        revision: "0123abcd".into(),
-        train_files: vec![],
-        test_files: vec![],
-        test_split: "test".into(),
-        label_column: "label".into(),
-        classes: vec!["a".into(), "b".into()],
-        image_shape: [1, 2, 2],
-        train_images: 3,
-        test_images: 3,
-        attributes: vec!["Smiling".into()],
-    };
-    let _ = cache::parse_split(Path::new("train.safetensors"), data, &manifest);
+    static MANIFEST: std::sync::OnceLock<cache::Manifest> = std::sync::OnceLock::new();
+    let manifest = MANIFEST.get_or_init(|| {
+        let seed = include_bytes!("../seeds/cache/dataset.json");
+        cache::parse_manifest(Path::new("seeds/cache/dataset.json"), seed)
+            .expect("the committed seed manifest reads")
+    });
+    let _ = cache::parse_split(Path::new("train.safetensors"), data, manifest);
     let _ = cache::parse_manifest(Path::new("dataset.json"), data);
 });
