@@ -31,6 +31,10 @@ pub struct AnomalyOptions {
     pub max_normal: usize,
     /// One-class: cap on scored test images, strided (0 = all).
     pub max_test: usize,
+    /// One-class: train on a seeded 80 % of the training set and score
+    /// the other 20 % ([`dev_split`]); the test set is not read. For
+    /// choosing settings without tuning on the test set.
+    pub dev: bool,
     /// Folders: the normal images.
     pub normal_dir: Option<PathBuf>,
     /// Folders: the anomalies.
@@ -90,6 +94,7 @@ impl AnomalyOptions {
             classes: Vec::new(),
             max_normal: 0,
             max_test: 0,
+            dev: false,
             normal_dir: None,
             anomaly_dir: None,
             normal_test_dir: None,
@@ -134,6 +139,17 @@ pub fn auto_epochs(transforms: TransformSet) -> usize {
     200usize.div_ceil(transforms.len())
 }
 
+/// A training set split for development: a seeded 80 % to train on and
+/// the other 20 % (every class) to score, so that settings can be chosen
+/// without the test set. The split does not depend on `--seeds`.
+pub fn dev_split(train: &Dataset) -> (Dataset, Dataset) {
+    let all: Vec<usize> = (0..train.len()).collect();
+    let (mut fit, mut dev) = crate::data::split::holdout(&all, 0.2, 0);
+    fit.sort_unstable();
+    dev.sort_unstable();
+    (train.subset(&fit), train.subset(&dev))
+}
+
 /// The dataset and tasks of the protocol.
 fn tasks(opts: &AnomalyOptions) -> Result<(Dataset, String, Vec<Vec<Task>>)> {
     let per_seed = |make: &dyn Fn(u64) -> Result<Task>| -> Result<Vec<Vec<Task>>> {
@@ -141,7 +157,12 @@ fn tasks(opts: &AnomalyOptions) -> Result<(Dataset, String, Vec<Vec<Task>>)> {
     };
     match opts.protocol.as_str() {
         "one-class" => {
-            let pair = registry::load(&opts.dataset)?;
+            let mut pair = registry::load(&opts.dataset)?;
+            if opts.dev {
+                // The report keeps the dataset's name; `config.dev` says
+                // what was scored.
+                (pair.train, pair.test) = dev_split(&pair.train);
+            }
             let classes: Vec<u32> = if opts.classes.is_empty() {
                 (0..pair.test.num_classes() as u32).collect()
             } else {
@@ -275,6 +296,15 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
     if opts.seeds.is_empty() {
         return Err(Error::invalid("--seeds", "give at least one seed"));
     }
+    if opts.dev && opts.protocol != "one-class" {
+        return Err(Error::invalid(
+            "--dev",
+            format!(
+                "holds out part of a training set for the one-class protocol, not for {}",
+                opts.protocol
+            ),
+        ));
+    }
     if !SCORES.contains(&opts.score.as_str()) {
         return Err(Error::invalid(
             "--score",
@@ -387,6 +417,7 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
             "size": opts.size,
             "channels": opts.channels,
             "skip_bad_images": opts.skip_bad_images,
+            "dev": opts.dev,
             "skipped_images": skipped_images,
         }),
         figures,

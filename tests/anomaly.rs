@@ -161,6 +161,29 @@ fn one_class_runs_each_class_on_a_slice() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("--classes") && e.contains("10"), "{e}");
+    // --dev scores a fifth of the training set (10,000 images here), never
+    // the test set: 96 normal training images still, 2,000 scored.
+    let dev = run(&AnomalyOptions {
+        dev: true,
+        max_test: 0,
+        classes: vec![1],
+        out: dir.path().join("dev"),
+        ..opts.clone()
+    })
+    .unwrap();
+    let r = &dev.runs[0];
+    assert_eq!(
+        (r.normal_train, r.test_normal + r.test_anomalies),
+        (96, 2000)
+    );
+    assert_eq!(dev.config["dev"], true);
+    let e = run(&AnomalyOptions {
+        dev: true,
+        ..small("faces", &dir.path().join("faces-dev"))
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--dev"), "{e}");
 }
 
 fn write_png(path: &Path, px: impl Fn(u32, u32) -> u8) {

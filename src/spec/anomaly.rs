@@ -30,6 +30,9 @@ pub struct AnomalySpec {
     pub max_normal: usize,
     /// One-class: cap on scored test images, strided (0 = all).
     pub max_test: usize,
+    /// One-class: score a held-out 20 % of the training set instead of the
+    /// test set (for choosing settings).
+    pub dev: bool,
     /// Folders: the normal images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub normal: Option<PathBuf>,
@@ -83,6 +86,7 @@ impl Default for AnomalySpec {
             classes: o.classes,
             max_normal: o.max_normal,
             max_test: o.max_test,
+            dev: o.dev,
             normal: None,
             anomalies: None,
             normal_test: None,
@@ -121,6 +125,7 @@ impl AnomalySpec {
             classes: self.classes.clone(),
             max_normal: self.max_normal,
             max_test: self.max_test,
+            dev: self.dev,
             normal_dir: self.normal.clone(),
             anomaly_dir: self.anomalies.clone(),
             normal_test_dir: self.normal_test.clone(),
@@ -174,6 +179,10 @@ impl AnomalySpec {
             classes: report_field(report, "anomaly", "/config/classes", path)?,
             max_normal: report_field(report, "anomaly", "/config/max_normal", path)?,
             max_test: report_field(report, "anomaly", "/config/max_test", path)?,
+            dev: report
+                .pointer("/config/dev")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
             normal: None,
             anomalies: None,
             normal_test: None,

@@ -106,6 +106,10 @@ pub struct AnomalyArgs {
     /// with its path; report.json counts them) instead of stopping.
     #[arg(long)]
     skip_bad_images: bool,
+    /// One-class: train on 80 % of the training set and score the other
+    /// 20 % instead of the test set, to choose settings without it.
+    #[arg(long)]
+    dev: bool,
     /// Compute device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -159,6 +163,7 @@ impl AnomalyArgs {
                 "skip_bad_images",
                 self.skip_bad_images.then_some(Value::Boolean(true)),
             ),
+            ("dev", self.dev.then_some(Value::Boolean(true))),
         ]
     }
 
