@@ -270,6 +270,21 @@ fn a_last_batch_of_one_image_is_dropped() {
         convs_per_stage: 1,
     };
     let build = |ctx: &ObjectiveContext, vb: VarBuilder| build("simclr", &tiny_cfg(), ctx, vb);
+    // Kept every second epoch: after 2 epochs, then not after the third.
+    let progress = tempfile::tempdir().unwrap();
+    let store = selfsup_core::train::DirCheckpoint {
+        dir: progress.path().join("p"),
+        key: serde_json::json!("simclr"),
+        device: device.clone(),
+        every: 2,
+    };
+    let cfg = PretrainConfig {
+        fit: selfsup_core::train::FitConfig {
+            epochs: 3,
+            ..cfg.fit
+        },
+        ..cfg
+    };
     let done = pretrain_with(
         &cfg,
         std::sync::Arc::new(bcfg),
@@ -281,8 +296,17 @@ fn a_last_batch_of_one_image_is_dropped() {
         &device,
         true,
         &build,
-        Hooks::default(),
+        Hooks {
+            monitor: None,
+            checkpoint: Some(&store),
+        },
     )
     .unwrap();
-    assert_eq!(done.report.step_loss.len(), 2, "one full batch per epoch");
+    assert_eq!(done.report.step_loss.len(), 3, "one full batch per epoch");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(
+        state["epochs_done"], 2,
+        "the store's cadence holds under pretraining"
+    );
 }

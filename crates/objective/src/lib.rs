@@ -15,7 +15,9 @@ use candle_nn::{VarBuilder, VarMap};
 use selfsup_augment::{apply_batch, apply_views, CropFlip, Pipeline};
 use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
 use selfsup_backbones::{Backbone, BuildBackbone};
-use selfsup_core::train::{fit_prefetched, EpochCheckpoint, FitConfig, FitReport, FitRun, Saved};
+use selfsup_core::train::{
+    fit_prefetched, EpochCheckpoint, FitConfig, FitReport, FitRun, Saved, WithMeta,
+};
 use selfsup_core::{params, Error, Normalization, Result};
 use selfsup_data::{split, Dataset};
 use serde::{Deserialize, Serialize};
@@ -205,12 +207,11 @@ pub struct Hooks<'a> {
     pub checkpoint: Option<&'a dyn EpochCheckpoint>,
 }
 
-/// An [`EpochCheckpoint`] that also keeps the objective's state and the
-/// monitor's history.
+/// An [`EpochCheckpoint`] that also keeps the objective's state (a
+/// momentum network, a queue of keys).
 struct WithObjective<'a> {
     inner: &'a dyn EpochCheckpoint,
     objective: &'a dyn Objective,
-    monitored: &'a RefCell<Vec<f64>>,
 }
 
 impl EpochCheckpoint for WithObjective<'_> {
@@ -225,8 +226,6 @@ impl EpochCheckpoint for WithObjective<'_> {
             .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.clone())))
             .collect();
         self.objective.restore_state(&own)?;
-        *self.monitored.borrow_mut() =
-            serde_json::from_value(saved.meta["monitor"].clone()).unwrap_or_default();
         Ok(Some(saved))
     }
 
@@ -234,8 +233,11 @@ impl EpochCheckpoint for WithObjective<'_> {
         for (k, t) in self.objective.state()? {
             saved.tensors.insert(format!("objective.{k}"), t);
         }
-        saved.meta["monitor"] = serde_json::json!(*self.monitored.borrow());
         self.inner.save(saved)
+    }
+
+    fn due(&self, epochs_done: usize) -> bool {
+        self.inner.due(epochs_done)
     }
 }
 
@@ -309,10 +311,16 @@ pub fn pretrain_with(
         }
         Ok(held_out()?.0)
     };
-    let checkpoint = hooks.checkpoint.map(|inner| WithObjective {
+    // The monitor's history rides along with the loop's state, and the
+    // objective's own tensors with both.
+    let with_monitor = hooks.checkpoint.map(|inner| WithMeta {
+        inner,
+        key: "monitor",
+        state: &monitored,
+    });
+    let checkpoint = with_monitor.as_ref().map(|inner| WithObjective {
         inner,
         objective: objective.as_ref(),
-        monitored: &monitored,
     });
     let mut fit_cfg = cfg.fit.clone();
     // Losses over the pairs of a batch need every batch full, and can do
