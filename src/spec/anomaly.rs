@@ -173,16 +173,20 @@ impl AnomalySpec {
         };
         let backbone: crate::backbones::BackboneConfig =
             report_field(report, "anomaly", "/config/backbone", path)?;
+        // A switch added after the first reports: off where it is absent.
+        let later_switch = |pointer: &str| {
+            report
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
         Ok(Self {
             protocol,
             dataset,
             classes: report_field(report, "anomaly", "/config/classes", path)?,
             max_normal: report_field(report, "anomaly", "/config/max_normal", path)?,
             max_test: report_field(report, "anomaly", "/config/max_test", path)?,
-            dev: report
-                .pointer("/config/dev")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
+            dev: later_switch("/config/dev"),
             normal: None,
             anomalies: None,
             normal_test: None,
@@ -200,11 +204,7 @@ impl AnomalySpec {
             knn_k: report_field(report, "anomaly", "/config/detector/knn_k", path)?,
             eval_batch: report_field(report, "anomaly", "/config/detector/eval_batch", path)?,
             save_detectors: false,
-            // Absent from reports written before the option existed.
-            skip_bad_images: report
-                .pointer("/config/skip_bad_images")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false),
+            skip_bad_images: later_switch("/config/skip_bad_images"),
         })
     }
 }
