@@ -113,15 +113,12 @@ fn canonical(trained: &WordPiece) -> Result<Tokenizer> {
         .build()
         .map_err(|e| tok_err("building the vocabulary", e))?;
     let mut tk = Tokenizer::new(model);
-    tk.with_normalizer(Some(BertNormalizer::default()));
+    tk.with_normalizer(Some(BertNormalizer::default()))
+        .map_err(|e| tok_err("setting the normalizer", e))?;
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
     tk.with_decoder(Some(WordPieceDecoder::default()));
-    tk.add_special_tokens(
-        &SPECIALS
-            .iter()
-            .map(|s| AddedToken::from(*s, true))
-            .collect::<Vec<_>>(),
-    );
+    tk.add_special_tokens(SPECIALS.iter().map(|s| AddedToken::from(*s, true)))
+        .map_err(|e| tok_err("adding the special tokens", e))?;
     Ok(tk)
 }
 
