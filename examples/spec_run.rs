@@ -30,6 +30,7 @@ fn main() -> selfsup::core::Result<()> {
         checkpoint_every: 1,
         // Running the example again replaces its own earlier output.
         force: true,
+        embedding: Default::default(),
     })?;
     println!("{}", report.to_markdown());
     println!(

@@ -12,7 +12,7 @@ use crate::core::report::Figure;
 use crate::core::train::FitConfig;
 use crate::core::{fsutil, Error, Result};
 use crate::data::{folder, registry, Dataset};
-use crate::plot::{histograms_png, line_png, Histogram, Series, PALETTE};
+use crate::plot::{colour, histograms_png, line_png, Histogram, Panel, Series};
 use crate::spec::BackboneSpec;
 use candle_core::Device;
 use std::path::PathBuf;
@@ -446,24 +446,33 @@ fn figures(opts: &AnomalyOptions, outcomes: &[Outcome]) -> Result<Vec<Figure>> {
         .iter()
         .map(|o| {
             let d = metrics::auroc(o.scores.get(&opts.score).expect("checked"), &o.anomalous);
-            format!("{} {:.3}", o.name, d)
+            format!("{} (AUROC {:.3})", o.name, d)
         })
         .collect();
     for (i, o) in first.iter().enumerate() {
         series.push(Series {
             label: &labels[i],
             points: metrics::roc_curve(o.scores.get(&opts.score)?, &o.anomalous),
-            rgb: PALETTE[i % PALETTE.len()],
+            rgb: colour(i),
             thick: 2,
         });
     }
     let rel = "figures/roc.png".to_string();
+    let panel = Panel {
+        y_name: "true-positive rate",
+        series,
+        weight: 1,
+        y_range: Some((0.0, 1.0)),
+        legend_lower_right: true,
+    };
     line_png(
         &opts.out.join(&rel),
-        &series,
-        &format!("ROC, {} score (seed {})", opts.score, opts.seeds[0]),
+        panel,
+        &format!(
+            "ROC per normal class, {} score (seed {})",
+            opts.score, opts.seeds[0]
+        ),
         "false-positive rate",
-        "true-positive rate",
     )?;
     out.push(Figure {
         method: opts.score.clone(),

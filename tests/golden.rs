@@ -51,6 +51,7 @@ fn options(spec: Experiment, out: &Path) -> PipelineOptions {
         reuse_pretraining: false,
         checkpoint_every: 1,
         force: false,
+        embedding: Default::default(),
     }
 }
 

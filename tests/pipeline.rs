@@ -3,7 +3,7 @@
 use candle_core::Device;
 use selfsup::core::report::Report;
 use selfsup::data::idx;
-use selfsup::pipeline::PipelineOptions;
+use selfsup::pipeline::{PipelineOptions, Projection};
 use selfsup::spec::{BackboneSpec, Experiment, Recipe};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,7 @@ struct Opts {
     max_test: Option<usize>,
     resume: bool,
     reuse_pretraining: bool,
+    embedding: Projection,
 }
 
 impl Opts {
@@ -49,6 +50,7 @@ fn run(o: &Opts) -> selfsup::core::Result<Report> {
         reuse_pretraining: o.reuse_pretraining,
         checkpoint_every: 1,
         force: false,
+        embedding: o.embedding,
     })
 }
 
@@ -96,6 +98,7 @@ fn options(dataset: &str, out: &Path) -> Opts {
         max_test: Some(100),
         resume: false,
         reuse_pretraining: false,
+        embedding: Projection::Pca,
     }
 }
 
@@ -435,6 +438,7 @@ fn every_two_view_method_runs_and_leaves_figures() {
     o.recipe.siamese.proj_hidden = 16;
     o.recipe.siamese.proj_dim = 8;
     o.recipe.siamese.queue_size = 32;
+    o.embedding = Projection::Tsne;
     let report = run(&o).unwrap();
     let json = read_json(&out.join("report.json"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();

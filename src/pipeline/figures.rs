@@ -1,66 +1,125 @@
-//! The figures of a run: each method's pretraining loss curve and the PCA
-//! of its test embedding.
+//! The figures of a run: each method's pretraining loss and learning-rate
+//! curves and a 2-D map of its test embedding, labelled with class names.
 
 use super::context::Stage;
 use crate::core::train::FitReport;
-use crate::core::Result;
+use crate::core::{Error, Result};
 use crate::finetune;
+use crate::plot::{colour, panels_png, scatter_png, Panel, Series, Tsne};
 use std::path::Path;
+use std::str::FromStr;
 
-/// Draws the training-loss curve of a pretraining run: the loss of every
-/// step, its epoch means and the held-out loss after each epoch.
+/// How the embedding figure maps features to two dimensions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Projection {
+    /// The first two principal components (fast, linear).
+    #[default]
+    Pca,
+    /// Exact t-SNE (perplexity 30): shows clusters, costs seconds per figure.
+    Tsne,
+}
+
+impl Projection {
+    /// The name `--embedding` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Projection::Pca => "pca",
+            Projection::Tsne => "tsne",
+        }
+    }
+
+    fn axes(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Projection::Pca => ("PCA", "principal component 1", "principal component 2"),
+            Projection::Tsne => ("t-SNE", "t-SNE 1", "t-SNE 2"),
+        }
+    }
+}
+
+impl FromStr for Projection {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pca" => Ok(Projection::Pca),
+            "tsne" | "t-sne" => Ok(Projection::Tsne),
+            other => Err(Error::invalid(
+                "embedding",
+                format!("unknown projection `{other}` (pca or tsne)"),
+            )),
+        }
+    }
+}
+
+/// Draws a pretraining run's curves: the loss of every step, its epoch
+/// means and the held-out loss after each epoch, and under them the
+/// learning rate of every step (when the history has it).
 pub fn loss_figure(history: &FitReport, method: &str, path: &Path) -> Result<()> {
-    use crate::plot::{line_png, Series, PALETTE};
     let epochs = history.epochs_run.max(1);
     let per_epoch = (history.step_loss.len() / epochs).max(1) as f64;
-    let steps: Vec<[f64; 2]> = history
-        .step_loss
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| [(i + 1) as f64 / per_epoch, f64::from(l)])
-        .collect();
+    let at_steps = |v: &mut dyn Iterator<Item = f64>| -> Vec<[f64; 2]> {
+        v.enumerate()
+            .map(|(i, y)| [(i + 1) as f64 / per_epoch, y])
+            .collect()
+    };
     let at_epochs = |v: &[f64]| -> Vec<[f64; 2]> {
         v.iter()
             .enumerate()
             .map(|(e, &l)| [(e + 1) as f64, l])
             .collect()
     };
-    let series = [
-        Series {
-            label: "train loss (step)",
-            points: steps,
-            rgb: [170, 200, 230],
-            thick: 1,
-        },
-        Series {
-            label: "train loss (epoch mean)",
-            points: at_epochs(&history.train_loss),
-            rgb: PALETTE[0],
-            thick: 3,
-        },
-        Series {
-            label: "held-out loss",
-            points: at_epochs(&history.val_loss),
-            rgb: PALETTE[1],
-            thick: 3,
-        },
-    ];
-    line_png(
-        path,
-        &series,
-        &format!("{method}: pretraining loss"),
-        "epoch",
-        "loss",
-    )
+    let loss = Panel {
+        y_name: "loss",
+        series: vec![
+            Series {
+                label: "train loss (step)",
+                points: at_steps(&mut history.step_loss.iter().map(|&l| f64::from(l))),
+                rgb: [170, 200, 230],
+                thick: 1,
+            },
+            Series {
+                label: "train loss (epoch mean)",
+                points: at_epochs(&history.train_loss),
+                rgb: colour(0),
+                thick: 3,
+            },
+            Series {
+                label: "held-out loss",
+                points: at_epochs(&history.val_loss),
+                rgb: colour(1),
+                thick: 3,
+            },
+        ],
+        weight: 2,
+        y_range: None,
+        legend_lower_right: false,
+    };
+    let mut panels = vec![loss];
+    if !history.step_lr.is_empty() {
+        panels.push(Panel {
+            y_name: "learning rate",
+            series: vec![Series {
+                label: "learning rate",
+                points: at_steps(&mut history.step_lr.iter().copied()),
+                rgb: colour(2),
+                thick: 2,
+            }],
+            weight: 1,
+            y_range: None,
+            legend_lower_right: false,
+        });
+    }
+    let height = if panels.len() == 2 { 780 } else { 560 };
+    let title = format!("{method}: pretraining");
+    panels_png(path, &panels, &title, "epoch", height)
 }
 
-/// Draws the first two principal components of the encoder's features of
-/// (up to) the first `max_points` test images, coloured by class.
+/// Draws the encoder's features of (up to) the first `max_points` test
+/// images in two dimensions, coloured and labelled by class.
 pub fn embedding_figure(
     ctx: &Stage,
     encoder: &dyn crate::backbones::Backbone,
     method: &str,
-    max_points: usize,
+    (max_points, projection): (usize, Projection),
     path: &Path,
 ) -> Result<()> {
     let test = &ctx.prep.pair.test;
@@ -76,13 +135,25 @@ pub fn embedding_figure(
     let x = finetune::to_cpu_f32(&x)?;
     let (n, d) = x.dims2()?;
     let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let points = crate::plot::pca2(&flat, n, d);
+    let points = match projection {
+        Projection::Pca => crate::plot::pca2(&flat, n, d),
+        Projection::Tsne => {
+            let cfg = Tsne {
+                perplexity: Tsne::default().perplexity.min((n.max(2) - 1) as f64 / 3.0),
+                ..Tsne::default()
+            };
+            crate::plot::tsne2(&flat, n, d, &cfg)?
+        }
+    };
     let labels = test.labels().expect("prepared datasets have labels");
     let classes: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
-    crate::plot::scatter_png(
+    let (name, x_axis, y_axis) = projection.axes();
+    scatter_png(
         path,
         &points,
         &classes,
-        &format!("{method}: test embedding (PCA)"),
+        test.class_names(),
+        &format!("{method}: test embedding ({name}, {n} images)"),
+        (x_axis, y_axis),
     )
 }

@@ -35,7 +35,7 @@ mod transfer;
 
 pub use context::{progress_dir, Stage};
 pub use data::{prepare, pretrain_pool, select_classes, unlabeled_pool, AllClasses, Prepared};
-pub use figures::{embedding_figure, loss_figure};
+pub use figures::{embedding_figure, loss_figure, Projection};
 pub use frozen::{frozen_protocols, FrozenFeatures};
 pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome, METRICS_FILE};
 pub use protocol::{protocol, protocols, Cell, Protocol};
@@ -83,6 +83,8 @@ pub struct PipelineOptions {
     /// Replace an earlier run in `out` (a directory selfsup did not write
     /// is refused even so; see [`crate::core::output`]).
     pub force: bool,
+    /// How the embedding figures map features to two dimensions.
+    pub embedding: Projection,
 }
 
 /// Loads the spec's dataset, truncated and with its class selection.
@@ -163,7 +165,7 @@ fn check_reusable(ctx: &Stage, layout: &RunLayout) -> Result<()> {
 fn pretrain_methods(
     ctx: &Stage,
     layout: &RunLayout,
-    resume: bool,
+    (resume, embedding): (bool, Projection),
     seed_index: usize,
     log: &mut RunLog,
 ) -> Result<()> {
@@ -192,25 +194,38 @@ fn pretrain_methods(
         log.time("pretrain", t);
         if seed_index == 0 {
             let t = Instant::now();
-            let (rel, path) = layout.figure(method, "loss");
-            loss_figure(&outcome.history, method, &path)?;
-            log.figures.push(Figure {
-                method: method.clone(),
-                kind: "loss".into(),
-                path: rel,
-            });
-            let enc = ckpt::load(&dir, seed, ctx.device)?;
-            let (rel, path) = layout.figure(method, "embedding");
-            embedding_figure(ctx, enc.backbone.as_ref(), method, 2000, &path)?;
-            log.figures.push(Figure {
-                method: method.clone(),
-                kind: "embedding".into(),
-                path: rel,
-            });
+            method_figures(ctx, layout, method, &outcome, (seed, embedding), log)?;
             log.time("figures", t);
         }
         log.pretraining.push(outcome.summary);
     }
+    Ok(())
+}
+
+/// Draws one pretrained method's loss curves and embedding map.
+fn method_figures(
+    ctx: &Stage,
+    layout: &RunLayout,
+    method: &str,
+    outcome: &PretrainOutcome,
+    (seed, embedding): (u64, Projection),
+    log: &mut RunLog,
+) -> Result<()> {
+    let (rel, path) = layout.figure(method, "loss");
+    loss_figure(&outcome.history, method, &path)?;
+    log.figures.push(Figure {
+        method: method.to_string(),
+        kind: "loss".into(),
+        path: rel,
+    });
+    let enc = ckpt::load(&layout.pretrain(seed, method), seed, ctx.device)?;
+    let (rel, path) = layout.figure(method, "embedding");
+    embedding_figure(ctx, enc.backbone.as_ref(), method, (2000, embedding), &path)?;
+    log.figures.push(Figure {
+        method: method.to_string(),
+        kind: "embedding".into(),
+        path: rel,
+    });
     Ok(())
 }
 
@@ -250,7 +265,7 @@ pub fn run(opts: &PipelineOptions) -> Result<Report> {
     log.time("load", t0);
     for (si, &seed) in spec.split.seeds.iter().enumerate() {
         if spec.pretrain.per_seed || si == 0 {
-            pretrain_methods(&ctx, &layout, continues, si, &mut log)?;
+            pretrain_methods(&ctx, &layout, (continues, opts.embedding), si, &mut log)?;
         }
         for &k in &spec.split.labels_per_class {
             let scratch = std::iter::once(("scratch".to_string(), None));

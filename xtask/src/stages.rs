@@ -58,6 +58,10 @@ pub struct PipelineArgs {
     /// (0: never; about four times the model's size on disk while it runs).
     #[arg(long, default_value_t = 1)]
     checkpoint_every: usize,
+    /// How the embedding figures map features to 2-D: pca (principal
+    /// components) or tsne (exact t-SNE: clusters show, a few seconds more).
+    #[arg(long, default_value = "pca")]
+    embedding: String,
 }
 
 impl PipelineArgs {
@@ -88,6 +92,7 @@ pub fn run_pipeline(a: PipelineArgs) -> Result<()> {
         reuse_pretraining: a.reuse_pretraining,
         checkpoint_every: a.checkpoint_every,
         force: a.run.force,
+        embedding: a.embedding.parse()?,
     };
     let report = pipeline::run(&opts)?;
     println!("{}", report.to_markdown());

@@ -32,7 +32,7 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 11] = [
+    let cases: [(&[&str], &[&str]); 12] = [
         (
             &[
                 "pipeline",
@@ -135,6 +135,10 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
         (
             &["pipeline", "--quiet", "--device", "tpu", "--out", o],
             &["--device", "tpu"],
+        ),
+        (
+            &["pipeline", "--quiet", "--embedding", "umap", "--out", o],
+            &["embedding", "umap", "pca or tsne"],
         ),
         (
             &[
