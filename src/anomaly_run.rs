@@ -157,7 +157,7 @@ fn tasks(opts: &AnomalyOptions) -> Result<(Dataset, String, Vec<Vec<Task>>)> {
     };
     match opts.protocol.as_str() {
         "one-class" => {
-            let mut pair = registry::load(&opts.dataset)?;
+            let mut pair = crate::pipeline::load_dataset(&opts.dataset)?;
             if opts.dev {
                 // The report keeps the dataset's name; `config.dev` says
                 // what was scored.

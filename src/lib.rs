@@ -40,6 +40,8 @@ pub use selfsup_text as text;
 
 pub mod anomaly_run;
 pub mod bench;
+#[cfg(feature = "candle-datasets")]
+pub mod interop;
 pub mod methods;
 pub mod pipeline;
 pub mod plot;

@@ -22,7 +22,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// `pair` with its input normalisation fitted on every training image.
-    fn fitted(pair: DatasetPair, skipped_images: usize) -> Self {
+    pub fn fitted(pair: DatasetPair, skipped_images: usize) -> Self {
         let all: Vec<usize> = (0..pair.train.len()).collect();
         let norm = batch::fit_normalization(&pair.train, &all);
         Self {
@@ -45,13 +45,32 @@ pub struct AllClasses {
     pub index: Vec<usize>,
 }
 
+/// Loads a dataset by name or path ([`crate::data::load`]), or through
+/// candle-datasets for a `candle:NAME` (builds with the `candle-datasets`
+/// feature).
+pub fn load_dataset(name: &str) -> Result<crate::data::DatasetPair> {
+    match name.strip_prefix("candle:") {
+        #[cfg(feature = "candle-datasets")]
+        Some(candle) => crate::interop::load_candle(candle),
+        #[cfg(not(feature = "candle-datasets"))]
+        Some(_) => Err(Error::invalid(
+            "--dataset",
+            format!(
+                "{name}: this build has no candle-datasets support; build with \
+                 `--features candle-datasets`"
+            ),
+        )),
+        None => crate::data::load(name),
+    }
+}
+
 /// Loads (and optionally truncates) a dataset.
 pub fn prepare(
     dataset: &str,
     max_train: Option<usize>,
     max_test: Option<usize>,
 ) -> Result<Prepared> {
-    let mut pair = crate::data::load(dataset)?;
+    let mut pair = load_dataset(dataset)?;
     if let Some(n) = max_train {
         pair.train = pair.train.take(n);
     }

@@ -34,7 +34,9 @@ mod semi;
 mod transfer;
 
 pub use context::{progress_dir, Stage};
-pub use data::{prepare, pretrain_pool, select_classes, unlabeled_pool, AllClasses, Prepared};
+pub use data::{
+    load_dataset, prepare, pretrain_pool, select_classes, unlabeled_pool, AllClasses, Prepared,
+};
 pub use figures::{embedding_figure, loss_figure, Projection};
 pub use frozen::{frozen_protocols, FrozenFeatures};
 pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome, METRICS_FILE};
