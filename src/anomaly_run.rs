@@ -373,13 +373,13 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
                     .iter()
                     .map(|(s, d)| format!("{s} {:.4}", d.auroc))
                     .collect();
-                eprintln!(
+                crate::core::progress::line(format!(
                     "  seed {seed} normal = {:<14} AUROC {} ({:.0} s + {:.0} s)",
                     o.name,
                     aurocs.join(", "),
                     o.train_seconds,
                     o.score_seconds
-                );
+                ));
             }
             outcomes.push(o);
         }

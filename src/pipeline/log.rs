@@ -30,10 +30,10 @@ impl RunLog {
     pub fn result(&mut self, cell: &Cell, protocol: &str, acc: f64, quiet: bool) {
         let (seed, k, method) = (cell.seed, cell.k, &cell.method);
         if !quiet {
-            eprintln!(
+            crate::core::progress::line(format!(
                 "  seed {seed} K={k} {method:>9} {protocol:<8} test accuracy {:.2}%",
                 100.0 * acc
-            );
+            ));
         }
         self.results.push(ResultRow {
             method: method.clone(),

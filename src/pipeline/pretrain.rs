@@ -190,13 +190,13 @@ pub fn pretrain_stage(
         &[("knn_monitor", &pre.monitor)],
     )?;
     if !ctx.quiet {
-        eprintln!(
+        crate::core::progress::line(format!(
             "pretrain {method} seed {seed}: {} epochs, held-out {method} accuracy {:.1}%, {:.0} img/s -> {}",
             pre.report.epochs_run,
             100.0 * pre.val_accuracy,
             pre.report.images_per_s,
             dir.display()
-        );
+        ));
     }
     Ok(PretrainOutcome {
         summary: PretrainSummary {

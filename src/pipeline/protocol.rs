@@ -233,11 +233,10 @@ impl Protocol for Knn {
     fn run(&self, ctx: &Stage, cell: &mut Cell) -> Result<f64> {
         let (acc, chosen) = cell.frozen(ctx)?.knn(ctx)?;
         tracing::info!(
-            method = cell.method,
-            seed = cell.seed,
-            k = cell.k,
-            chosen_k = chosen,
-            "kNN k chosen by leave-one-out on the labeled images"
+            "  seed {} K={} {:>9} knn      k = {chosen}, chosen by leave-one-out on the labeled images",
+            cell.seed,
+            cell.k,
+            cell.method
         );
         Ok(acc)
     }

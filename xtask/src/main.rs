@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod anomaly;
 mod bench;
 mod hub;
+mod logging;
 mod spec_args;
 mod spec_cmd;
 mod stages;
@@ -80,21 +81,6 @@ pub(crate) enum Command {
     Publish(hub::PublishArgs),
 }
 
-fn init_logging(quiet: bool) {
-    let default = if quiet {
-        "warn,hf_hub=off"
-    } else {
-        "warn,selfsup=info,hf_hub=off"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SELFSUP_LOG")
-        .unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
@@ -111,7 +97,7 @@ fn main() {
             flags.map(|(r, _)| r.kernels),
         ),
     };
-    init_logging(quiet);
+    logging::init(quiet);
     if let Some(k) = kernels {
         selfsup::kernels::set_default(k);
     }

@@ -1046,6 +1046,10 @@ fn a_run_killed_in_transfer_resumes_to_the_same_report() {
         log.contains("continuing from the state a killed run left"),
         "it continued, not started over: {log}"
     );
+    assert!(
+        !log.contains(" INFO "),
+        "info lines read as plain lines, without level or timestamp: {log}"
+    );
     assert_eq!(outcome(&killed), outcome(&whole));
     assert!(!killed.join("seed0/k5/scratch-fixmatch/.progress").exists());
 

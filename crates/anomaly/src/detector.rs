@@ -261,15 +261,17 @@ impl Detector {
     /// see [`Detector::normal_features_all`]) to `visit`.
     fn sweep(
         &self,
-        pixels: &[u8],
-        shape: (usize, usize, usize),
+        (pixels, shape): (&[u8], (usize, usize, usize)),
+        label: &str,
         mut visit: impl FnMut(&[f32], Tensor, Tensor) -> Result<()>,
     ) -> Result<()> {
         let per = shape.0 * shape.1 * shape.2;
         let n = pixels.len() / per;
         let t = self.list.len();
         let images_per_chunk = (self.config.eval_batch / t).max(1);
+        let bar = selfsup_core::progress::eval_bar(n.div_ceil(images_per_chunk) as u64, label);
         for start in (0..n).step_by(images_per_chunk) {
+            bar.inc(1);
             let end = (start + images_per_chunk).min(n);
             let pairs: Vec<(usize, usize)> = (start..end)
                 .flat_map(|i| (0..t).map(move |k| (i, k)))
@@ -281,6 +283,7 @@ impl Detector {
             let identity = out.features.index_select(&ids, 0)?;
             visit(&out.log_probs, identity, all_copies(&out.features, t)?)?;
         }
+        bar.finish_and_clear();
         Ok(())
     }
 
@@ -293,7 +296,7 @@ impl Detector {
         let mut correct = 0usize;
         let (mut feats, mut feats_all) = (Vec::new(), Vec::new());
         let mut n = 0usize;
-        self.sweep(pixels, shape, |lp, f, f_all| {
+        self.sweep((pixels, shape), "anomaly/fit", |lp, f, f_all| {
             for row_i in 0..lp.len() / t {
                 let k = row_i % t;
                 let row = &lp[row_i * t..(row_i + 1) * t];
@@ -336,7 +339,7 @@ impl Detector {
             .config
             .knn_k
             .clamp(1, self.normal_features.dim(0)?.max(1));
-        self.sweep(&pixels, shape, |lp, f, f_all| {
+        self.sweep((&pixels, shape), "anomaly/score", |lp, f, f_all| {
             for img in lp.chunks_exact(t * t) {
                 let (mut nll, mut dir) = (0.0, 0.0);
                 for (tt, row) in img.chunks_exact(t).enumerate() {

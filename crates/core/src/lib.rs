@@ -24,6 +24,7 @@ pub mod layout;
 pub mod metrics;
 pub mod output;
 pub mod params;
+pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod train;

@@ -112,12 +112,17 @@ pub fn extract_features(
     device: &Device,
 ) -> Result<Tensor> {
     let mut parts = Vec::new();
-    for chunk in indices.chunks(batch_size.max(1)) {
+    let batch_size = batch_size.max(1);
+    let bar =
+        selfsup_core::progress::eval_bar(indices.len().div_ceil(batch_size) as u64, "features");
+    for chunk in indices.chunks(batch_size) {
+        bar.inc(1);
         let x = batch::gather(ds, chunk, norm, device)?;
         // Detach: the parameters are variables, so each output would keep its
         // whole autograd graph (every activation) alive until the end.
         parts.push(backbone.forward_t(&x, false)?.detach());
     }
+    bar.finish_and_clear();
     Ok(Tensor::cat(&parts, 0)?)
 }
 

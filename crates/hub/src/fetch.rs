@@ -7,7 +7,7 @@ use crate::catalog::{self, Spec};
 use crate::client::{client, hub_error};
 use crate::parquet_images::{self, Decoded};
 use hf_hub::repository::RepoTreeEntry;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use selfsup_core::{Error, Result};
 use selfsup_data::cache::{self, Manifest, SourceFile, Split, FORMAT_VERSION};
 use selfsup_data::Dataset;
@@ -57,14 +57,11 @@ fn commit_of(local: &Path) -> Option<String> {
 }
 
 fn bar(quiet: bool, len: u64, msg: String) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} {elapsed_precise}")
-            .expect("valid template")
-            .progress_chars("=> "),
+    let pb = selfsup_core::progress::bar(
+        len,
+        "fetch",
+        "{msg:40} [{bar:30}] {pos}/{len} {elapsed_precise}",
+        quiet,
     );
     pb.set_message(msg);
     pb

@@ -300,12 +300,12 @@ pub fn pretrain_with(
         if let Some(m) = monitor {
             let v = m(backbone.as_ref())?;
             if !quiet {
-                eprintln!(
+                selfsup_core::progress::line(format!(
                     "pretrain/{}: epoch {} kNN monitor {:.1}%",
                     cfg.method,
                     monitored.borrow().len() + 1,
                     100.0 * v
-                );
+                ));
             }
             monitored.borrow_mut().push(v);
         }
@@ -358,7 +358,7 @@ pub fn pretrain_with(
         Some(&mut validate),
     )?;
     let (val_loss, val_accuracy) = held_out()?;
-    tracing::info!(
+    tracing::debug!(
         method = cfg.method,
         val_loss,
         val_accuracy,

@@ -12,7 +12,7 @@ pub use resume::{DirCheckpoint, EpochCheckpoint, Saved, WithMeta};
 use crate::{Error, Result};
 use candle_core::{Tensor, Var};
 use candle_nn::{Optimizer as _, ParamsAdamW};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use selfsup_kernels::AdamW;
 use std::time::Instant;
 
@@ -221,20 +221,12 @@ pub struct Progress {
 impl Progress {
     /// A bar over `total` steps labelled `label`.
     pub fn new(total: u64, label: &str, quiet: bool) -> Self {
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>18} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        };
-        bar.set_prefix(label.to_string());
+        let bar = crate::progress::bar(
+            total,
+            label,
+            "[{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+            quiet,
+        );
         Self {
             bar,
             start: Instant::now(),
@@ -257,14 +249,10 @@ impl Progress {
     /// Prints a line above the bar (e.g. the validation loss); without a
     /// terminal (logs, CI) the bar is invisible and the line goes to stderr.
     pub fn note(&self, msg: String) {
-        if self.quiet {
+        if self.quiet || crate::progress::is_quiet() {
             return;
         }
-        if self.bar.is_hidden() {
-            eprintln!("{msg}");
-        } else {
-            self.bar.println(msg);
-        }
+        crate::progress::suspend(|| eprintln!("{msg}"));
     }
 
     /// Images per second so far.
