@@ -21,7 +21,7 @@
 //! | [`pretext`] | rotation prediction |
 //! | [`contrastive`] | SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, MoCo v2 |
 //! | [`finetune`] | scratch, finetune, lpft, linear probe, kNN, distill, fixmatch |
-//! | [`hub`] | datasets and checkpoints on the Hugging Face Hub |
+//! | `hub` | datasets and checkpoints on the Hugging Face Hub (feature `hub`, on by default) |
 //! | [`anomaly`] | transformation-prediction anomaly detection, AUROC |
 //! | [`text`] | WordPiece tokenizer, small BERT, masked-token pretraining |
 
@@ -32,6 +32,7 @@ pub use selfsup_contrastive as contrastive;
 pub use selfsup_core as core;
 pub use selfsup_data as data;
 pub use selfsup_finetune as finetune;
+#[cfg(feature = "hub")]
 pub use selfsup_hub as hub;
 pub use selfsup_kernels as kernels;
 pub use selfsup_objective as objective;

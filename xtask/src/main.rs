@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 
 mod anomaly;
 mod bench;
+#[cfg(feature = "hub")]
+mod hub;
+#[cfg(not(feature = "hub"))]
+#[path = "no_hub.rs"]
 mod hub;
 mod logging;
 mod spec_args;
@@ -75,9 +79,11 @@ pub(crate) enum Command {
     Spec(spec_cmd::SpecCmdArgs),
     /// Download a public dataset from the Hugging Face Hub, decode it once
     /// into the local cache, and make it a --dataset name.
+    #[cfg(feature = "hub")]
     Fetch(hub::FetchArgs),
     /// Turn a run directory into a Hugging Face model repository (weights,
     /// config, model card) and upload it in one commit.
+    #[cfg(feature = "hub")]
     Publish(hub::PublishArgs),
 }
 
@@ -88,8 +94,11 @@ fn main() {
     let (quiet, kernels) = match &cli.command {
         Command::Anomaly(a) => (a.quiet, Some(a.kernels)),
         Command::Text(a) => (a.quiet, None),
+        #[cfg(feature = "hub")]
         Command::Fetch(a) => (a.quiet, None),
-        Command::Publish(_) | Command::Spec(_) => (false, None),
+        #[cfg(feature = "hub")]
+        Command::Publish(_) => (false, None),
+        Command::Spec(_) => (false, None),
         // The bench times each kernel choice itself.
         Command::Bench(_) => (false, None),
         _ => (
@@ -109,7 +118,9 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Anomaly(a) => anomaly::run_anomaly(a),
         Command::Text(a) => text::run_text(a),
+        #[cfg(feature = "hub")]
         Command::Fetch(a) => hub::run_fetch(a),
+        #[cfg(feature = "hub")]
         Command::Publish(a) => hub::run_publish(a),
         Command::Spec(a) => spec_cmd::run_spec(a),
     };
