@@ -10,6 +10,7 @@
 //! convert as round(255 x), so selfsup → candle → selfsup is exact.
 
 use crate::core::{Error, Result};
+use crate::data::registry::FASHION_MNIST_CLASSES;
 use crate::data::{Dataset, DatasetPair};
 use candle_core::{DType, Tensor};
 use candle_datasets::vision::Dataset as CandleDataset;
@@ -17,18 +18,6 @@ use candle_datasets::vision::Dataset as CandleDataset;
 /// The `candle:` names and the loader behind each.
 pub const CANDLE_NAMES: [&str; 3] = ["mnist", "fashion-mnist", "cifar10"];
 
-const FASHION_NAMES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
 const CIFAR10_NAMES: [&str; 10] = [
     "airplane",
     "automobile",
@@ -71,7 +60,7 @@ pub fn load_candle(name: &str) -> Result<DatasetPair> {
         )
     })?;
     let names: Vec<String> = match name {
-        "fashion-mnist" => FASHION_NAMES.map(String::from).to_vec(),
+        "fashion-mnist" => FASHION_MNIST_CLASSES.map(String::from).to_vec(),
         "cifar10" => CIFAR10_NAMES.map(String::from).to_vec(),
         _ => (0..10).map(|d| d.to_string()).collect(),
     };
