@@ -179,9 +179,12 @@ fn product(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
-/// 2-D convolution of `x` (B, C_in, H, W) with `w` (C_out, C_in / groups,
-/// kH, kW), no bias, using the implementation `k`.
-pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
+/// The sizes of a convolution of `x` with `w`, checked: the groups
+/// divide the channels, and the output and FLOP counts do not overflow
+/// (the output and the im2col buffer are allocated from these sizes: a
+/// product that overflows is an error, never a wrapped allocation). The
+/// forward FLOPs are added to [`take_forward_flops`]'s count.
+fn conv_geometry(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<cpu_conv::Geo> {
     let (b, cin, h, wd) = x.dims4()?;
     let (cout, cin_g, kh, kw) = w.dims4()?;
     if p.groups == 0
@@ -196,8 +199,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
         );
     }
     let (ho, wo) = (out_size(h, kh, p)?, out_size(wd, kw, p)?);
-    // The output and the im2col buffer are allocated from these sizes: a
-    // product that overflows is an error, never a wrapped allocation.
     let (Some(_), Some(flops)) = (
         product(&[b, cout, ho, wo]),
         product(&[2, b, cout, cin_g, kh, kw, ho, wo]),
@@ -211,6 +212,27 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
         );
     };
     FLOPS.fetch_add(flops as u64, Ordering::Relaxed);
+    Ok(cpu_conv::Geo {
+        n: b,
+        cin,
+        h,
+        w: wd,
+        cout,
+        kh,
+        kw,
+        stride: p.stride,
+        pad: p.padding,
+        ho,
+        wo,
+    })
+}
+
+/// 2-D convolution of `x` (B, C_in, H, W) with `w` (C_out, C_in / groups,
+/// kH, kW), no bias, using the implementation `k`.
+pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Tensor> {
+    let geo = conv_geometry(x, w, p)?;
+    let (cin, cin_g) = (geo.cin, geo.cin / p.groups);
+    let (cout, kh, kw) = (geo.cout, geo.kh, geo.kw);
     let needs_grad = x.track_op() || w.track_op();
     match k {
         Kernels::Stock => x.conv2d(w, p.padding, p.stride, 1, p.groups),
@@ -220,19 +242,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
                 && x.dtype() == DType::F32
                 && w.dtype() == DType::F32 =>
         {
-            let geo = cpu_conv::Geo {
-                n: b,
-                cin,
-                h,
-                w: wd,
-                cout,
-                kh,
-                kw,
-                stride: p.stride,
-                pad: p.padding,
-                ho,
-                wo,
-            };
             x.contiguous()?
                 .apply_op2(&w.contiguous()?, cpu_conv::Conv(geo))
         }
@@ -259,10 +268,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
                 && w.dtype() == DType::F32 =>
         {
             let geo = depthwise::Geometry {
-                h,
-                w: wd,
-                ho,
-                wo,
+                h: geo.h,
+                w: geo.w,
+                ho: geo.ho,
+                wo: geo.wo,
                 k: kh,
                 s: p.stride,
                 p: p.padding,
@@ -309,6 +318,28 @@ fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str, operand: &str) -> Result
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{op}: {operand} must be contiguous"),
+    }
+}
+
+/// Runs `f` on the f32 data of the tensors `ts`, contiguous CPU tensors
+/// (as a custom op's backward pass needs to read its operands); `op` names
+/// the op in the error.
+fn with_cpu_f32<const N: usize, R>(
+    ts: [&Tensor; N],
+    op: &str,
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (storage, layout) in &guards {
+        match &**storage {
+            candle_core::Storage::Cpu(s) => slices.push(cpu_f32(s, layout, op, "operands")?),
+            _ => candle_core::bail!("{op}: operands must be on the CPU"),
+        }
+    }
+    match <[&[f32]; N]>::try_from(slices) {
+        Ok(all) => Ok(f(all)),
+        Err(_) => candle_core::bail!("{op}: expected {N} operands"),
     }
 }
 

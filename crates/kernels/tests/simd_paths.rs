@@ -1,6 +1,7 @@
 //! Every CPU kernel gives the same numbers on every SIMD path this machine
-//! supports: the outputs and gradients of the dense and depthwise
-//! convolutions, the fused BatchNorm (each activation), add + ReLU, the
+//! supports: the outputs and gradients of the dense (including planes cut
+//! into bands) and depthwise convolutions, the fused BatchNorm (each
+//! activation), add + ReLU, the
 //! max-pool, the global average pool and the fused AdamW step, run with the
 //! level capped at each of baseline / AVX2 / AVX-512 in turn, equal those
 //! of the baseline path element for element. (The other property tests check the widest path
@@ -58,6 +59,8 @@ fn all_kernels() -> Vec<Vec<f32>> {
         ([2, 4, 11, 10], 1, 2),
         ([2, 6, 13, 13], 6, 1),
         ([2, 6, 13, 13], 6, 2),
+        // Planes of 361 outputs: cut into two bands of output rows.
+        ([2, 3, 19, 19], 1, 1),
     ];
     for (dims, groups, stride) in convs {
         let x = var(&mut rng, &dims);
