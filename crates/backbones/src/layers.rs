@@ -2,12 +2,13 @@
 //! selfsup-kernels, conv + BatchNorm + activation (fused on the CPU),
 //! residual add + ReLU, max-pool and global average pooling.
 
-use candle_core::{ModuleT, Tensor, Var};
+use candle_core::{Device, ModuleT, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, VarBuilder};
 use selfsup_core::{Error, Result};
 use selfsup_kernels::{
-    add_relu, batch_norm_train, conv2d_default, default_kernels, fused_supported, fusion_enabled,
-    Activation, Conv2dParams, Kernels,
+    add_relu, batch_norm_train, conv2d_default, conv_bn_train, default_kernels,
+    fused_conv_bn_supported, fused_supported, fusion_enabled, Activation, BatchStats, Conv2dParams,
+    Kernels,
 };
 
 pub(crate) fn check_input(x: &Tensor, in_channels: usize) -> Result<()> {
@@ -93,26 +94,28 @@ impl ConvBn {
     }
 
     /// conv, BatchNorm, then `act`. In training mode with the fast kernels
-    /// on the CPU, BatchNorm and the activation are one fused op
-    /// ([`selfsup_kernels::batch_norm_train`]) and the running averages are
-    /// updated here exactly as `candle_nn::BatchNorm` does; otherwise
-    /// Candle's BatchNorm and activation ops run.
+    /// on the CPU, a dense convolution, its BatchNorm and the activation are
+    /// one op ([`selfsup_kernels::conv_bn_train`]); any other convolution
+    /// is followed by the fused BatchNorm + activation
+    /// ([`selfsup_kernels::batch_norm_train`]). Either way the running
+    /// averages are updated here exactly as `candle_nn::BatchNorm` does;
+    /// otherwise Candle's BatchNorm and activation ops run.
     pub(crate) fn forward(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+        if train && fusion_enabled() {
+            if let Some((gamma, beta)) = self.bn.weight_and_bias() {
+                let (w, p) = (&self.conv.weight, self.conv.params);
+                if fused_conv_bn_supported(x, w, p) {
+                    let (y, stats) = conv_bn_train(x, w, gamma, beta, p, self.bn.eps(), act)?;
+                    self.update_running(&stats, x.device())?;
+                    return Ok(y);
+                }
+            }
+        }
         let h = self.conv.forward(x)?;
         if train && fusion_enabled() && fused_supported(&h) {
             if let Some((gamma, beta)) = self.bn.weight_and_bias() {
                 let (y, stats) = batch_norm_train(&h, gamma, beta, self.bn.eps(), act)?;
-                let m = self.bn.momentum();
-                let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
-                // The BatchNorm keeps its running statistics as variables:
-                // `from_tensor` of a variable shares its storage.
-                let rm = Var::from_tensor(self.bn.running_mean())?;
-                let rv = Var::from_tensor(self.bn.running_var())?;
-                let c = stats.mean.len();
-                let mean = Tensor::from_vec(stats.mean, c, h.device())?;
-                let var = Tensor::from_vec(stats.var, c, h.device())?;
-                rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-                rv.set(&((rv.as_tensor() * (1.0 - m))? + (var * (m * unbias))?)?)?;
+                self.update_running(&stats, h.device())?;
                 return Ok(y);
             }
         }
@@ -122,6 +125,24 @@ impl ConvBn {
             Activation::Relu => y.relu()?,
             Activation::Relu6 => relu6(&y)?,
         })
+    }
+
+    /// The running mean and variance moved towards a batch's statistics by
+    /// the BatchNorm's momentum (the variance unbiased), as
+    /// `candle_nn::BatchNorm` does in training mode.
+    fn update_running(&self, stats: &BatchStats, device: &Device) -> Result<()> {
+        let m = self.bn.momentum();
+        let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        // The BatchNorm keeps its running statistics as variables:
+        // `from_tensor` of a variable shares its storage.
+        let rm = Var::from_tensor(self.bn.running_mean())?;
+        let rv = Var::from_tensor(self.bn.running_var())?;
+        let c = stats.mean.len();
+        let mean = Tensor::from_vec(stats.mean.clone(), c, device)?;
+        let var = Tensor::from_vec(stats.var.clone(), c, device)?;
+        rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        rv.set(&((rv.as_tensor() * (1.0 - m))? + (var * (m * unbias))?)?)?;
+        Ok(())
     }
 }
 

@@ -136,18 +136,11 @@ pub fn batch_norm_train(
     let y = x
         .contiguous()?
         .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let saved = lock(&stash)?.clone();
-    let Some(s) = saved else {
+    let stats = lock(&stash)?.as_ref().map(Saved::stats);
+    let Some(stats) = stats else {
         candle_core::bail!("fused batch norm: the forward pass left no statistics")
     };
-    Ok((
-        y,
-        BatchStats {
-            mean: s.mean,
-            var: s.var,
-            count: s.count,
-        },
-    ))
+    Ok((y, stats))
 }
 
 /// `relu(a + b)` in one pass, with its gradient (the same masked gradient
@@ -168,11 +161,22 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// What the forward pass leaves for the backward pass.
 #[derive(Debug, Clone)]
-struct Saved {
-    mean: Vec<f32>,
-    var: Vec<f32>,
-    invstd: Vec<f32>,
-    count: usize,
+pub(crate) struct Saved {
+    pub(crate) mean: Vec<f32>,
+    pub(crate) var: Vec<f32>,
+    pub(crate) invstd: Vec<f32>,
+    pub(crate) count: usize,
+}
+
+impl Saved {
+    /// The statistics a caller gets.
+    pub(crate) fn stats(&self) -> BatchStats {
+        BatchStats {
+            mean: self.mean.clone(),
+            var: self.var.clone(),
+            count: self.count,
+        }
+    }
 }
 
 /// The statistics the forward pass hands to the caller and the backward
@@ -194,7 +198,7 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
 }
 
 /// (batch, channels, values per channel and image).
-fn nc_s(shape: &Shape) -> Result<(usize, usize, usize)> {
+pub(crate) fn nc_s(shape: &Shape) -> Result<(usize, usize, usize)> {
     let d = shape.dims();
     if d.len() < 2 {
         candle_core::bail!("fused batch norm: expected (N, C, ...), got {d:?}");
@@ -280,6 +284,121 @@ fn moments(x: &[f32], n: usize, c: usize, s: usize) -> (Vec<f32>, Vec<f32>) {
     per.into_iter().unzip()
 }
 
+/// The forward pass on slices: `x` is (N, C, S) flattened, `ncs` its
+/// sizes. Returns `act(x̂·γ + β)` and the batch statistics.
+pub(crate) fn forward_slices(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    (n, c, s): (usize, usize, usize),
+    eps: f64,
+    act: Activation,
+) -> Result<(Vec<f32>, Saved)> {
+    if n * s == 0 {
+        candle_core::bail!("fused batch norm: empty batch of {n} x {c} x {s}");
+    }
+    let (mean, var) = moments(x, n, c, s);
+    let invstd: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+        .collect();
+    let scale: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
+    let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    // SAFETY: slab `i` of `y` is written from slab `i` of `x`, which has
+    // the same length (`x.len()` is a multiple of `s`).
+    let y = unsafe {
+        crate::par_uninit(x.len(), s, |slab, out| {
+            let inp = &x[slab * s..slab * s + out.len()];
+            let (a, b) = (scale[slab % c], shift[slab % c]);
+            crate::simd::dispatch(
+                #[inline(always)]
+                || {
+                    with_act!(act, A => {
+                        for (o, &v) in out.iter_mut().zip(inp) {
+                            o.write(apply_c::<A>(v * a + b));
+                        }
+                    })
+                },
+            )
+        })
+    };
+    let saved = Saved {
+        mean,
+        var,
+        invstd,
+        count: n * s,
+    };
+    Ok((y, saved))
+}
+
+/// Σ g' and Σ g'·x̂ per channel over (N, C, S) slices, g' the gradient `g`
+/// through the activation (read off the output `y`).
+pub(crate) fn grad_sums(
+    x: &[f32],
+    y: &[f32],
+    g: &[f32],
+    (n, c, s): (usize, usize, usize),
+    saved: &Saved,
+    act: Activation,
+) -> (Vec<f32>, Vec<f32>) {
+    let per: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let (mu, inv) = (saved.mean[ci], saved.invstd[ci]);
+            let (mut sg_, mut sgx) = (0f64, 0f64);
+            for b in 0..n {
+                let r = (b * c + ci) * s..(b * c + ci + 1) * s;
+                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                let (a, b) = crate::simd::dispatch(
+                    #[inline(always)]
+                    || with_act!(act, A => masked_sums::<A>(xs, ys, gs, mu)),
+                );
+                sg_ += f64::from(a);
+                sgx += f64::from(b);
+            }
+            (sg_ as f32, (sgx * f64::from(inv)) as f32)
+        })
+        .collect();
+    per.into_iter().unzip()
+}
+
+/// Per-channel `(a, b, d)` with dL/dx = a·g' + b·x + d, from the scale and
+/// the sums of [`grad_sums`]: dx = k (g' - Σg'/M - x̂ Σg'x̂/M), k = γ/σ,
+/// x̂ = (x - μ)/σ.
+pub(crate) fn input_grad_coef(
+    gamma: &[f32],
+    saved: &Saved,
+    sum_g: &[f32],
+    sum_gx: &[f32],
+) -> Vec<[f32; 3]> {
+    let m = saved.count as f32;
+    (0..gamma.len())
+        .map(|i| {
+            let k = gamma[i] * saved.invstd[i];
+            let b = -k * saved.invstd[i] * sum_gx[i] / m;
+            let d = -k * sum_g[i] / m - b * saved.mean[i];
+            [k, b, d]
+        })
+        .collect()
+}
+
+/// Writes dL/dx of one slab (`x`, `y`, `g` of one channel, as long as
+/// `out`) into `out` through `put`.
+#[inline(always)]
+pub(crate) fn input_grad_slab<T>(
+    [a, b, d]: [f32; 3],
+    act: Activation,
+    (xs, ys, gs): (&[f32], &[f32], &[f32]),
+    out: &mut [T],
+    put: impl Fn(&mut T, f32),
+) {
+    with_act!(act, A => {
+        for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xs).zip(ys).zip(gs) {
+            put(o, a * masked_c::<A>(gv, yv) + b * xv + d);
+        }
+    })
+}
+
 impl CustomOp3 for BnForward {
     fn name(&self) -> &'static str {
         "selfsup-batch-norm"
@@ -297,42 +416,8 @@ impl CustomOp3 for BnForward {
         let x = contiguous(sx, lx, "the input")?;
         let gamma = contiguous(sg, lg, "the scale")?;
         let beta = contiguous(sb, lb, "the shift")?;
-        let (n, c, s) = nc_s(lx.shape())?;
-        if n * s == 0 {
-            candle_core::bail!("fused batch norm: empty batch {:?}", lx.shape().dims());
-        }
-        let (mean, var) = moments(x, n, c, s);
-        let invstd: Vec<f32> = var
-            .iter()
-            .map(|&v| (1.0 / (f64::from(v) + self.eps).sqrt()) as f32)
-            .collect();
-        let scale: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-        let act = self.act;
-        // SAFETY: slab `i` of `y` is written from slab `i` of `x`, which has
-        // the same length (`x.len()` is a multiple of `s`).
-        let y = unsafe {
-            crate::par_uninit(x.len(), s, |slab, out| {
-                let inp = &x[slab * s..slab * s + out.len()];
-                let (a, b) = (scale[slab % c], shift[slab % c]);
-                crate::simd::dispatch(
-                    #[inline(always)]
-                    || {
-                        with_act!(act, A => {
-                            for (o, &v) in out.iter_mut().zip(inp) {
-                                o.write(apply_c::<A>(v * a + b));
-                            }
-                        })
-                    },
-                )
-            })
-        };
-        let saved = Saved {
-            mean,
-            var,
-            invstd,
-            count: n * s,
-        };
+        let ncs = nc_s(lx.shape())?;
+        let (y, saved) = forward_slices(x, gamma, beta, ncs, self.eps, self.act)?;
         *lock(&self.stash)? = Some(saved);
         Ok((CpuStorage::F32(y), lx.shape().clone()))
     }
@@ -356,8 +441,7 @@ impl CustomOp3 for BnForward {
             y,
             &g,
             &BnSums {
-                mean: saved.mean.clone(),
-                invstd: saved.invstd.clone(),
+                saved: saved.clone(),
                 act: self.act,
             },
         )?;
@@ -367,16 +451,7 @@ impl CustomOp3 for BnForward {
             let sv: Vec<f32> = sums.flatten_all()?.to_vec1()?;
             let gm: Vec<f32> = gamma.to_vec1()?;
             let c = gm.len();
-            let m = saved.count as f32;
-            // dx = k (g' - Σg'/M - x̂ Σg'x̂/M), k = γ/σ, x̂ = (x - μ)/σ,
-            // written as a·g' + b·x + d per channel.
-            let mut coef = Vec::with_capacity(3 * c);
-            for i in 0..c {
-                let k = gm[i] * saved.invstd[i];
-                let b = -k * saved.invstd[i] * sv[c + i] / m;
-                let d = -k * sv[i] / m - b * saved.mean[i];
-                coef.extend_from_slice(&[k, b, d]);
-            }
+            let coef = input_grad_coef(&gm, &saved, &sv[..c], &sv[c..]);
             Some(x.apply_op3_no_bwd(
                 y,
                 &g,
@@ -395,8 +470,7 @@ impl CustomOp3 for BnForward {
 /// (x, y, g) -> (2, C): Σ g' and Σ g'·x̂ per channel, g' the gradient
 /// through the activation.
 struct BnSums {
-    mean: Vec<f32>,
-    invstd: Vec<f32>,
+    saved: Saved,
     act: Activation,
 }
 
@@ -417,34 +491,15 @@ impl CustomOp3 for BnSums {
         let x = contiguous(sx, lx, "the input")?;
         let y = contiguous(sy, ly, "the output")?;
         let g = contiguous(sg, lg, "the gradient")?;
-        let (n, c, s) = nc_s(lx.shape())?;
-        let act = self.act;
-        let per: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ci| {
-                let (mu, inv) = (self.mean[ci], self.invstd[ci]);
-                let (mut sg_, mut sgx) = (0f64, 0f64);
-                for b in 0..n {
-                    let r = (b * c + ci) * s..(b * c + ci + 1) * s;
-                    let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-                    let (a, b) = crate::simd::dispatch(
-                        #[inline(always)]
-                        || with_act!(act, A => masked_sums::<A>(xs, ys, gs, mu)),
-                    );
-                    sg_ += f64::from(a);
-                    sgx += f64::from(b);
-                }
-                (sg_ as f32, (sgx * f64::from(inv)) as f32)
-            })
-            .collect();
-        let (a, b): (Vec<f32>, Vec<f32>) = per.into_iter().unzip();
-        Ok((CpuStorage::F32([a, b].concat()), Shape::from((2, c))))
+        let ncs = nc_s(lx.shape())?;
+        let (a, b) = grad_sums(x, y, g, ncs, &self.saved, self.act);
+        Ok((CpuStorage::F32([a, b].concat()), Shape::from((2, ncs.1))))
     }
 }
 
 /// (x, y, g) -> dL/dx = a·g' + b·x + d with per-channel (a, b, d).
 struct BnInputGrad {
-    coef: Vec<f32>,
+    coef: Vec<[f32; 3]>,
     act: Activation,
 }
 
@@ -468,24 +523,17 @@ impl CustomOp3 for BnInputGrad {
         let (_, c, s) = nc_s(lx.shape())?;
         let act = self.act;
         // SAFETY: every slab of `dx` is zipped with same-length slabs of
-        // x, y and g (all `x.len()` long, a multiple of `s`).
+        // x, y and g (all `x.len()` long, a multiple of `s`), and
+        // `input_grad_slab` writes each of its positions.
         let dx = unsafe {
             crate::par_uninit(x.len(), s, |slab, out| {
-                let ci = slab % c;
-                let (a, b, d) = (
-                    self.coef[3 * ci],
-                    self.coef[3 * ci + 1],
-                    self.coef[3 * ci + 2],
-                );
                 let r = slab * s..slab * s + out.len();
-                let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
+                let parts = (&x[r.clone()], &y[r.clone()], &g[r]);
                 crate::simd::dispatch(
                     #[inline(always)]
                     || {
-                        with_act!(act, A => {
-                            for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xs).zip(ys).zip(gs) {
-                                o.write(a * masked_c::<A>(gv, yv) + b * xv + d);
-                            }
+                        input_grad_slab(self.coef[slab % c], act, parts, out, |o, v| {
+                            o.write(v);
                         })
                     },
                 )

@@ -30,7 +30,10 @@
 //! On the CPU the crate also fuses what surrounds the convolutions in a
 //! training step: [`batch_norm_train`] (training-mode BatchNorm with its
 //! ReLU/ReLU6 in one pass forward and two backward, instead of Candle's
-//! chain of ten single-threaded ops), [`add_relu`] (a residual sum and
+//! chain of ten single-threaded ops), [`conv_bn_train`] (a dense
+//! convolution, its BatchNorm and activation as one op, whose BatchNorm
+//! gradient is formed inside the convolution's backward pass instead of as
+//! a full-size tensor in between), [`add_relu`] (a residual sum and
 //! its ReLU), [`max_pool2`] (2x2 max-pooling with Candle's gradient, one
 //! pass each way) and [`AdamW`] (Candle's optimizer with its update fused
 //! into one in-place pass per parameter, bit-identical results).
@@ -55,6 +58,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 pub mod adamw;
 mod batchnorm;
+mod conv_bn;
 mod cpu_conv;
 mod depthwise;
 mod pool;
@@ -62,6 +66,7 @@ pub mod simd;
 
 pub use adamw::AdamW;
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
+pub use conv_bn::{conv_bn_train, fused_conv_bn_supported};
 pub use pool::{global_avg_pool, max_pool2};
 
 /// Which implementation of the convolution ops to use.

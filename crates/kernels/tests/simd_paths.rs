@@ -1,7 +1,7 @@
 //! Every CPU kernel gives the same numbers on every SIMD path this machine
 //! supports: the outputs and gradients of the dense (including planes cut
 //! into bands) and depthwise convolutions, the fused BatchNorm (each
-//! activation), add + ReLU, the
+//! activation), the fused convolution + BatchNorm, add + ReLU, the
 //! max-pool, the global average pool and the fused AdamW step, run with the
 //! level capped at each of baseline / AVX2 / AVX-512 in turn, equal those
 //! of the baseline path element for element. (The other property tests check the widest path
@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use selfsup_kernels::simd::{self, SimdLevel};
 use selfsup_kernels::{
-    add_relu, batch_norm_train, conv2d, global_avg_pool, max_pool2, Activation, AdamW,
-    Conv2dParams, Kernels,
+    add_relu, batch_norm_train, conv2d, conv_bn_train, global_avg_pool, max_pool2, Activation,
+    AdamW, Conv2dParams, Kernels,
 };
 
 fn var(rng: &mut ChaCha8Rng, dims: &[usize]) -> Var {
@@ -83,6 +83,23 @@ fn all_kernels() -> Vec<Vec<f32>> {
         let (g, b) = (var(&mut rng, &[5]), var(&mut rng, &[5]));
         let bn = || batch_norm_train(&x, &g, &b, 1e-5, act).unwrap().0;
         out.extend(with_grads(&[&x, &g, &b], bn, 3));
+    }
+    // The fused convolution + BatchNorm (one banded plane, one group of
+    // small images).
+    for (dims, act) in [
+        ([2, 3, 18, 17], Activation::Relu),
+        ([5, 4, 7, 9], Activation::Relu6),
+    ] {
+        let x = var(&mut rng, &dims);
+        let w = var(&mut rng, &[5, dims[1], 3, 3]);
+        let (g, b) = (var(&mut rng, &[5]), var(&mut rng, &[5]));
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 1,
+            groups: 1,
+        };
+        let f = || conv_bn_train(&x, &w, &g, &b, p, 1e-5, act).unwrap().0;
+        out.extend(with_grads(&[&x, &w, &g, &b], f, 7));
     }
     let (a, b) = (var(&mut rng, &[2, 3, 8, 8]), var(&mut rng, &[2, 3, 8, 8]));
     out.extend(with_grads(&[&a, &b], || add_relu(&a, &b).unwrap(), 4));

@@ -18,7 +18,7 @@
 //! read from. Unlike the dilated-gradient formulation, a stride-2 layer
 //! costs no more than its forward pass. Both gradients come from one pass
 //! ([`backward`]) that takes the output gradient band by band through
-//! `BandGrad`, so that a fused op can compute it there.
+//! [`BandGrad`], so that a fused op can compute it there (`conv_bn`).
 //!
 //! Files: `geo` (sizes, groups and bands), `gemm` (the GEMM wrapper),
 //! `im2col` (im2col/col2im and the per-thread scratch buffers), `parallel`
@@ -31,8 +31,9 @@ mod geo;
 mod im2col;
 mod parallel;
 
-pub(crate) use backward::backward;
+pub(crate) use backward::{backward, Band, BandGrad};
 pub(crate) use forward::forward;
+pub(crate) use gemm::{mat, Mat};
 pub(crate) use geo::Geo;
 
 use backward::Given;
