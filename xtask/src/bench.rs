@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: training-step throughput of our kernels, Candle's
 //! stock ops and PyTorch, side by side in one run.
 
+use crate::bench_rounds::{print_summaries, ratio_summaries, Measured};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use selfsup::bench::{self, BenchOptions, BenchRow};
@@ -59,6 +60,12 @@ pub struct BenchArgs {
     /// CPU's widest are named `<impl>-<level>`. Default: the widest.
     #[arg(long, value_delimiter = ',')]
     simd: Vec<SimdLevel>,
+    /// Measure the PyTorch rows and ours this many times, alternating, and
+    /// summarise each of our rows' ratio to PyTorch over the rounds (median,
+    /// min, max): on a machine whose speed drifts, a ratio from rows timed
+    /// minutes apart.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Write the results as JSON to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -152,6 +159,117 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The rows as a markdown table, each with its ratio to PyTorch's row of
+/// the same round (and a round column when there are several).
+fn print_rows(all: &[Measured], peak: f64, rounds: bool) {
+    let round_col = if rounds { "round | " } else { "" };
+    println!(
+        "| {round_col}model | objective | impl | batch | images/s | ± | step ms | fwd / bwd / opt ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
+    );
+    println!(
+        "|{}---|---|---|---|---|---|---|---|---|---|---|---|",
+        if rounds { "---|" } else { "" }
+    );
+    for Measured { round, row: r } in all {
+        let same_round = all.iter().filter(|m| m.round == *round).map(|m| &m.row);
+        let torch = same_round
+            .clone()
+            .find(|t| {
+                t.model == r.model && t.objective == r.objective && t.implementation == "pytorch"
+            })
+            .map(|t| t.images_per_s);
+        let flops = r.gflops.or_else(|| {
+            // PyTorch rows: the same network does the same FLOPs per image.
+            same_round
+                .clone()
+                .find(|o| o.model == r.model && o.objective == r.objective && o.gflops.is_some())
+                .and_then(|o| o.gflops.map(|g| g / o.images_per_s * r.images_per_s))
+        });
+        let phases = r
+            .phases_ms
+            .map(|p| format!("{:.1} / {:.1} / {:.1}", p.forward, p.backward, p.optimizer))
+            .unwrap_or_else(|| "-".into());
+        let round_cell = if rounds {
+            format!("{round} | ")
+        } else {
+            String::new()
+        };
+        println!(
+            "| {round_cell}{} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            r.model,
+            r.objective,
+            r.implementation,
+            r.batch,
+            r.images_per_s,
+            r.spread,
+            r.step_ms,
+            phases,
+            fmt_opt(flops, 1),
+            fmt_opt(flops.map(|f| 100.0 * f / peak), 1),
+            fmt_opt(r.gpu_mem_mb, 0),
+            fmt_opt(torch.map(|t| r.images_per_s / t), 2),
+        );
+    }
+}
+
+/// What the JSON's `pytorch` field says: measured, or why not (printed
+/// too).
+fn pytorch_note(a: &BenchArgs, with_torch: bool) -> String {
+    if a.no_pytorch {
+        return "skipped (--no-pytorch)".into();
+    }
+    if with_torch {
+        return "measured".into();
+    }
+    let note = format!(
+        "PyTorch rows skipped: `{} -c 'import torch'` failed. Install it with \
+         `pip install torch --index-url https://download.pytorch.org/whl/cpu` \
+         (CPU) or `pip install torch` (CUDA), or pass --python.",
+        a.python
+    );
+    eprintln!("{note}");
+    note
+}
+
+/// One round: the PyTorch rows (first, so that their GPU memory is released
+/// before ours is measured), then ours at each `--simd` level and, with
+/// `--tf32` on a GPU, with TF32 matmuls.
+fn round_rows(
+    a: &BenchArgs,
+    opts: &BenchOptions,
+    dev_name: &str,
+    threads: usize,
+    with_torch: bool,
+) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    if with_torch {
+        // `auto` resolves to what our rows run on; `cuda:N` passes through.
+        let torch_device = if a.device == "auto" {
+            dev_name
+        } else {
+            a.device.as_str()
+        };
+        rows.extend(pytorch_rows(a, torch_device, opts.steps, threads)?);
+    }
+    let report = |r: &BenchRow| {
+        eprintln!(
+            "{} {} {}: {:.1} img/s",
+            r.implementation, r.objective, r.model, r.images_per_s
+        )
+    };
+    rows.extend(rows_per_simd_level(a, opts, &report)?);
+    if a.tf32 && opts.device.is_cuda() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        let tf32 = bench::run(opts, report);
+        candle_core::cuda::set_gemm_reduced_precision_f32(false);
+        rows.extend(tf32?.into_iter().map(|mut r| {
+            r.implementation.push_str("-tf32");
+            r
+        }));
+    }
+    Ok(rows)
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     // Before anything is timed, PyTorch rows included.
     for o in &a.objectives {
@@ -170,29 +288,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.reps,
         steps
     );
-    let mut rows = Vec::new();
-    let mut pytorch_note = None;
-    if !a.no_pytorch {
-        if torch_available(&a.python) {
-            // First, so that its GPU memory is released before ours is measured.
-            // `auto` resolves to what our rows run on; `cuda:N` passes through.
-            let torch_device = if a.device == "auto" {
-                dev_name
-            } else {
-                a.device.as_str()
-            };
-            rows.extend(pytorch_rows(&a, torch_device, steps, threads)?);
-        } else {
-            let note = format!(
-                "PyTorch rows skipped: `{} -c 'import torch'` failed. Install it with \
-                 `pip install torch --index-url https://download.pytorch.org/whl/cpu` \
-                 (CPU) or `pip install torch` (CUDA), or pass --python.",
-                a.python
-            );
-            eprintln!("{note}");
-            pytorch_note = Some(note);
-        }
-    }
     let cpu = bench::cpu_info();
     eprintln!(
         "cpu: {} ({} SIMD for our loops; {})",
@@ -216,72 +311,43 @@ pub fn run(a: BenchArgs) -> Result<()> {
         device: device.clone(),
         seed: 0,
     };
-    let report = |r: &BenchRow| {
-        eprintln!(
-            "{} {} {}: {:.1} img/s",
-            r.implementation, r.objective, r.model, r.images_per_s
-        )
-    };
-    rows.extend(rows_per_simd_level(&a, &opts, &report)?);
-    if a.tf32 && device.is_cuda() {
-        candle_core::cuda::set_gemm_reduced_precision_f32(true);
-        let tf32 = bench::run(&opts, report);
-        candle_core::cuda::set_gemm_reduced_precision_f32(false);
-        rows.extend(tf32?.into_iter().map(|mut r| {
-            r.implementation.push_str("-tf32");
-            r
-        }));
+    let with_torch = !a.no_pytorch && torch_available(&a.python);
+    let pytorch_note = pytorch_note(&a, with_torch);
+    let mut all = Vec::new();
+    for round in 1..=a.rounds as usize {
+        if a.rounds > 1 {
+            eprintln!("round {round} of {}", a.rounds);
+        }
+        for row in round_rows(&a, &opts, dev_name, threads, with_torch)? {
+            all.push(Measured { round, row });
+        }
     }
-    println!(
-        "| model | objective | impl | batch | images/s | ± | step ms | fwd / bwd / opt ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in &rows {
-        let torch = rows
-            .iter()
-            .find(|t| {
-                t.model == r.model && t.objective == r.objective && t.implementation == "pytorch"
-            })
-            .map(|t| t.images_per_s);
-        let flops = r.gflops.or_else(|| {
-            // PyTorch rows: the same network does the same FLOPs per image.
-            rows.iter()
-                .find(|o| o.model == r.model && o.objective == r.objective && o.gflops.is_some())
-                .and_then(|o| o.gflops.map(|g| g / o.images_per_s * r.images_per_s))
-        });
-        let phases = r
-            .phases_ms
-            .map(|p| format!("{:.1} / {:.1} / {:.1}", p.forward, p.backward, p.optimizer))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
-            r.model,
-            r.objective,
-            r.implementation,
-            r.batch,
-            r.images_per_s,
-            r.spread,
-            r.step_ms,
-            phases,
-            fmt_opt(flops, 1),
-            fmt_opt(flops.map(|f| 100.0 * f / peak), 1),
-            fmt_opt(r.gpu_mem_mb, 0),
-            fmt_opt(torch.map(|t| r.images_per_s / t), 2),
-        );
+    print_rows(&all, peak, a.rounds > 1);
+    let ratios = ratio_summaries(&all);
+    if a.rounds > 1 && !ratios.is_empty() {
+        print_summaries(&ratios);
     }
     if let Some(path) = &a.out {
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(|m| {
+                let mut v = serde_json::to_value(&m.row)?;
+                v["round"] = m.round.into();
+                Ok(v)
+            })
+            .collect::<Result<_>>()?;
         let json = serde_json::json!({
             "threads": threads,
             "device": dev_name,
             "batch": a.batch,
             "steps_per_rep": steps,
             "reps": a.reps,
+            "rounds": a.rounds,
             "matmul_peak_gflops": peak,
             "cpu": cpu,
-            "pytorch": pytorch_note.unwrap_or_else(|| {
-                if a.no_pytorch { "skipped (--no-pytorch)" } else { "measured" }.into()
-            }),
+            "pytorch": pytorch_note,
             "rows": rows,
+            "ratios": ratios,
         });
         selfsup::core::fsutil::write_json_atomic(path, &json)
             .with_context(|| format!("writing {}", path.display()))?;

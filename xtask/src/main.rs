@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod anomaly;
 mod bench;
+mod bench_rounds;
 #[cfg(feature = "hub")]
 mod hub;
 #[cfg(not(feature = "hub"))]

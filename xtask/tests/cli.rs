@@ -205,6 +205,8 @@ fn bench_writes_the_documented_json() {
         "0",
         "--reps",
         "2",
+        "--rounds",
+        "2",
         "--no-pytorch",
         "--out",
         out.to_str().unwrap(),
@@ -213,9 +215,14 @@ fn bench_writes_the_documented_json() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(v["threads"].as_u64().unwrap() >= 1);
+    assert_eq!(v["rounds"], 2);
     let rows = v["rows"].as_array().unwrap();
     let impls: Vec<&str> = rows.iter().map(|r| r["impl"].as_str().unwrap()).collect();
-    assert_eq!(impls, ["stock", "fast"]);
+    assert_eq!(impls, ["stock", "fast", "stock", "fast"]);
+    let rounds: Vec<u64> = rows.iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    assert_eq!(rounds, [1, 1, 2, 2]);
+    // No PyTorch rows, so no ratios to summarise.
+    assert_eq!(v["ratios"].as_array().unwrap().len(), 0);
     for r in rows {
         assert_eq!(r["model"], "convnet");
         assert_eq!(r["batch"], 8);
@@ -259,6 +266,8 @@ fn bench_writes_the_documented_json() {
     } else {
         assert_eq!(impls, ["fast-baseline", "fast"]);
     }
+    let (ok, err) = xtask(&["bench", "--rounds", "0", "--no-pytorch"]);
+    assert!(!ok && err.contains("--rounds"), "{err}");
     let (ok, err) = xtask(&["bench", "--simd", "sse9", "--no-pytorch"]);
     assert!(!ok && err.contains("sse9"), "{err}");
     let (ok, err) = xtask(&["bench", "--kernels", "turbo", "--no-pytorch"]);
