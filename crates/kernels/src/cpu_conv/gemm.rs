@@ -112,11 +112,41 @@ pub(super) fn sgemm(
     }
 }
 
-/// Writes the (rows × cols) matrix `a` into `out` in row-major order.
+/// Writes the (rows × cols) matrix `a` into `out` in row-major order, tile
+/// by tile: a transposing copy of a large matrix read element by element
+/// along its long stride would miss the cache on every element.
 pub(super) fn copy_row_major(a: Mat, (rows, cols): (usize, usize), out: &mut [f32]) {
-    for r in 0..rows {
-        for (c, o) in out[r * cols..(r + 1) * cols].iter_mut().enumerate() {
-            *o = a.data[r * a.rs + c * a.cs];
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let c1 = (c0 + TILE).min(cols);
+                for (c, o) in (c0..c1).zip(&mut out[r * cols + c0..r * cols + c1]) {
+                    *o = a.data[r * a.rs + c * a.cs];
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_row_major_transposes_across_tile_edges() {
+        // 37 x 70: neither a multiple of the tile, read column-major.
+        let (rows, cols) = (37, 70);
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut out = vec![-1f32; rows * cols];
+        copy_row_major(mat(&src, 1, rows), (rows, cols), &mut out);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(out[r * cols + c], src[r + c * rows], "({r}, {c})");
+            }
+        }
+        // Row-major in, row-major out: a plain copy.
+        copy_row_major(mat(&src, cols, 1), (rows, cols), &mut out);
+        assert_eq!(out, src);
     }
 }
