@@ -182,9 +182,7 @@ impl Saved {
 /// The statistics the forward pass hands to the caller and the backward
 /// pass, locked.
 fn lock(stash: &Mutex<Option<Saved>>) -> Result<std::sync::MutexGuard<'_, Option<Saved>>> {
-    stash
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("fused batch norm: poisoned statistics".into()))
+    crate::lock_stash(stash, "fused batch norm")
 }
 
 struct BnForward {

@@ -90,9 +90,7 @@ struct Kept {
 }
 
 fn lock(stash: &Mutex<Option<Kept>>) -> Result<std::sync::MutexGuard<'_, Option<Kept>>> {
-    stash
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("fused conv + batch norm: poisoned state".into()))
+    crate::lock_stash(stash, "fused conv + batch norm")
 }
 
 /// (x, w, [γ; β]) -> act(BatchNorm(conv2d(x, w))).

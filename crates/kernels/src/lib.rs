@@ -326,6 +326,18 @@ fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str, operand: &str) -> Result
     }
 }
 
+/// The state a custom op's forward pass leaves for its backward pass (and
+/// its caller), locked; `op` names the op in the error if a panic poisoned
+/// it.
+fn lock_stash<'a, T>(
+    stash: &'a std::sync::Mutex<Option<T>>,
+    op: &str,
+) -> Result<std::sync::MutexGuard<'a, Option<T>>> {
+    stash
+        .lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned state")))
+}
+
 /// Runs `f` on the f32 data of the tensors `ts`, contiguous CPU tensors
 /// (as a custom op's backward pass needs to read its operands); `op` names
 /// the op in the error.
