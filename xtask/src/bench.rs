@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: training-step throughput of our kernels, Candle's
 //! stock ops and PyTorch, side by side in one run.
 
-use crate::bench_rounds::{print_summaries, ratio_summaries, Measured};
+use crate::bench_rounds::{print_summaries, pytorch_in_round, ratio_summaries, Measured};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use selfsup::bench::{self, BenchOptions, BenchRow};
@@ -171,17 +171,12 @@ fn print_rows(all: &[Measured], peak: f64, rounds: bool) {
         if rounds { "---|" } else { "" }
     );
     for Measured { round, row: r } in all {
-        let same_round = all.iter().filter(|m| m.round == *round).map(|m| &m.row);
-        let torch = same_round
-            .clone()
-            .find(|t| {
-                t.model == r.model && t.objective == r.objective && t.implementation == "pytorch"
-            })
-            .map(|t| t.images_per_s);
+        let torch = pytorch_in_round(all, *round, r);
         let flops = r.gflops.or_else(|| {
             // PyTorch rows: the same network does the same FLOPs per image.
-            same_round
-                .clone()
+            all.iter()
+                .filter(|m| m.round == *round)
+                .map(|m| &m.row)
                 .find(|o| o.model == r.model && o.objective == r.objective && o.gflops.is_some())
                 .and_then(|o| o.gflops.map(|g| g / o.images_per_s * r.images_per_s))
         });

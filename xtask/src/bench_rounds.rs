@@ -38,7 +38,7 @@ pub struct RatioSummary {
 }
 
 /// PyTorch's images/s for `row`'s model and objective in round `round`.
-fn pytorch_in_round(all: &[Measured], round: usize, row: &BenchRow) -> Option<f64> {
+pub fn pytorch_in_round(all: &[Measured], round: usize, row: &BenchRow) -> Option<f64> {
     all.iter()
         .find(|m| {
             m.round == round
