@@ -122,7 +122,7 @@ impl CustomOp3 for ConvBn {
         let g = &self.geo;
         let h = cpu_conv::forward(x, w, g);
         let (gamma, beta) = scale_shift.split_at(g.cout);
-        let ncs = (g.n, g.cout, g.ho * g.wo);
+        let ncs = (g.n, g.cout, g.p());
         let (y, bn) = batchnorm::forward_slices(&h, gamma, beta, ncs, self.eps, self.act)?;
         *lock(&self.stash)? = Some(Kept { h, bn });
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
@@ -143,8 +143,11 @@ impl CustomOp3 for ConvBn {
         let g = &self.geo;
         let gy = gy.contiguous()?;
         let gamma: Vec<f32> = scale_shift.narrow(0, 0, g.cout)?.to_vec1()?;
-        let ncs = (g.n, g.cout, g.ho * g.wo);
+        let ncs = (g.n, g.cout, g.p());
         let op = "fused conv + batch norm backward";
+        // With x and w both frozen only γ and β need their sums (as the
+        // plain convolution's backward skips its pass then).
+        let wants_conv = x.track_op() || w.track_op();
         let (dw, dx, sums) = crate::with_cpu_f32([x, w, y, &gy], op, |[xs, ws, ys, gs]| {
             let (sum_g, sum_gx) = batchnorm::grad_sums(&kept.h, ys, gs, ncs, &kept.bn, self.act);
             let source = BnGrad {
@@ -154,7 +157,11 @@ impl CustomOp3 for ConvBn {
                 coef: batchnorm::input_grad_coef(&gamma, &kept.bn, &sum_g, &sum_gx),
                 act: self.act,
             };
-            let (dw, dx) = cpu_conv::backward(xs, ws, &source, g, x.track_op());
+            let (dw, dx) = if wants_conv {
+                cpu_conv::backward(xs, ws, &source, g, x.track_op())
+            } else {
+                (Vec::new(), None)
+            };
             (dw, dx, [sum_gx, sum_g].concat())
         })?;
         let (dx, dw) = cpu_conv::grads_to_tensors(g, x, w, dw, dx)?;
@@ -182,7 +189,7 @@ impl BandGrad for BnGrad<'_> {
         band: Band,
         buf: &'a mut [f32],
     ) -> Mat<'a> {
-        let p = g.ho * g.wo;
+        let p = g.p();
         let pb = (band.1 - band.0) * g.wo;
         let ld = nb * pb;
         crate::simd::dispatch(

@@ -166,3 +166,43 @@ fn unsupported_inputs_are_refused_with_the_reason() {
         .to_string();
     assert!(e.contains("4 output channels"), "{e}");
 }
+
+/// With the input and kernel frozen (plain tensors), only γ and β get
+/// gradients, equal to the two ops' bit for bit.
+#[test]
+fn frozen_input_and_kernel_give_only_scale_and_shift_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+        groups: 1,
+    };
+    let x = randn(&mut rng, &[3, 4, 9, 9], 1.0, 0.0)
+        .as_tensor()
+        .detach();
+    let w = randn(&mut rng, &[5, 4, 3, 3], 0.5, 0.0)
+        .as_tensor()
+        .detach();
+    let gamma = randn(&mut rng, &[5], 1.0, 0.5);
+    let beta = randn(&mut rng, &[5], 1.0, 0.0);
+    let r = randn(&mut rng, &[3, 5, 9, 9], 1.0, 0.0);
+    let grads = |fused: bool| {
+        let y = if fused {
+            conv_bn_train(&x, &w, &gamma, &beta, p, 1e-5, Activation::Relu)
+        } else {
+            let h = conv2d(&x, &w, p, Kernels::Fast).unwrap();
+            batch_norm_train(&h, &gamma, &beta, 1e-5, Activation::Relu)
+        }
+        .unwrap()
+        .0;
+        let g = (&y * r.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(&x).is_none() && g.get(&w).is_none());
+        (bits(g.get(&gamma).unwrap()), bits(g.get(&beta).unwrap()))
+    };
+    assert_eq!(grads(true), grads(false));
+}

@@ -25,7 +25,7 @@ impl Geo {
     pub(super) fn k(&self) -> usize {
         self.cin * self.kh * self.kw
     }
-    pub(super) fn p(&self) -> usize {
+    pub(crate) fn p(&self) -> usize {
         self.ho * self.wo
     }
     /// Images per GEMM.
