@@ -202,6 +202,52 @@ fn fast_conv_matches_reference_on_a_two_thread_pool() {
     pool.install(|| check_device(&Device::Cpu, 80, 13));
 }
 
+/// Stride-1 convolutions whose output rows are as wide as their input
+/// rows ("same" padding) build im2col rows, and add col2im rows back, as
+/// contiguous runs of the input plane with the edge columns zeroed. These
+/// shapes hit the runs' edges: 3x3 kernels over planes cut into bands,
+/// 5x5 kernels with padding 2 (runs shifted by up to two columns, rows
+/// narrower than the kernel's reach), 1x1 kernels, and, for contrast,
+/// unpadded 3x3 kernels and a 3x5 plane with padding 1, which take the
+/// row-by-row path.
+#[test]
+fn same_padding_runs_match_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let shapes = [
+        (3, 2, 4, 20, 19, 3, 1),
+        (2, 3, 2, 9, 11, 5, 2),
+        (2, 2, 3, 9, 4, 5, 2),
+        (3, 4, 6, 7, 7, 1, 0),
+        (4, 3, 5, 17, 16, 3, 0),
+        (2, 2, 3, 3, 5, 3, 1),
+    ];
+    for (b, cin, cout, h, w, k, padding) in shapes {
+        let c = Case {
+            b,
+            cin,
+            cout,
+            h,
+            w,
+            k,
+            p: Conv2dParams {
+                stride: 1,
+                padding,
+                groups: 1,
+            },
+        };
+        let (ho, wo) = (h + 2 * padding + 1 - k, w + 2 * padding + 1 - k);
+        let x = values(&mut rng, b * cin * h * w);
+        let wt = values(&mut rng, cout * cin * k * k);
+        let g = values(&mut rng, b * cout * ho * wo);
+        let (ry, rgx, rgw) = reference(&c, &x, &wt, &g);
+        let (y, gx, gw) = run(&c, &x, &wt, &g, Kernels::Fast, &Device::Cpu).unwrap();
+        for (what, got, want) in [("y", &y, &ry), ("dx", &gx, &rgx), ("dw", &gw, &rgw)] {
+            let e = rel_err(got, want);
+            assert!(e < 1e-5, "{what} of {c:?}: rel err {e}");
+        }
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(feature = "cuda"),

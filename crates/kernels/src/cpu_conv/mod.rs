@@ -5,7 +5,9 @@
 //! thread, then gathers im2col tiles and scatters every output value to its
 //! NCHW place one at a time. Here each image's im2col matrix is built
 //! straight from NCHW in (C_in·kh·kw, Ho·Wo) layout — for stride 1 every row
-//! segment is a shifted copy of an input row — so that
+//! segment is a shifted copy of an input row, and with "same" padding a
+//! band's whole im2col row is one shifted run of the input plane, copied
+//! at once with its edge columns zeroed after — so that
 //! `W (C_out, C_in·kh·kw) @ cols` *is* the image's NCHW output. Images with
 //! small outputs are grouped so that each GEMM is at least 256 columns wide
 //! (`geo::MIN_COLUMNS`), larger images are cut into bands of output rows of
