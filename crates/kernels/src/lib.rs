@@ -41,7 +41,8 @@
 //! Every CPU loop here runs at the widest SIMD the CPU has, chosen at run
 //! time ([`simd`]: AVX-512, AVX2 + FMA or the SSE2 baseline), with the same
 //! results on every path. The GEMM (the `gemm` crate) picks its own
-//! kernels; its AVX-512 ones are behind the `avx512-gemm` feature.
+//! kernels at run time, AVX-512 ones included (the `avx512-gemm` feature,
+//! on by default).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};

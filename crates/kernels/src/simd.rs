@@ -103,8 +103,9 @@ pub fn active() -> SimdLevel {
     }
 }
 
-/// The level of the GEMM kernels the `gemm` crate runs here: AVX-512 only
-/// when this build has the `avx512-gemm` feature and the CPU has AVX-512F;
+/// The level of the GEMM kernels the `gemm` crate runs here: AVX-512 when
+/// this build has the `avx512-gemm` feature (on by default) and the CPU has
+/// AVX-512F;
 /// AVX2 + FMA where the CPU has them; else its baseline kernels.
 pub fn gemm_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
