@@ -6,7 +6,7 @@ use candle_core::{Device, ModuleT, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, VarBuilder};
 use selfsup_core::{Error, Result};
 use selfsup_kernels::{
-    add_relu, batch_norm_train, conv2d_default, conv_bn_train, default_kernels,
+    add_relu, batch_norm_eval, batch_norm_train, conv2d_default, conv_bn_train, default_kernels,
     fused_conv_bn_supported, fused_supported, fusion_enabled, Activation, BatchStats, Conv2dParams,
     Kernels,
 };
@@ -117,6 +117,18 @@ impl ConvBn {
                 let (y, stats) = batch_norm_train(&h, gamma, beta, self.bn.eps(), act)?;
                 self.update_running(&stats, h.device())?;
                 return Ok(y);
+            }
+        }
+        if !train && fusion_enabled() && fused_supported(&h) {
+            if let Some((gamma, beta)) = self.bn.weight_and_bias() {
+                let stats = (self.bn.running_mean(), self.bn.running_var());
+                return Ok(batch_norm_eval(
+                    &h,
+                    stats,
+                    (gamma, beta),
+                    self.bn.eps(),
+                    act,
+                )?);
             }
         }
         let y = self.bn.forward_t(&h, train)?;

@@ -80,6 +80,19 @@ fn masked_c<const A: u8>(g: f32, y: f32) -> f32 {
     }
 }
 
+/// The activation `act` applied to `v` (a branch per call: for loops
+/// outside the hot paths).
+#[inline(always)]
+pub(crate) fn apply(act: Activation, v: f32) -> f32 {
+    with_act!(act, A => apply_c::<A>(v))
+}
+
+/// The gradient `g` through `act`, its derivative read off the output `y`.
+#[inline(always)]
+pub(crate) fn masked(act: Activation, g: f32, y: f32) -> f32 {
+    with_act!(act, A => masked_c::<A>(g, y))
+}
+
 /// Per-channel statistics of the batch a [`batch_norm_train`] call
 /// normalised with, for the caller's running averages.
 #[derive(Debug, Clone, PartialEq)]

@@ -59,6 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 pub mod adamw;
 mod batchnorm;
+mod bn_eval;
 mod conv_bn;
 mod cpu_conv;
 mod depthwise;
@@ -67,6 +68,7 @@ pub mod simd;
 
 pub use adamw::AdamW;
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
+pub use bn_eval::batch_norm_eval;
 pub use conv_bn::{conv_bn_train, fused_conv_bn_supported};
 pub use pool::{global_avg_pool, max_pool2};
 

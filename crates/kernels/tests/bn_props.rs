@@ -4,13 +4,15 @@
 //! activation matches Candle's `candle_nn::BatchNorm` followed by Candle's
 //! ReLU / ReLU6 — output, batch statistics, and the gradients for x, γ and β
 //! — within 1e-4 relative error; the fused residual add + ReLU matches
-//! Candle's add and ReLU the same way.
+//! Candle's add and ReLU the same way. The fused eval-mode batch norm
+//! (running statistics) gives Candle's output bit for bit and its
+//! gradients within 1e-5.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{BatchNorm, ModuleT};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use selfsup_kernels::{add_relu, batch_norm_train, Activation};
+use selfsup_kernels::{add_relu, batch_norm_eval, batch_norm_train, Activation};
 
 /// Largest absolute difference over the largest reference magnitude.
 fn rel_err(got: &[f32], want: &[f32]) -> f32 {
@@ -238,4 +240,86 @@ fn fused_ops_refuse_what_they_cannot_run() {
     assert!(e.to_string().contains("4 channels"), "{e}");
     let y = Tensor::zeros((2, 4, 4, 3), DType::F32, &d).unwrap();
     assert!(add_relu(&x, &y).is_err());
+}
+
+#[test]
+fn eval_batch_norm_is_candles_bit_for_bit() {
+    let d = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let acts = [Activation::Identity, Activation::Relu, Activation::Relu6];
+    let mut seen = std::collections::HashSet::new();
+    for case in 0..30 {
+        let dims = random_dims(&mut rng);
+        let act = acts[case % 3];
+        let c = dims[1];
+        let x = values(&mut rng, &dims);
+        let per = |rng: &mut ChaCha8Rng, lo: f32, hi: f32| -> Vec<f32> {
+            (0..c).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let (mean, var) = (per(&mut rng, -6.0, 6.0), per(&mut rng, 0.0, 9.0));
+        let (gamma, beta) = (per(&mut rng, -2.0, 2.0), per(&mut rng, -1.0, 4.0));
+        let gout: Vec<f32> = (0..x.len())
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let go = Tensor::from_vec(gout, dims.as_slice(), &d).unwrap();
+        let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), c, &d).unwrap();
+        let run = |fused: bool| {
+            let xv = Var::from_vec(x.clone(), dims.as_slice(), &d).unwrap();
+            let (gv, bv) = (
+                Var::from_tensor(&t(&gamma)).unwrap(),
+                Var::from_tensor(&t(&beta)).unwrap(),
+            );
+            let y = if fused {
+                let stats = (&t(&mean), &t(&var));
+                batch_norm_eval(
+                    xv.as_tensor(),
+                    stats,
+                    (gv.as_tensor(), bv.as_tensor()),
+                    1e-5,
+                    act,
+                )
+                .unwrap()
+            } else {
+                let bn = BatchNorm::new(
+                    c,
+                    t(&mean),
+                    t(&var),
+                    gv.as_tensor().clone(),
+                    bv.as_tensor().clone(),
+                    1e-5,
+                )
+                .unwrap();
+                activate(&bn.forward_t(xv.as_tensor(), false).unwrap(), act)
+            };
+            let grads = (y.clone() * &go)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grad = |v: &Var| flat(grads.get(v.as_tensor()).unwrap());
+            (flat(&y), grad(&xv), grad(&gv), grad(&bv))
+        };
+        let (got, want) = (run(true), run(false));
+        let label = format!("case {case} {dims:?} {act:?}");
+        assert_eq!(got.0, want.0, "{label}: output");
+        for (what, g, w) in [
+            ("dx", &got.1, &want.1),
+            ("dgamma", &got.2, &want.2),
+            ("dbeta", &got.3, &want.3),
+        ] {
+            let e = rel_err(g, w);
+            assert!(e < 1e-5, "{label}: {what} rel err {e}");
+        }
+        seen.insert((dims.len(), act as u8));
+    }
+    assert_eq!(seen.len(), 6, "rank x activation combinations: {seen:?}");
+    // Running statistics of the wrong length are refused, naming them.
+    let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &d).unwrap();
+    let (ok, short) = (
+        Tensor::ones(3, DType::F32, &d).unwrap(),
+        Tensor::ones(2, DType::F32, &d).unwrap(),
+    );
+    let e = batch_norm_eval(&x, (&ok, &short), (&ok, &ok), 1e-5, Activation::Relu).unwrap_err();
+    assert!(e.to_string().contains("variance"), "{e}");
 }
