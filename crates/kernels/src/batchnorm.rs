@@ -29,33 +29,34 @@ pub enum Activation {
 /// The activation as a const parameter of the inner loops (`ID`, `RELU`,
 /// `RELU6`), so that each loop is compiled once per activation without a
 /// branch on it, and vectorises.
-const ID: u8 = 0;
-const RELU: u8 = 1;
-const RELU6: u8 = 2;
+pub(crate) const ID: u8 = 0;
+pub(crate) const RELU: u8 = 1;
+pub(crate) const RELU6: u8 = 2;
 
 /// Runs `$body` with `$a` bound to `act`'s const code.
 macro_rules! with_act {
     ($act:expr, $a:ident => $body:expr) => {
         match $act {
-            Activation::Identity => {
-                const $a: u8 = ID;
+            $crate::Activation::Identity => {
+                const $a: u8 = $crate::batchnorm::ID;
                 $body
             }
-            Activation::Relu => {
-                const $a: u8 = RELU;
+            $crate::Activation::Relu => {
+                const $a: u8 = $crate::batchnorm::RELU;
                 $body
             }
-            Activation::Relu6 => {
-                const $a: u8 = RELU6;
+            $crate::Activation::Relu6 => {
+                const $a: u8 = $crate::batchnorm::RELU6;
                 $body
             }
         }
     };
 }
+pub(crate) use with_act;
 
 /// The activation with code `A` applied to `v`.
 #[inline(always)]
-fn apply_c<const A: u8>(v: f32) -> f32 {
+pub(crate) fn apply_c<const A: u8>(v: f32) -> f32 {
     match A {
         RELU => v.max(0.0),
         RELU6 => v.clamp(0.0, 6.0),
@@ -67,7 +68,7 @@ fn apply_c<const A: u8>(v: f32) -> f32 {
 /// read off the output `y` (no short-circuit, so that it compiles to a
 /// select).
 #[inline(always)]
-fn masked_c<const A: u8>(g: f32, y: f32) -> f32 {
+pub(crate) fn masked_c<const A: u8>(g: f32, y: f32) -> f32 {
     let pass = match A {
         RELU => y > 0.0,
         RELU6 => (y > 0.0) & (y < 6.0),
@@ -78,19 +79,6 @@ fn masked_c<const A: u8>(g: f32, y: f32) -> f32 {
     } else {
         0.0
     }
-}
-
-/// The activation `act` applied to `v` (a branch per call: for loops
-/// outside the hot paths).
-#[inline(always)]
-pub(crate) fn apply(act: Activation, v: f32) -> f32 {
-    with_act!(act, A => apply_c::<A>(v))
-}
-
-/// The gradient `g` through `act`, its derivative read off the output `y`.
-#[inline(always)]
-pub(crate) fn masked(act: Activation, g: f32, y: f32) -> f32 {
-    with_act!(act, A => masked_c::<A>(g, y))
 }
 
 /// Per-channel statistics of the batch a [`batch_norm_train`] call

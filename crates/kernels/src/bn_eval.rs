@@ -8,7 +8,7 @@
 //! the input, scale and shift (the running statistics are constants, as
 //! `candle_nn::BatchNorm` treats them in eval mode).
 
-use crate::batchnorm::{apply, masked, nc_s, Activation};
+use crate::batchnorm::{apply_c, masked_c, nc_s, with_act, Activation};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -76,6 +76,49 @@ impl BnEval {
     fn normalised(&self, c: usize, v: f32) -> f32 {
         (v - self.mean[c]) / self.std[c]
     }
+
+    /// dx (when `want_dx`) and per channel (dγ, dβ) = (Σ g'·x̂, Σ g'), with
+    /// g' the gradient through the activation.
+    fn grads(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        g: &[f32],
+        gamma: &[f32],
+        (c, s): (usize, usize),
+        want_dx: bool,
+    ) -> (Option<Vec<f32>>, Vec<(f32, f32)>) {
+        let s = s.max(1);
+        with_act!(self.act, A => {
+            let sums = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let (mut dg, mut db) = (0f64, 0f64);
+                    for start in (ch * s..x.len()).step_by(c * s) {
+                        for i in start..start + s {
+                            let gi = masked_c::<A>(g[i], y[i]);
+                            dg += (gi * self.normalised(ch, x[i])) as f64;
+                            db += gi as f64;
+                        }
+                    }
+                    (dg as f32, db as f32)
+                })
+                .collect();
+            let dx = want_dx.then(|| {
+                let mut dx = vec![0f32; x.len()];
+                dx.par_chunks_mut(s).enumerate().for_each(|(i, out)| {
+                    let ch = i % c;
+                    let at = i * s;
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let gi = masked_c::<A>(g[at + j], y[at + j]);
+                        *o = gi * gamma[ch] / self.std[ch];
+                    }
+                });
+                dx
+            });
+            (dx, sums)
+        })
+    }
 }
 
 impl CustomOp3 for BnEval {
@@ -97,20 +140,20 @@ impl CustomOp3 for BnEval {
         let beta = contiguous(sb, lb, "the shift")?;
         let (_, c, s) = nc_s(lx.shape())?;
         let mut y = vec![0f32; x.len()];
-        let act = self.act;
         y.par_chunks_mut(s.max(1))
             .zip(x.par_chunks(s.max(1)))
             .enumerate()
             .for_each(|(i, (out, inp))| {
                 let ch = i % c;
-                crate::simd::dispatch(
+                let (scale, shift) = (gamma[ch], beta[ch]);
+                with_act!(self.act, A => crate::simd::dispatch(
                     #[inline(always)]
                     || {
                         for (o, &v) in out.iter_mut().zip(inp) {
-                            *o = apply(act, self.normalised(ch, v) * gamma[ch] + beta[ch]);
+                            *o = apply_c::<A>(self.normalised(ch, v) * scale + shift);
                         }
                     },
-                );
+                ));
             });
         Ok((CpuStorage::F32(y), lx.shape().clone()))
     }
@@ -142,49 +185,5 @@ impl CustomOp3 for BnEval {
             .then(|| Tensor::from_vec(dbeta, c, dev))
             .transpose()?;
         Ok((dx, dgamma, dbeta))
-    }
-}
-
-impl BnEval {
-    /// dx (when `want_dx`) and per channel (dγ, dβ) = (Σ g'·x̂, Σ g'), with
-    /// g' the gradient through the activation.
-    fn grads(
-        &self,
-        x: &[f32],
-        y: &[f32],
-        g: &[f32],
-        gamma: &[f32],
-        (c, s): (usize, usize),
-        want_dx: bool,
-    ) -> (Option<Vec<f32>>, Vec<(f32, f32)>) {
-        let act = self.act;
-        let s = s.max(1);
-        let sums = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut dg, mut db) = (0f64, 0f64);
-                for start in (ch * s..x.len()).step_by(c * s) {
-                    for i in start..start + s {
-                        let gi = masked(act, g[i], y[i]);
-                        dg += (gi * self.normalised(ch, x[i])) as f64;
-                        db += gi as f64;
-                    }
-                }
-                (dg as f32, db as f32)
-            })
-            .collect();
-        let dx = want_dx.then(|| {
-            let mut dx = vec![0f32; x.len()];
-            dx.par_chunks_mut(s).enumerate().for_each(|(i, out)| {
-                let ch = i % c;
-                let at = i * s;
-                for (j, o) in out.iter_mut().enumerate() {
-                    let gi = masked(act, g[at + j], y[at + j]);
-                    *o = gi * gamma[ch] / self.std[ch];
-                }
-            });
-            dx
-        });
-        (dx, sums)
     }
 }
