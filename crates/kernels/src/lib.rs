@@ -38,6 +38,17 @@
 //! pass each way) and [`AdamW`] (Candle's optimizer with its update fused
 //! into one in-place pass per parameter, bit-identical results).
 //!
+//! For the text side's BERT the crate has the transformer's CPU ops with
+//! their backward passes, which Candle lacks or builds from many single
+//! passes: [`layer_norm`] (over the last dimension, one pass each way),
+//! [`add_bias`] (a bias or position table added over the leading
+//! dimensions, summed back in one vectorised pass),
+//! [`attention`] (multi-head attention read from and written to the
+//! (B, T, H) projections, one op in place of about fourteen),
+//! [`scaled_softmax`] (attention scores scaled, plus the padding mask,
+//! normalised) and [`gelu_erf`] (the exact GELU, with vectorised `erf` and
+//! `exp` from [`math`]).
+//!
 //! Every CPU loop here runs at the widest SIMD the CPU has, chosen at run
 //! time ([`simd`]: AVX-512, AVX2 + FMA or the SSE2 baseline), with the same
 //! results on every path. The GEMM (the `gemm` crate) picks its own
@@ -58,19 +69,30 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 pub mod adamw;
+mod add_bias;
+mod attention;
 mod batchnorm;
 mod bn_eval;
 mod conv_bn;
 mod cpu_conv;
 mod depthwise;
+mod gelu;
+mod layer_norm;
+pub mod math;
 mod pool;
 pub mod simd;
+mod softmax;
 
 pub use adamw::AdamW;
+pub use add_bias::add_bias;
+pub use attention::attention;
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
 pub use bn_eval::batch_norm_eval;
 pub use conv_bn::{conv_bn_train, fused_conv_bn_supported};
+pub use gelu::gelu_erf;
+pub use layer_norm::layer_norm;
 pub use pool::{global_avg_pool, max_pool2};
+pub use softmax::scaled_softmax;
 
 /// Which implementation of the convolution ops to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -29,7 +29,7 @@ pub(crate) fn mat(data: &[f32], rs: usize, cs: usize) -> Mat<'_> {
 
 /// `dst (m × n) = lhs (m × k) · rhs (k × n)`, or `dst += …` when
 /// `accumulate`; `dst` has (row, column) strides `(dst_rs, dst_cs)`.
-pub(super) fn sgemm(
+pub(crate) fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     (dst_rs, dst_cs): (usize, usize),

@@ -28,7 +28,7 @@
 
 mod backward;
 mod forward;
-mod gemm;
+pub(crate) mod gemm;
 mod geo;
 mod im2col;
 mod parallel;
