@@ -4,13 +4,17 @@
 //! the input embeddings), with the same tensor names, so a checkpoint loads
 //! in `transformers` and back here.
 //!
-//! LayerNorm and softmax are built from ops that have a backward pass
-//! (Candle's fused `LayerNorm::forward` and `softmax_last_dim` have none).
+//! LayerNorm, the attention softmax and GELU are `selfsup_kernels`' fused
+//! CPU ops (one pass each way) with the fast kernels on the CPU, and
+//! otherwise (`--kernels stock`, other devices) built from Candle ops that
+//! have a backward pass (Candle's fused `LayerNorm::forward` and
+//! `softmax_last_dim` have none).
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::init::Init;
 use candle_nn::{Linear, VarBuilder};
 use selfsup_core::{Error, Result};
+use selfsup_kernels as kernels;
 use serde::{Deserialize, Serialize};
 
 /// The `config.json` of a checkpoint, in Hugging Face's `BertConfig`
@@ -114,7 +118,20 @@ impl BertConfig {
     }
 }
 
-/// LayerNorm over the last dimension, from differentiable primitives.
+/// Whether `x` goes through the fused CPU ops.
+fn fused(x: &Tensor) -> bool {
+    kernels::fusion_enabled() && kernels::fused_supported(x)
+}
+
+/// The exact GELU.
+fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return Ok(kernels::gelu_erf(x)?);
+    }
+    Ok(x.gelu_erf()?)
+}
+
+/// LayerNorm over the last dimension.
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -131,6 +148,9 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused(x) {
+            return Ok(kernels::layer_norm(x, &self.weight, &self.bias, self.eps)?);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -139,8 +159,36 @@ impl LayerNorm {
     }
 }
 
-fn linear(inp: usize, out: usize, std: f64, vb: VarBuilder) -> Result<Linear> {
-    let w = vb.get_with_hints(
+/// `x + b` with `b`'s shape the tail of `x`'s.
+fn add_tail(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        return Ok(kernels::add_bias(x, b)?);
+    }
+    Ok(x.broadcast_add(b)?)
+}
+
+/// A linear layer `x Wᵀ + b` over the last dimension.
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !fused(x) {
+            return Ok(Linear::new(self.weight.clone(), Some(self.bias.clone())).forward(x)?);
+        }
+        let dims = x.dims();
+        let inp = dims[dims.len() - 1];
+        let y = x.reshape(((), inp))?.matmul(&self.weight.t()?)?;
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("rank >= 2") = self.bias.elem_count();
+        Ok(kernels::add_bias(&y, &self.bias)?.reshape(out)?)
+    }
+}
+
+fn linear(inp: usize, out: usize, std: f64, vb: VarBuilder) -> Result<Dense> {
+    let weight = vb.get_with_hints(
         (out, inp),
         "weight",
         Init::Randn {
@@ -148,18 +196,18 @@ fn linear(inp: usize, out: usize, std: f64, vb: VarBuilder) -> Result<Linear> {
             stdev: std,
         },
     )?;
-    let b = vb.get_with_hints(out, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(w, Some(b)))
+    let bias = vb.get_with_hints(out, "bias", Init::Const(0.0))?;
+    Ok(Dense { weight, bias })
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    attn_out: Dense,
     attn_norm: LayerNorm,
-    inter: Linear,
-    out: Linear,
+    inter: Dense,
+    out: Dense,
     out_norm: LayerNorm,
     heads: usize,
 }
@@ -181,31 +229,45 @@ impl Layer {
         })
     }
 
-    /// `x`: (B, T, H); `bias`: (B, 1, 1, T) additive attention bias.
+    /// `x`: (B, T, H); `bias`: (B, T) additive attention bias.
     fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
+        let (q, k, v) = (
+            self.query.forward(x)?,
+            self.key.forward(x)?,
+            self.value.forward(x)?,
+        );
+        let ctx = if fused(x) {
+            kernels::attention(&q, &k, &v, self.heads, Some(bias))?
+        } else {
+            self.attention(q, k, v, bias)?
+        };
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let m = self.out.forward(&gelu(&self.inter.forward(&x)?)?)?;
+        self.out_norm.forward(&(m + x)?)
+    }
+}
+
+impl Layer {
+    /// Multi-head attention from Candle ops (q, k, v: (B, T, H)).
+    fn attention(&self, q: Tensor, k: Tensor, v: Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = q.dims3()?;
         let hd = h / self.heads;
         let split = |y: Tensor| -> Result<Tensor> {
             Ok(y.reshape((b, t, self.heads, hd))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
-        let scores =
-            (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?.broadcast_add(bias)?;
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
+            .broadcast_add(&bias.reshape((b, 1, 1, t))?)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let ctx = probs
+        Ok(probs
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, t, h))?;
-        let x = self
-            .attn_norm
-            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
-        let m = self.out.forward(&self.inter.forward(&x)?.gelu_erf()?)?;
-        self.out_norm.forward(&(m + x)?)
+            .reshape((b, t, h))?)
     }
 }
 
@@ -216,7 +278,7 @@ pub struct BertMlm {
     token_type: Tensor,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
-    transform: Linear,
+    transform: Dense,
     transform_norm: LayerNorm,
     out_bias: Tensor,
     /// The configuration.
@@ -285,14 +347,12 @@ impl BertMlm {
             .word
             .embedding(&ids.flatten_all()?)?
             .reshape((b, t, ()))?;
-        let pos = self.position.narrow(0, 0, t)?.unsqueeze(0)?;
-        let types = self.token_type.narrow(0, 0, 1)?.unsqueeze(0)?;
-        let x = words.broadcast_add(&pos)?.broadcast_add(&types)?;
+        let pos = self.position.narrow(0, 0, t)?;
+        let types = self.token_type.get(0)?;
+        let x = add_tail(&add_tail(&words, &pos)?, &types)?;
         let mut x = self.emb_norm.forward(&x)?;
         // 0 where attended, a large negative number at padding.
-        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?
-            .reshape((b, 1, 1, t))?
-            .to_device(dev)?;
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.to_device(dev)?;
         for l in &self.layers {
             x = l.forward(&x, &bias)?;
         }
@@ -303,8 +363,8 @@ impl BertMlm {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let h = self
             .transform_norm
-            .forward(&self.transform.forward(hidden)?.gelu_erf()?)?;
-        Ok(h.matmul(&self.word.t()?)?.broadcast_add(&self.out_bias)?)
+            .forward(&gelu(&self.transform.forward(hidden)?)?)?;
+        add_tail(&h.matmul(&self.word.t()?)?, &self.out_bias)
     }
 
     /// Logits (B, T, V) at every position.
