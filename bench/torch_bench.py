@@ -7,7 +7,12 @@ views per image through the backbone as one batch, Linear-BN-ReLU-Linear
 256-128 projector, NT-Xent at 0.2) on a device-resident batch of 3x32x32 images
 for the backbones selfsup implements, built here layer for layer like
 crates/backbones (ConvNet 16-32-64 x2, ResNet-18 with the CIFAR stem,
-MobileNetV2 with CIFAR strides). Prints one JSON object:
+MobileNetV2 with CIFAR strides). Model `bert` times `transformers`'
+BertForMaskedLM with `cargo xtask text`'s default configuration on its
+masked-token step instead (row `pytorch`: labels -100 off the masked
+positions, as a transformers user trains it; row `pytorch-masked`: the MLM
+head applied to the masked positions only, as selfsup's trainer does), with
+AdamW and global-norm clipping. Prints one JSON object:
 {"rows": [{"model", "impl", "objective", "batch", "images_per_s", "spread",
 "step_ms", "gpu_mem_mb"}], "torch": version}. `cargo xtask bench` runs it; it
 can also be run by hand (see --help).
@@ -212,6 +217,87 @@ def row(name, args, device, impl, objective):
             "phases_ms": {k: statistics.median(v) for k, v in zip(("forward", "backward", "optimizer"), phases)}}
 
 
+def bert_row(args, device, impl):
+    """The masked-token training step of BertForMaskedLM, tokens/s."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(args.seed)
+    cfg = BertConfig(vocab_size=args.bert_vocab, hidden_size=128, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=512, hidden_act="gelu",
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     max_position_embeddings=max(128, args.seq_len), type_vocab_size=2,
+                     layer_norm_eps=1e-12)
+    model = BertForMaskedLM(cfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
+    b, t = args.text_batch, args.seq_len
+    ids = torch.randint(5, args.bert_vocab, (b, t), device=device)
+    ids[:, 0], ids[:, -1] = 2, 3
+    chosen = torch.rand(b, t, device=device) < 0.15
+    chosen[:, 0] = chosen[:, -1] = False
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    inputs = torch.where(chosen, torch.full_like(ids, 4), ids)
+    attn = torch.ones_like(ids)
+
+    def loss_fn():
+        if impl == "pytorch-masked":
+            h = model.bert(input_ids=inputs, attention_mask=attn).last_hidden_state
+            logits = model.cls(h[chosen])
+            return F.cross_entropy(logits, ids[chosen])
+        return model(input_ids=inputs, attention_mask=attn, labels=labels).loss
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    return timed(args, device, step, loss_fn, opt, model.parameters, b, t, impl)
+
+
+def timed(args, device, step, loss_fn, opt, params, b, t, impl):
+    """Times `step` like `row` does, in sequences and tokens per second."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step().item()
+    rates = []
+    for _ in range(args.reps):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        loss.item()
+        sync()
+        rates.append(b * t * args.steps / (time.perf_counter() - t0))
+    phases = [[], [], []]
+    for _ in range(args.reps):
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t0 = time.perf_counter()
+        loss = loss_fn()
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params(), 1.0)
+        opt.step()
+        sync()
+        t3 = time.perf_counter()
+        for p, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+            p.append(1e3 * v)
+    med = statistics.median(rates)
+    return {"model": "bert", "impl": impl, "objective": "mlm", "batch": b,
+            "images_per_s": med / t, "spread": (max(rates) - min(rates)) / 2 / t,
+            "step_ms": 1e3 * b * t / med, "gflops": None, "gpu_mem_mb": gpu_mem_mb(device),
+            "phases_ms": {k: statistics.median(v) for k, v in zip(("forward", "backward", "optimizer"), phases)},
+            "tokens_per_s": med, "seq_len": t}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -223,6 +309,9 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-batch", type=int, default=32, help="sequences per step of the bert rows")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of the bert rows")
+    p.add_argument("--bert-vocab", type=int, default=5518, help="vocabulary of the bert rows")
     p.add_argument("--fp32", action="store_true",
                    help="also time with TF32 convolutions off (PyTorch enables TF32 for cuDNN convs by default)")
     args = p.parse_args()
@@ -230,14 +319,19 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
+    models = args.models.split(",")
     for objective in args.objectives.split(","):
-        for name in args.models.split(","):
+        for name in (m for m in models if m != "bert"):
             rows.append(row(name, args, device, "pytorch", objective))
             print(f"pytorch {objective} {name}: {rows[-1]['images_per_s']:.1f} img/s", file=sys.stderr)
             if args.fp32 and device.type == "cuda":
                 torch.backends.cudnn.allow_tf32 = False
                 rows.append(row(name, args, device, "pytorch-fp32", objective))
                 torch.backends.cudnn.allow_tf32 = True
+    if "bert" in models:
+        for impl in ("pytorch", "pytorch-masked"):
+            rows.append(bert_row(args, device, impl))
+            print(f"{impl} mlm bert: {rows[-1]['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
     json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, sys.stdout)
     print()
 

@@ -1,4 +1,6 @@
-//! Training-step throughput of the backbones (`cargo xtask bench`).
+//! Training-step throughput of the backbones (`cargo xtask bench`), and of
+//! the text side's BERT (model `bert`: the masked-token step of
+//! [`crate::text::bench`], in tokens/s).
 //!
 //! One row = one backbone, one convolution implementation, on one device:
 //! the rotation pretext's training step (forward through backbone + 4-way
@@ -22,7 +24,8 @@ use std::time::Instant;
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Backbone names (`convnet`, `resnet18`, `mobilenetv2`).
+    /// Backbone names (`convnet`, `resnet18`, `mobilenetv2`) and/or
+    /// [`BERT`].
     pub models: Vec<String>,
     /// Convolution implementations to compare.
     pub kernels: Vec<Kernels>,
@@ -40,7 +43,19 @@ pub struct BenchOptions {
     pub device: Device,
     /// Seed of the parameters and the synthetic images.
     pub seed: u64,
+    /// Sequences per step of the [`BERT`] rows.
+    pub text_batch: usize,
+    /// Tokens per sequence of the [`BERT`] rows.
+    pub seq_len: usize,
 }
+
+/// The model name of the text rows: `cargo xtask text`'s default BERT
+/// (vocabulary [`crate::text::bench::DEFAULT_VOCAB`]), timed on the
+/// masked-token objective [`MLM`].
+pub const BERT: &str = "bert";
+
+/// The objective of the [`BERT`] rows.
+pub const MLM: &str = "mlm";
 
 /// The objectives a bench row can time: `rotation` (one view per image, a
 /// 4-way linear head, cross-entropy) and `simclr` (two views per image
@@ -73,9 +88,10 @@ pub struct BenchRow {
     pub implementation: String,
     /// Pretext whose step is timed.
     pub objective: String,
-    /// Images per step.
+    /// Images (sequences for [`BERT`]) per step.
     pub batch: usize,
-    /// Median training throughput.
+    /// Median training throughput, images (sequences for [`BERT`]) per
+    /// second.
     pub images_per_s: f64,
     /// Half the range of the repetitions' throughputs.
     pub spread: f64,
@@ -91,6 +107,12 @@ pub struct BenchRow {
     /// `step_ms`).
     #[serde(default)]
     pub phases_ms: Option<Phases>,
+    /// Median tokens per second ([`BERT`] rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Tokens per sequence ([`BERT`] rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<usize>,
 }
 
 /// Median time of each phase of a training step, milliseconds.
@@ -346,16 +368,65 @@ pub fn train_step_row(
         gflops,
         gpu_mem_mb: gpu_memory_used_mb(&o.device),
         phases_ms: Some(phases),
+        tokens_per_s: None,
+        seq_len: None,
     })
 }
 
-/// Every (objective, model, kernels) row of `o`, in order; `each` sees each
-/// row as it is measured. Restores the process-wide kernels to `fast`
+/// Times the text trainer's masked-token step of `cargo xtask text`'s
+/// default BERT with `k` kernels (`stock`: LayerNorm and softmax from
+/// Candle's differentiable primitives; `fast`: this project's fused ops).
+pub fn bert_row(o: &BenchOptions, k: Kernels) -> Result<BenchRow> {
+    use crate::text::{bench as tb, train::TextConfig};
+    kernels::set_default(k);
+    let c = TextConfig::default();
+    let so = tb::StepOptions {
+        config: crate::text::bert::BertConfig::small(
+            tb::DEFAULT_VOCAB,
+            c.hidden,
+            c.layers,
+            c.heads,
+            c.max_len.max(o.seq_len),
+        ),
+        batch: o.text_batch,
+        seq_len: o.seq_len,
+        warmup: o.warmup,
+        reps: o.reps,
+        steps: o.steps,
+        seed: o.seed,
+        device: o.device.clone(),
+    };
+    let t = tb::time_step(&so)?;
+    let (tokens, spread) = median_spread(&t.tokens_per_s);
+    let per_seq = o.seq_len as f64;
+    Ok(BenchRow {
+        model: BERT.to_string(),
+        implementation: k.name().to_string(),
+        objective: MLM.to_string(),
+        batch: o.text_batch,
+        images_per_s: tokens / per_seq,
+        spread: spread / per_seq,
+        step_ms: 1e3 * (o.text_batch * o.seq_len) as f64 / tokens,
+        gflops: None,
+        gpu_mem_mb: gpu_memory_used_mb(&o.device),
+        phases_ms: Some(Phases {
+            forward: median_spread(&t.phases_ms[0]).0,
+            backward: median_spread(&t.phases_ms[1]).0,
+            optimizer: median_spread(&t.phases_ms[2]).0,
+        }),
+        tokens_per_s: Some(tokens),
+        seq_len: Some(o.seq_len),
+    })
+}
+
+/// Every (objective, model, kernels) row of `o`, in order, then the
+/// [`BERT`] rows (one per kernels, objective [`MLM`]) when `o.models` names
+/// it; `each` sees each row as it is measured. Restores the process-wide kernels to `fast`
 /// afterwards.
 pub fn run(o: &BenchOptions, mut each: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for obj in &o.objectives {
-        for m in &o.models {
+        for m in o.models.iter().filter(|m| *m != BERT) {
             for &k in &o.kernels {
                 let r = train_step_row(o, m, k, obj);
                 kernels::set_default(Kernels::Fast);
@@ -363,6 +434,15 @@ pub fn run(o: &BenchOptions, mut each: impl FnMut(&BenchRow)) -> Result<Vec<Benc
                 each(&r);
                 rows.push(r);
             }
+        }
+    }
+    if o.models.iter().any(|m| m == BERT) {
+        for &k in &o.kernels {
+            let r = bert_row(o, k);
+            kernels::set_default(Kernels::Fast);
+            let r = r?;
+            each(&r);
+            rows.push(r);
         }
     }
     Ok(rows)
@@ -390,6 +470,8 @@ mod tests {
             steps: 1,
             device: Device::Cpu,
             seed: 0,
+            text_batch: 2,
+            seq_len: 16,
         };
         let rows = run(&o, |_| {}).unwrap();
         assert_eq!(rows.len(), 4);

@@ -13,7 +13,9 @@ use std::process::Command;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Backbones, comma-separated.
+    /// Backbones, comma-separated; `bert` adds the text trainer's
+    /// masked-token step (`cargo xtask text`'s default model, tokens/s,
+    /// against transformers' BertForMaskedLM).
     #[arg(
         long,
         value_delimiter = ',',
@@ -33,6 +35,12 @@ pub struct BenchArgs {
     /// Images per training step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// Sequences per step of the bert rows.
+    #[arg(long, default_value_t = 32)]
+    text_batch: usize,
+    /// Tokens per sequence of the bert rows.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
     /// Untimed warm-up steps per row.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
@@ -94,6 +102,12 @@ fn pytorch_rows(
         .args(["--models", &a.models.join(",")])
         .args(["--objectives", &a.objectives.join(",")])
         .args(["--batch", &a.batch.to_string()])
+        .args(["--text-batch", &a.text_batch.to_string()])
+        .args(["--seq-len", &a.seq_len.to_string()])
+        .args([
+            "--bert-vocab",
+            &selfsup::text::bench::DEFAULT_VOCAB.to_string(),
+        ])
         .args(["--warmup", &a.warmup.to_string()])
         .args(["--reps", &a.reps.to_string()])
         .args(["--steps", &steps.to_string()]);
@@ -164,10 +178,10 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 fn print_rows(all: &[Measured], peak: f64, rounds: bool) {
     let round_col = if rounds { "round | " } else { "" };
     println!(
-        "| {round_col}model | objective | impl | batch | images/s | ± | step ms | fwd / bwd / opt ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
+        "| {round_col}model | objective | impl | batch | images/s | ± | tokens/s | step ms | fwd / bwd / opt ms | conv GFLOP/s | % of matmul peak | GPU MiB | vs pytorch |"
     );
     println!(
-        "|{}---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|{}---|---|---|---|---|---|---|---|---|---|---|---|---|",
         if rounds { "---|" } else { "" }
     );
     for Measured { round, row: r } in all {
@@ -190,13 +204,14 @@ fn print_rows(all: &[Measured], peak: f64, rounds: bool) {
             String::new()
         };
         println!(
-            "| {round_cell}{} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {round_cell}{} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {} | {} | {} |",
             r.model,
             r.objective,
             r.implementation,
             r.batch,
             r.images_per_s,
             r.spread,
+            fmt_opt(r.tokens_per_s, 0),
             r.step_ms,
             phases,
             fmt_opt(flops, 1),
@@ -305,6 +320,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         steps,
         device: device.clone(),
         seed: 0,
+        text_batch: a.text_batch,
+        seq_len: a.seq_len,
     };
     let with_torch = !a.no_pytorch && torch_available(&a.python);
     let pytorch_note = pytorch_note(&a, with_torch);

@@ -125,6 +125,8 @@ mod tests {
             gflops: None,
             gpu_mem_mb: None,
             phases_ms: None,
+            tokens_per_s: None,
+            seq_len: None,
         }
     }
 

@@ -12,8 +12,11 @@
 //!   10 % unchanged) and masked-token metrics;
 //! - [`train`]: AdamW with warmup + linear decay and clipping, held-out
 //!   evaluation against unigram and untrained baselines, atomic
-//!   checkpoints, `--resume`, and `fill` for `[MASK]` predictions.
+//!   checkpoints, `--resume`, and `fill` for `[MASK]` predictions;
+//! - [`bench`]: the training step timed, for `cargo xtask bench --models
+//!   bert`.
 
+pub mod bench;
 pub mod bert;
 pub mod corpus;
 pub mod mlm;

@@ -151,7 +151,7 @@ pub struct TextReport {
 }
 
 /// AdamW with its state in tensors, so a checkpoint can hold it.
-struct AdamW {
+pub(crate) struct AdamW {
     vars: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -163,7 +163,7 @@ impl AdamW {
     const B2: f64 = 0.999;
     const EPS: f64 = 1e-6;
 
-    fn new(map: &VarMap) -> Result<Self> {
+    pub(crate) fn new(map: &VarMap) -> Result<Self> {
         let vars = params::trainable_vars(map);
         let zeros = |v: &Var| v.as_tensor().zeros_like();
         Ok(Self {
@@ -182,7 +182,7 @@ impl AdamW {
 
     /// One step from `grads`, clipped to global norm `clip`; returns the
     /// norm before clipping.
-    fn step(
+    pub(crate) fn step(
         &mut self,
         grads: &candle_core::backprop::GradStore,
         lr: f64,
@@ -250,6 +250,18 @@ impl AdamW {
         self.t = t;
         Ok(())
     }
+}
+
+/// The masked-token cross-entropy of `model` on batch `b`: the training
+/// step's forward pass.
+pub(crate) fn mlm_loss(model: &BertMlm, b: &mlm::Batch, device: &Device) -> Result<Tensor> {
+    let ids = Tensor::from_vec(b.ids.clone(), (b.b, b.t), device)?;
+    let mask = Tensor::from_vec(b.mask.clone(), (b.b, b.t), device)?;
+    let labels = Tensor::from_vec(b.labels.clone(), b.labels.len(), device)?;
+    Ok(candle_nn::loss::cross_entropy(
+        &model.logits_at(&ids, &mask, &b.at)?,
+        &labels,
+    )?)
 }
 
 /// Learning rate at `step`: linear warmup, then linear decay to 0.
@@ -505,10 +517,7 @@ pub fn run_until(
             })
             .collect();
         let b = mlm::batch(&items);
-        let ids = Tensor::from_vec(b.ids.clone(), (b.b, b.t), device)?;
-        let mask = Tensor::from_vec(b.mask.clone(), (b.b, b.t), device)?;
-        let labels = Tensor::from_vec(b.labels.clone(), b.labels.len(), device)?;
-        let loss = candle_nn::loss::cross_entropy(&model.logits_at(&ids, &mask, &b.at)?, &labels)?;
+        let loss = mlm_loss(&model, &b, device)?;
         let v = loss.to_scalar::<f32>()?;
         selfsup_core::train::check_finite(v, "text/mlm", step + 1)?;
         opt.step(
