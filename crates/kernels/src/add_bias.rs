@@ -37,7 +37,7 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 struct AddBias;
 
 /// Σ over rows of `g` viewed as (rows, s).
-fn row_sums(g: &[f32], s: usize) -> Vec<f32> {
+pub(crate) fn row_sums(g: &[f32], s: usize) -> Vec<f32> {
     let partials: Vec<Vec<f32>> = g
         .par_chunks(BLOCK_ROWS * s)
         .map(|block| {

@@ -40,7 +40,8 @@
 //!
 //! For the text side's BERT the crate has the transformer's CPU ops with
 //! their backward passes, which Candle lacks or builds from many single
-//! passes: [`layer_norm`] (over the last dimension, one pass each way),
+//! passes: [`linear`] (one GEMM forward into the bias rows, two backward),
+//! [`layer_norm`] (over the last dimension, one pass each way),
 //! [`add_bias`] (a bias or position table added over the leading
 //! dimensions, summed back in one vectorised pass),
 //! [`attention`] (multi-head attention read from and written to the
@@ -78,6 +79,7 @@ mod cpu_conv;
 mod depthwise;
 mod gelu;
 mod layer_norm;
+mod linear;
 pub mod math;
 mod pool;
 pub mod simd;
@@ -91,6 +93,7 @@ pub use bn_eval::batch_norm_eval;
 pub use conv_bn::{conv_bn_train, fused_conv_bn_supported};
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use pool::{global_avg_pool, max_pool2};
 pub use softmax::scaled_softmax;
 

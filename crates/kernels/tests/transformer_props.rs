@@ -308,3 +308,42 @@ fn attention_without_a_bias_and_bad_shapes() {
     let e = selfsup_kernels::attention(&q, &q, &q, 3, Some(&zero.t().unwrap())).unwrap_err();
     assert!(e.to_string().contains("bias has shape [5, 2]"), "{e}");
 }
+
+#[test]
+fn linear_matches_candles_linear() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    for case in 0..20 {
+        let (inp, out) = (rng.random_range(1..=90), rng.random_range(1..=90));
+        let mut dims: Vec<usize> = (0..rng.random_range(1..=2))
+            .map(|_| rng.random_range(1..=30))
+            .collect();
+        dims.push(inp);
+        let x = Var::from_tensor(&uniform(&mut rng, &dims, -2.0, 2.0)).unwrap();
+        let w = Var::from_tensor(&uniform(&mut rng, &[out, inp], -1.0, 1.0)).unwrap();
+        let b = Var::from_tensor(&uniform(&mut rng, &[out], -1.0, 1.0)).unwrap();
+        let got = selfsup_kernels::linear(&x, &w, &b).unwrap();
+        let want = candle_nn::Module::forward(
+            &candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone())),
+            &x,
+        )
+        .unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "case {case} {dims:?} -> {out}: output off by {e}");
+        let wp = uniform(&mut rng, want.dims(), -1.0, 1.0);
+        let gg = probe(&got, &wp).backward().unwrap();
+        let gw = probe(&want, &wp).backward().unwrap();
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            let e = rel_err(gg.get(v).unwrap(), gw.get(v).unwrap());
+            assert!(
+                e < 1e-4,
+                "case {case} {dims:?} -> {out}: d{name} off by {e}"
+            );
+        }
+    }
+    let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    let e = selfsup_kernels::linear(&x, &w, &b).unwrap_err();
+    assert!(e.to_string().contains("want (4, 3)"), "{e}");
+}

@@ -178,12 +178,7 @@ impl Dense {
         if !fused(x) {
             return Ok(Linear::new(self.weight.clone(), Some(self.bias.clone())).forward(x)?);
         }
-        let dims = x.dims();
-        let inp = dims[dims.len() - 1];
-        let y = x.reshape(((), inp))?.matmul(&self.weight.t()?)?;
-        let mut out = dims.to_vec();
-        *out.last_mut().expect("rank >= 2") = self.bias.elem_count();
-        Ok(kernels::add_bias(&y, &self.bias)?.reshape(out)?)
+        Ok(kernels::linear(x, &self.weight, &self.bias)?)
     }
 }
 
