@@ -47,8 +47,9 @@
 //! [`attention`] (multi-head attention read from and written to the
 //! (B, T, H) projections, one op in place of about fourteen),
 //! [`scaled_softmax`] (attention scores scaled, plus the padding mask,
-//! normalised) and [`gelu_erf`] (the exact GELU, with vectorised `erf` and
-//! `exp` from [`math`]).
+//! normalised), [`gelu_erf`] (the exact GELU, with vectorised `erf` and
+//! `exp` from [`math`]) and [`cross_entropy`] (the loss over a vocabulary,
+//! one pass each way).
 //!
 //! Every CPU loop here runs at the widest SIMD the CPU has, chosen at run
 //! time ([`simd`]: AVX-512, AVX2 + FMA or the SSE2 baseline), with the same
@@ -76,6 +77,7 @@ mod batchnorm;
 mod bn_eval;
 mod conv_bn;
 mod cpu_conv;
+mod cross_entropy;
 mod depthwise;
 mod gelu;
 mod layer_norm;
@@ -91,6 +93,7 @@ pub use attention::attention;
 pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, BatchStats};
 pub use bn_eval::batch_norm_eval;
 pub use conv_bn::{conv_bn_train, fused_conv_bn_supported};
+pub use cross_entropy::cross_entropy;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;

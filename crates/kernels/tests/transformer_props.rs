@@ -347,3 +347,34 @@ fn linear_matches_candles_linear() {
     let e = selfsup_kernels::linear(&x, &w, &b).unwrap_err();
     assert!(e.to_string().contains("want (4, 3)"), "{e}");
 }
+
+#[test]
+fn cross_entropy_matches_candles() {
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for case in 0..20 {
+        let (n, c) = (rng.random_range(1..=60), rng.random_range(1..=900));
+        let x = Var::from_tensor(&uniform(&mut rng, &[n, c], -15.0, 15.0)).unwrap();
+        let labels: Vec<u32> = (0..n).map(|_| rng.random_range(0..c as u32)).collect();
+        let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+        let got = selfsup_kernels::cross_entropy(&x, &labels).unwrap();
+        let want = candle_nn::loss::cross_entropy(&x, &labels).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "case {case} ({n}, {c}): loss off by {e}");
+        let two = |l: &Tensor| (l * 2.0).unwrap().backward().unwrap();
+        let (gg, gw) = (two(&got), two(&want));
+        let e = rel_err(gg.get(&x).unwrap(), gw.get(&x).unwrap());
+        assert!(e < 1e-4, "case {case} ({n}, {c}): dlogits off by {e}");
+    }
+    // Hand-computed: logits (0, ln 3) with label 1: −log(3/4).
+    let x = Tensor::new(&[[0f32, 3f32.ln()]], &Device::Cpu).unwrap();
+    let l = selfsup_kernels::cross_entropy(&x, &Tensor::new(&[1u32], &Device::Cpu).unwrap());
+    let v = l.unwrap().to_scalar::<f32>().unwrap();
+    assert!((v + 0.75f32.ln()).abs() < 1e-6, "{v}");
+    let bad = Tensor::new(&[2u32], &Device::Cpu).unwrap();
+    let e = selfsup_kernels::cross_entropy(&x, &bad).unwrap_err();
+    assert!(
+        e.to_string().contains("label 2 is not below the 2 classes"),
+        "{e}"
+    );
+}

@@ -258,10 +258,17 @@ pub(crate) fn mlm_loss(model: &BertMlm, b: &mlm::Batch, device: &Device) -> Resu
     let ids = Tensor::from_vec(b.ids.clone(), (b.b, b.t), device)?;
     let mask = Tensor::from_vec(b.mask.clone(), (b.b, b.t), device)?;
     let labels = Tensor::from_vec(b.labels.clone(), b.labels.len(), device)?;
-    Ok(candle_nn::loss::cross_entropy(
-        &model.logits_at(&ids, &mask, &b.at)?,
-        &labels,
-    )?)
+    let logits = model.logits_at(&ids, &mask, &b.at)?;
+    cross_entropy(&logits, &labels)
+}
+
+/// Mean cross-entropy: the fused CPU op where the BERT's fused ops run,
+/// Candle's otherwise.
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    if selfsup_kernels::fusion_enabled() && selfsup_kernels::fused_supported(logits) {
+        return Ok(selfsup_kernels::cross_entropy(logits, labels)?);
+    }
+    Ok(candle_nn::loss::cross_entropy(logits, labels)?)
 }
 
 /// Learning rate at `step`: linear warmup, then linear decay to 0.
