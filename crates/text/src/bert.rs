@@ -17,11 +17,15 @@ use selfsup_core::{Error, Result};
 use selfsup_kernels as kernels;
 use serde::{Deserialize, Serialize};
 
+/// Hugging Face's name of a BERT with both pretraining heads.
+pub const PRETRAINING: &str = "BertForPreTraining";
+
 /// The `config.json` of a checkpoint, in Hugging Face's `BertConfig`
 /// format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
-    /// Always `["BertForMaskedLM"]`.
+    /// `["BertForMaskedLM"]`, or `["BertForPreTraining"]` for a model
+    /// with the pooler and next-sentence head too ([`Self::with_nsp`]).
     pub architectures: Vec<String>,
     /// Always `bert`.
     pub model_type: String,
@@ -86,6 +90,18 @@ impl BertConfig {
             position_embedding_type: "absolute".into(),
             torch_dtype: "float32".into(),
         }
+    }
+
+    /// The same model with BERT's pooler and next-sentence head:
+    /// `BertForPreTraining` (which `BertForMaskedLM` also loads).
+    pub fn with_nsp(mut self) -> Self {
+        self.architectures = vec![PRETRAINING.into()];
+        self
+    }
+
+    /// Whether the model has the pooler and next-sentence head.
+    pub fn has_nsp(&self) -> bool {
+        self.architectures.iter().any(|a| a == PRETRAINING)
     }
 
     /// Checks the sizes fit together.
@@ -276,6 +292,9 @@ pub struct BertMlm {
     transform: Dense,
     transform_norm: LayerNorm,
     out_bias: Tensor,
+    /// The pooler (`[CLS]` state, dense, tanh) and the next-sentence head,
+    /// in a `BertForPreTraining`.
+    nsp: Option<(Dense, Dense)>,
     /// The configuration.
     pub config: BertConfig,
 }
@@ -320,6 +339,15 @@ impl BertMlm {
                 p.pp("transform").pp("LayerNorm"),
             )?,
             out_bias: p.get_with_hints(c.vocab_size, "bias", Init::Const(0.0))?,
+            nsp: if c.has_nsp() {
+                let (h, s) = (c.hidden_size, c.initializer_range);
+                Some((
+                    linear(h, h, s, vb.pp("bert").pp("pooler").pp("dense"))?,
+                    linear(h, 2, s, vb.pp("cls").pp("seq_relationship"))?,
+                ))
+            } else {
+                None
+            },
             config: c.clone(),
         })
     }
@@ -327,6 +355,17 @@ impl BertMlm {
     /// Final hidden states (B, T, H) of `ids` (B, T) u32, with `mask` (B, T)
     /// 1 for real tokens and 0 for padding (padding gets no attention).
     pub fn encode(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        self.encode_typed(ids, mask, None)
+    }
+
+    /// [`Self::encode`] with segment ids `types` (B, T) u32 (all 0 when
+    /// `None`), as sentence pairs have.
+    pub fn encode_typed(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        types: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t > self.config.max_position_embeddings {
             return Err(Error::invalid(
@@ -343,8 +382,14 @@ impl BertMlm {
             .embedding(&ids.flatten_all()?)?
             .reshape((b, t, ()))?;
         let pos = self.position.narrow(0, 0, t)?;
-        let types = self.token_type.get(0)?;
-        let x = add_tail(&add_tail(&words, &pos)?, &types)?;
+        let x = add_tail(&words, &pos)?;
+        let x = match types {
+            None => add_tail(&x, &self.token_type.get(0)?)?,
+            Some(ty) => {
+                let e = self.token_type.embedding(&ty.flatten_all()?)?;
+                (x + e.reshape((b, t, ()))?)?
+            }
+        };
         let mut x = self.emb_norm.forward(&x)?;
         // 0 where attended, a large negative number at padding.
         let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.to_device(dev)?;
@@ -372,10 +417,29 @@ impl BertMlm {
     /// Logits (N, V) only at the flat positions `at` (indices into B*T):
     /// training needs the vocabulary projection at masked positions only.
     pub fn logits_at(&self, ids: &Tensor, mask: &Tensor, at: &[u32]) -> Result<Tensor> {
-        let h = self.encode(ids, mask)?;
+        self.logits_of(&self.encode(ids, mask)?, at)
+    }
+
+    /// Logits (N, V) of hidden states `h` (B, T, H) at the flat positions
+    /// `at`.
+    pub fn logits_of(&self, h: &Tensor, at: &[u32]) -> Result<Tensor> {
         let (b, t, hd) = h.dims3()?;
-        let idx = Tensor::from_vec(at.to_vec(), at.len(), &Device::Cpu)?.to_device(ids.device())?;
+        let idx = Tensor::from_vec(at.to_vec(), at.len(), &Device::Cpu)?.to_device(h.device())?;
         self.logits(&h.reshape((b * t, hd))?.index_select(&idx, 0)?)
+    }
+
+    /// Next-sentence logits (B, 2) from hidden states `h` (B, T, H): the
+    /// pooled `[CLS]` state through the head; column 0 scores "the second
+    /// segment follows the first". An error for a model without the head.
+    pub fn nsp_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let Some((pooler, head)) = &self.nsp else {
+            return Err(Error::invalid(
+                "bert",
+                "this model has no next-sentence head (it was not trained with nsp)",
+            ));
+        };
+        let cls = h.narrow(1, 0, 1)?.squeeze(1)?;
+        head.forward(&pooler.forward(&cls)?.tanh()?)
     }
 }
 

@@ -19,6 +19,9 @@
 pub mod bench;
 pub mod bert;
 pub mod corpus;
+pub mod denoise;
 pub mod mlm;
+pub mod nsp;
+pub mod objective;
 pub mod tokenize;
 pub mod train;

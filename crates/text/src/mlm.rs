@@ -83,6 +83,10 @@ pub struct Batch {
     pub at: Vec<u32>,
     /// Their original ids.
     pub labels: Vec<u32>,
+    /// Segment ids (B, T) for sentence pairs; `None` means all 0.
+    pub types: Option<Vec<u32>>,
+    /// Next-sentence labels (B) for sentence pairs.
+    pub next: Option<Vec<u32>>,
 }
 
 /// Pads masked sequences into one batch.
@@ -96,6 +100,8 @@ pub fn batch(items: &[Masked]) -> Batch {
         mask: vec![0; b * t],
         at: Vec::new(),
         labels: Vec::new(),
+        types: None,
+        next: None,
     };
     for (i, m) in items.iter().enumerate() {
         out.ids[i * t..i * t + m.input.len()].copy_from_slice(&m.input);

@@ -5,7 +5,10 @@
 
 use crate::bert::{BertConfig, BertMlm};
 use crate::corpus::Corpus;
+use crate::denoise::DenoiseMetrics;
 use crate::mlm::{self, MlmAccumulator, MlmMetrics};
+use crate::nsp::NspMetrics;
+use crate::objective::{Examples, TextObjective};
 use crate::tokenize;
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarMap;
@@ -64,6 +67,9 @@ pub struct TextConfig {
     pub eval_max_sequences: usize,
     /// Seed of initialisation, order and masking.
     pub seed: u64,
+    /// What to learn: `["mlm"]`, `["mlm", "nsp"]` or `["denoise"]`
+    /// ([`crate::objective`]).
+    pub objectives: Vec<String>,
 }
 
 impl TextConfig {
@@ -75,8 +81,22 @@ impl TextConfig {
                 "steps and batch size must be positive and max_len at least 3",
             ));
         }
-        let vocab = self.vocab_size.max(1);
-        BertConfig::small(vocab, self.hidden, self.layers, self.heads, self.max_len).validate()
+        TextObjective::parse(&self.objectives)?;
+        self.bert(self.vocab_size.max(1)).validate()
+    }
+
+    /// The objective set.
+    pub fn objective(&self) -> Result<TextObjective> {
+        TextObjective::parse(&self.objectives)
+    }
+
+    /// The model these settings train, for a vocabulary of `vocab`.
+    pub fn bert(&self, vocab: usize) -> BertConfig {
+        let c = BertConfig::small(vocab, self.hidden, self.layers, self.heads, self.max_len);
+        match TextObjective::parse(&self.objectives) {
+            Ok(o) if o.has_nsp() => c.with_nsp(),
+            _ => c,
+        }
     }
 }
 
@@ -100,6 +120,7 @@ impl Default for TextConfig {
             eval_passes: 4,
             eval_max_sequences: 512,
             seed: 0,
+            objectives: vec!["mlm".into()],
         }
     }
 }
@@ -113,6 +134,12 @@ pub struct EvalPoint {
     pub train_loss: f64,
     /// Held-out metrics.
     pub heldout: MlmMetrics,
+    /// Held-out next-sentence accuracy (`mlm,nsp` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsp: Option<NspMetrics>,
+    /// Held-out reconstruction (`denoise` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoise: Option<DenoiseMetrics>,
 }
 
 /// `<out>/report.json` of `cargo xtask text`.
@@ -134,8 +161,19 @@ pub struct TextReport {
     pub parameters: usize,
     /// The trained model on held-out masked tokens.
     pub heldout: MlmMetrics,
+    /// The trained model's held-out next-sentence accuracy (`mlm,nsp`
+    /// runs; chance is 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsp: Option<NspMetrics>,
+    /// The trained model's held-out reconstruction beside the copy and
+    /// unigram-fill baselines (`denoise` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoise: Option<DenoiseMetrics>,
     /// `unigram` and `untrained` on the same masked tokens.
     pub baselines: HashMap<String, MlmMetrics>,
+    /// The untrained model's held-out next-sentence accuracy (`mlm,nsp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsp_untrained: Option<NspMetrics>,
     /// Periodic evaluations.
     pub history: Vec<EvalPoint>,
     /// Steps run (in this and earlier, resumed, runs).
@@ -252,14 +290,26 @@ impl AdamW {
     }
 }
 
-/// The masked-token cross-entropy of `model` on batch `b`: the training
-/// step's forward pass.
+/// The training loss of `model` on batch `b`: the cross-entropy of the
+/// token predictions at `b.at`, plus the next-sentence cross-entropy when
+/// the batch has pair labels. The training step's forward pass.
 pub(crate) fn mlm_loss(model: &BertMlm, b: &mlm::Batch, device: &Device) -> Result<Tensor> {
     let ids = Tensor::from_vec(b.ids.clone(), (b.b, b.t), device)?;
     let mask = Tensor::from_vec(b.mask.clone(), (b.b, b.t), device)?;
+    let types = match &b.types {
+        Some(t) => Some(Tensor::from_vec(t.clone(), (b.b, b.t), device)?),
+        None => None,
+    };
     let labels = Tensor::from_vec(b.labels.clone(), b.labels.len(), device)?;
-    let logits = model.logits_at(&ids, &mask, &b.at)?;
-    cross_entropy(&logits, &labels)
+    let h = model.encode_typed(&ids, &mask, types.as_ref())?;
+    let loss = cross_entropy(&model.logits_of(&h, &b.at)?, &labels)?;
+    match &b.next {
+        None => Ok(loss),
+        Some(next) => {
+            let next = Tensor::from_vec(next.clone(), next.len(), device)?;
+            Ok((loss + cross_entropy(&model.nsp_logits(&h)?, &next)?)?)
+        }
+    }
 }
 
 /// Mean cross-entropy: the fused CPU op where the BERT's fused ops run,
@@ -432,6 +482,249 @@ pub fn run(
     run_until(corpus, cfg, out, resume, None, device, quiet)
 }
 
+/// The held-out text as each metric reads it.
+struct HeldOut {
+    /// Sequences for the masked-token metrics (every objective).
+    seqs: Vec<Vec<u32>>,
+    /// Sentence pairs (`mlm,nsp`).
+    pairs: Option<Vec<crate::nsp::Pair>>,
+    /// Corrupted sequences (`denoise`).
+    corrupted: Option<Vec<crate::denoise::Corrupted>>,
+    /// The most frequent training token (the denoising fill baseline).
+    fill: u32,
+}
+
+/// One evaluation of a model on [`HeldOut`].
+struct Scores {
+    mlm: MlmMetrics,
+    unigram: Option<MlmMetrics>,
+    nsp: Option<NspMetrics>,
+    denoise: Option<DenoiseMetrics>,
+}
+
+impl HeldOut {
+    fn evaluate(
+        &self,
+        model: &BertMlm,
+        unigram: Option<&[f32]>,
+        cfg: &TextConfig,
+        device: &Device,
+    ) -> Result<Scores> {
+        let vocab = model.config.vocab_size;
+        let (mlm, unigram) = evaluate(model, &self.seqs, unigram, vocab, cfg, device)?;
+        let nsp = match &self.pairs {
+            Some(p) => Some(crate::nsp::evaluate(model, p, cfg.batch_size, device)?),
+            None => None,
+        };
+        let denoise = match &self.corrupted {
+            Some(c) => Some(crate::denoise::evaluate(
+                model,
+                c,
+                self.fill,
+                cfg.batch_size,
+                device,
+            )?),
+            None => None,
+        };
+        Ok(Scores {
+            mlm,
+            unigram,
+            nsp,
+            denoise,
+        })
+    }
+}
+
+/// A run's training examples and held-out text, tokenised.
+struct Prepared {
+    examples: Examples,
+    held: HeldOut,
+    unigram: Vec<f32>,
+    train_tokens: usize,
+    heldout_tokens: usize,
+}
+
+/// Fails, naming the problem, when `corpus` cannot train `cfg`'s
+/// objective: next-sentence pairs need at least a batch of sentences in
+/// two or more training paragraphs, and two held-out paragraphs. Cheap
+/// (no tokenizer): commands call it before writing anything.
+pub fn check_corpus(corpus: &Corpus, cfg: &TextConfig) -> Result<()> {
+    if cfg.objective()? != TextObjective::MlmNsp {
+        return Ok(());
+    }
+    for (part, paragraphs, need) in [
+        ("training", &corpus.train, cfg.batch_size),
+        ("held-out", &corpus.heldout, 1),
+    ] {
+        let counts: Vec<usize> = paragraphs
+            .iter()
+            .map(|p| crate::nsp::sentences(p).len())
+            .filter(|&n| n > 0)
+            .collect();
+        let total: usize = counts.iter().sum();
+        if counts.len() < 2 || total < need {
+            return Err(pairs_error(part, total, counts.len(), need));
+        }
+    }
+    Ok(())
+}
+
+fn pairs_error(part: &str, sentences: usize, paragraphs: usize, need: usize) -> Error {
+    Error::invalid(
+        "corpus",
+        format!(
+            "the {part} text has {sentences} sentence(s) in {paragraphs} paragraph(s); next-sentence pairs need at least {need} sentences in 2 paragraphs (a batch of pairs)"
+        ),
+    )
+}
+
+/// The sentences of `paragraphs` for pairs, or an error naming `part` when
+/// they cannot make a pair (and, for training, a batch of pairs).
+fn pair_sentences(
+    paragraphs: &[String],
+    tokenizer: &Tokenizer,
+    part: &str,
+    need: usize,
+) -> Result<crate::nsp::Sentences> {
+    let s = crate::nsp::Sentences::new(paragraphs, |t| tokenize::encode(tokenizer, t))?;
+    if s.paragraphs() < 2 || s.len() < need {
+        return Err(pairs_error(part, s.len(), s.paragraphs(), need));
+    }
+    Ok(s)
+}
+
+/// Tokenises `corpus` and builds what `cfg`'s objective trains and is
+/// evaluated on.
+fn prepare(
+    corpus: &Corpus,
+    cfg: &TextConfig,
+    tokenizer: &Tokenizer,
+    vocab: usize,
+) -> Result<Prepared> {
+    let enc = |ps: &[String]| -> Result<Vec<Vec<u32>>> {
+        ps.iter().map(|p| tokenize::encode(tokenizer, p)).collect()
+    };
+    let train_ids = enc(&corpus.train)?;
+    let held_ids = enc(&corpus.heldout)?;
+    let seqs = strided(
+        mlm::sequences(&held_ids, cfg.max_len),
+        cfg.eval_max_sequences,
+    );
+    let unigram = mlm::unigram_log_probs(&train_ids, vocab);
+    let fill = (0..unigram.len())
+        .max_by(|&a, &b| unigram[a].total_cmp(&unigram[b]).then(b.cmp(&a)))
+        .unwrap_or(0) as u32;
+    let train_seqs = mlm::sequences(&train_ids, cfg.max_len);
+    let objective = cfg.objective()?;
+    let (examples, pairs, corrupted) = match objective {
+        TextObjective::Mlm => (Examples::Sequences(train_seqs), None, None),
+        TextObjective::MlmNsp => {
+            let train = pair_sentences(&corpus.train, tokenizer, "training", cfg.batch_size)?;
+            let held = pair_sentences(&corpus.heldout, tokenizer, "held-out", 1)?;
+            let pairs =
+                crate::nsp::heldout_pairs(&held, cfg.max_len, cfg.eval_max_sequences, cfg.seed);
+            (Examples::Pairs(train), Some(pairs), None)
+        }
+        TextObjective::Denoise => {
+            let c = crate::denoise::heldout(&seqs, cfg.mask_rate, cfg.seed);
+            (Examples::Spans(train_seqs), None, Some(c))
+        }
+    };
+    if examples.is_empty() {
+        return Err(Error::invalid(
+            "corpus",
+            "the training text has no tokens to train on",
+        ));
+    }
+    Ok(Prepared {
+        examples,
+        held: HeldOut {
+            seqs,
+            pairs,
+            corrupted,
+            fill,
+        },
+        unigram,
+        train_tokens: train_ids.iter().map(Vec::len).sum(),
+        heldout_tokens: held_ids.iter().map(Vec::len).sum(),
+    })
+}
+
+/// A fresh run's or a checkpoint's state.
+struct Start {
+    map: VarMap,
+    model: BertMlm,
+    tokenizer: Tokenizer,
+    opt: AdamW,
+    step: usize,
+    history: Vec<EvalPoint>,
+}
+
+/// The checkpoint in `ckpt` to continue (trained with `cfg`), or a fresh
+/// model and tokenizer.
+fn start(
+    corpus: &Corpus,
+    cfg: &TextConfig,
+    ckpt: &Path,
+    resume: bool,
+    device: &Device,
+) -> Result<Start> {
+    if resume {
+        let st: TrainingState = fsutil::read_json(&ckpt.join(STATE_JSON))?;
+        if &st.config != cfg {
+            return Err(Error::format(
+                ckpt.join(STATE_JSON),
+                "the checkpoint was trained with other settings; resume with the same flags",
+            ));
+        }
+        let c = load(ckpt, device)?;
+        let mut opt = AdamW::new(&c.map)?;
+        let sp = ckpt.join(STATE);
+        opt.restore(
+            &selfsup_core::checkpoint::read_tensors(&sp, device)?,
+            st.step,
+            &sp,
+        )?;
+        return Ok(Start {
+            map: c.map,
+            model: c.model,
+            tokenizer: c.tokenizer,
+            opt,
+            step: st.step,
+            history: st.history,
+        });
+    }
+    let tokenizer = tokenize::train(&corpus.train, cfg.vocab_size)?;
+    let config = cfg.bert(tokenizer.get_vocab_size(true));
+    let map = VarMap::new();
+    let model = BertMlm::new(&config, params::seeded_var_builder(&map, cfg.seed, device))?;
+    let opt = AdamW::new(&map)?;
+    Ok(Start {
+        map,
+        model,
+        tokenizer,
+        opt,
+        step: 0,
+        history: Vec::new(),
+    })
+}
+
+/// The examples of step `step`: the epoch's shuffled order, cut into
+/// batches.
+fn step_batch(
+    ex: &Examples,
+    order: &[usize],
+    step: usize,
+    vocab: usize,
+    cfg: &TextConfig,
+) -> mlm::Batch {
+    let per_epoch = order.len().div_ceil(cfg.batch_size).max(1);
+    let k = step % per_epoch;
+    let which = &order[k * cfg.batch_size..((k + 1) * cfg.batch_size).min(order.len())];
+    let knobs = (cfg.mask_rate, cfg.max_len, cfg.seed);
+    ex.batch(which, step * cfg.batch_size, vocab, knobs)
+}
+
 /// [`run`], stopping (with a checkpoint) after step `until` when given: an
 /// interrupted run that `--resume` continues.
 pub fn run_until(
@@ -445,45 +738,18 @@ pub fn run_until(
 ) -> Result<TextReport> {
     let t0 = Instant::now();
     cfg.check()?;
+    check_corpus(corpus, cfg)?;
     let ckpt = out.join("checkpoint");
-    let (map, model, tokenizer, mut opt, start, mut history) = if resume {
-        let st: TrainingState = fsutil::read_json(&ckpt.join(STATE_JSON))?;
-        if &st.config != cfg {
-            return Err(Error::format(
-                ckpt.join(STATE_JSON),
-                "the checkpoint was trained with other settings; resume with the same flags",
-            ));
-        }
-        let c = load(&ckpt, device)?;
-        let mut opt = AdamW::new(&c.map)?;
-        let sp = ckpt.join(STATE);
-        opt.restore(
-            &selfsup_core::checkpoint::read_tensors(&sp, device)?,
-            st.step,
-            &sp,
-        )?;
-        (c.map, c.model, c.tokenizer, opt, st.step, st.history)
-    } else {
-        let tokenizer = tokenize::train(&corpus.train, cfg.vocab_size)?;
-        let vocab = tokenizer.get_vocab_size(true);
-        let config = BertConfig::small(vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.max_len);
-        let map = VarMap::new();
-        let model = BertMlm::new(&config, params::seeded_var_builder(&map, cfg.seed, device))?;
-        let opt = AdamW::new(&map)?;
-        (map, model, tokenizer, opt, 0, Vec::new())
-    };
+    let Start {
+        map,
+        model,
+        tokenizer,
+        mut opt,
+        step: first,
+        mut history,
+    } = start(corpus, cfg, &ckpt, resume, device)?;
     let vocab = model.config.vocab_size;
-    let enc = |ps: &[String]| -> Result<Vec<Vec<u32>>> {
-        ps.iter().map(|p| tokenize::encode(&tokenizer, p)).collect()
-    };
-    let train_ids = enc(&corpus.train)?;
-    let held_ids = enc(&corpus.heldout)?;
-    let train_seqs = mlm::sequences(&train_ids, cfg.max_len);
-    let held_seqs = strided(
-        mlm::sequences(&held_ids, cfg.max_len),
-        cfg.eval_max_sequences,
-    );
-    let unigram = mlm::unigram_log_probs(&train_ids, vocab);
+    let data = prepare(corpus, cfg, &tokenizer, vocab)?;
     // Baselines: the unigram predictor and this model before training
     // (re-initialised with the same seed when resuming).
     let untrained = if resume {
@@ -492,41 +758,32 @@ pub fn run_until(
             &model.config,
             params::seeded_var_builder(&m2, cfg.seed, device),
         )?;
-        evaluate(&fresh, &held_seqs, Some(&unigram), vocab, cfg, device)?
+        data.held
+            .evaluate(&fresh, Some(&data.unigram), cfg, device)?
     } else {
-        evaluate(&model, &held_seqs, Some(&unigram), vocab, cfg, device)?
+        data.held
+            .evaluate(&model, Some(&data.unigram), cfg, device)?
     };
-    let (untrained, unigram_m) = (untrained.0, untrained.1.expect("asked for"));
-    let mut progress = Progress::new((cfg.steps - start.min(cfg.steps)) as u64, "text/mlm", quiet);
+    let label = format!("text/{}", cfg.objectives.join("+"));
+    let mut progress = Progress::new((cfg.steps - first.min(cfg.steps)) as u64, &label, quiet);
     let train_start = Instant::now();
     let (mut tokens, mut loss_sum, mut loss_n) = (0usize, 0.0f64, 0usize);
-    let per_epoch = train_seqs.len().div_ceil(cfg.batch_size).max(1);
-    let mut order: Vec<usize> = (0..train_seqs.len()).collect();
+    let per_epoch = data.examples.len().div_ceil(cfg.batch_size).max(1);
+    let mut order: Vec<usize> = Vec::new();
     let mut order_epoch = usize::MAX;
     let end = until.unwrap_or(cfg.steps).min(cfg.steps);
-    for step in start..end {
+    for step in first..end {
         let epoch = step / per_epoch;
         if epoch != order_epoch {
             use rand::seq::SliceRandom;
-            order = (0..train_seqs.len()).collect();
+            order = (0..data.examples.len()).collect();
             order.shuffle(&mut rng::stream_at(cfg.seed, "text-shuffle", epoch as u64));
             order_epoch = epoch;
         }
-        let k = step % per_epoch;
-        let items: Vec<mlm::Masked> = order
-            [k * cfg.batch_size..((k + 1) * cfg.batch_size).min(order.len())]
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                let mut r =
-                    rng::stream_at(cfg.seed, "mlm-mask", (step * cfg.batch_size + i) as u64);
-                mlm::mask(&train_seqs[s], vocab, cfg.mask_rate, &mut r)
-            })
-            .collect();
-        let b = mlm::batch(&items);
+        let b = step_batch(&data.examples, &order, step, vocab, cfg);
         let loss = mlm_loss(&model, &b, device)?;
         let v = loss.to_scalar::<f32>()?;
-        selfsup_core::train::check_finite(v, "text/mlm", step + 1)?;
+        selfsup_core::train::check_finite(v, &label, step + 1)?;
         opt.step(
             &loss.backward()?,
             lr_at(cfg, step),
@@ -539,18 +796,19 @@ pub fn run_until(
         progress.step(b.b, v);
         let done = step + 1;
         if done % cfg.eval_every.max(1) == 0 || done == end {
-            let (m, _) = evaluate(&model, &held_seqs, None, vocab, cfg, device)?;
-            progress.note(format!(
-                "text/mlm step {done}: train loss {:.3}, held-out top-1 {:.1}% top-5 {:.1}% perplexity {:.1}",
+            let sc = data.held.evaluate(&model, None, cfg, device)?;
+            progress.note(eval_line(
+                &label,
+                done,
                 loss_sum / loss_n.max(1) as f64,
-                100.0 * m.top1,
-                100.0 * m.top5,
-                m.perplexity
+                &sc,
             ));
             history.push(EvalPoint {
                 step: done,
                 train_loss: loss_sum / loss_n.max(1) as f64,
-                heldout: m,
+                heldout: sc.mlm,
+                nsp: sc.nsp,
+                denoise: sc.denoise,
             });
             (loss_sum, loss_n) = (0.0, 0);
             let st = TrainingState {
@@ -563,20 +821,23 @@ pub fn run_until(
     }
     progress.finish();
     let train_seconds = train_start.elapsed().as_secs_f64();
-    let (heldout, _) = evaluate(&model, &held_seqs, None, vocab, cfg, device)?;
+    let last = data.held.evaluate(&model, None, cfg, device)?;
     let report = TextReport {
         corpus: corpus.source.clone(),
         train_paragraphs: corpus.train.len(),
         heldout_paragraphs: corpus.heldout.len(),
-        train_tokens: train_ids.iter().map(Vec::len).sum(),
-        heldout_tokens: held_ids.iter().map(Vec::len).sum(),
+        train_tokens: data.train_tokens,
+        heldout_tokens: data.heldout_tokens,
         vocab_size: vocab,
         parameters: map.all_vars().iter().map(|v| v.elem_count()).sum(),
-        heldout,
+        heldout: last.mlm,
+        nsp: last.nsp,
+        denoise: last.denoise,
         baselines: HashMap::from([
-            ("unigram".to_string(), unigram_m),
-            ("untrained".to_string(), untrained),
+            ("unigram".to_string(), untrained.unigram.expect("asked for")),
+            ("untrained".to_string(), untrained.mlm),
         ]),
+        nsp_untrained: untrained.nsp,
         history,
         steps: cfg.steps,
         train_seconds,
@@ -587,6 +848,27 @@ pub fn run_until(
     fsutil::write_json_atomic(&out.join("report.json"), &report)?;
     fsutil::write_atomic(&out.join("report.md"), report.to_markdown().as_bytes())?;
     Ok(report)
+}
+
+/// The progress line of one periodic evaluation.
+fn eval_line(label: &str, step: usize, train_loss: f64, sc: &Scores) -> String {
+    let mut line = format!(
+        "{label} step {step}: train loss {train_loss:.3}, held-out top-1 {:.1}% top-5 {:.1}% perplexity {:.1}",
+        100.0 * sc.mlm.top1,
+        100.0 * sc.mlm.top5,
+        sc.mlm.perplexity
+    );
+    if let Some(n) = &sc.nsp {
+        line.push_str(&format!(", next-sentence {:.1}%", 100.0 * n.accuracy));
+    }
+    if let Some(d) = &sc.denoise {
+        line.push_str(&format!(
+            ", reconstruction {:.1}% (spans {:.1}%)",
+            100.0 * d.accuracy,
+            100.0 * d.span_accuracy
+        ));
+    }
+    line
 }
 
 /// Top-`k` (token, probability) predictions for every `[MASK]` of `text`.
@@ -635,6 +917,25 @@ pub fn fill(
         .collect())
 }
 
+/// The probability that `second` follows `first`, from the checkpoint's
+/// next-sentence head (an error for a model trained without one).
+pub fn next_probability(c: &Checkpoint, first: &str, second: &str, device: &Device) -> Result<f64> {
+    let enc = c
+        .tokenizer
+        .encode((first, second), true)
+        .map_err(|e| Error::invalid("--nsp", e.to_string()))?;
+    let t = enc.get_ids().len();
+    let ids = Tensor::from_vec(enc.get_ids().to_vec(), (1, t), device)?;
+    let types = Tensor::from_vec(enc.get_type_ids().to_vec(), (1, t), device)?;
+    let mask = Tensor::ones((1, t), DType::U32, device)?;
+    let h = c.model.encode_typed(&ids, &mask, Some(&types))?;
+    let p: Vec<f32> = candle_nn::ops::softmax(&c.model.nsp_logits(&h)?, D::Minus1)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1()?;
+    Ok(f64::from(p[crate::nsp::IS_NEXT as usize]))
+}
+
 impl TextReport {
     /// The report as markdown.
     pub fn to_markdown(&self) -> String {
@@ -647,8 +948,8 @@ impl TextReport {
             )
         };
         let mut s = format!(
-            "# Masked-token pretraining on {}\n\n{} training / {} held-out paragraphs ({} / {} tokens), WordPiece vocabulary {}; BERT {} layers x {} hidden x {} heads ({} parameters); {} steps of {} sequences of up to {} tokens in {:.0} s ({:.0} tokens/s).\n\nHeld-out masked tokens ({} of them, the same for every row):\n\n| model | top-1 | top-5 | perplexity |\n|---|---|---|---|\n",
-            self.corpus, self.train_paragraphs, self.heldout_paragraphs, self.train_tokens, self.heldout_tokens,
+            "# Text pretraining ({}) on {}\n\n{} training / {} held-out paragraphs ({} / {} tokens), WordPiece vocabulary {}; BERT {} layers x {} hidden x {} heads ({} parameters); {} steps of {} sequences of up to {} tokens in {:.0} s ({:.0} tokens/s).\n\nHeld-out masked tokens ({} of them, the same for every row):\n\n| model | top-1 | top-5 | perplexity |\n|---|---|---|---|\n",
+            self.config.objectives.join(","), self.corpus, self.train_paragraphs, self.heldout_paragraphs, self.train_tokens, self.heldout_tokens,
             self.vocab_size, self.config.layers, self.config.hidden, self.config.heads, self.parameters,
             self.steps, self.config.batch_size, self.config.max_len, self.train_seconds, self.tokens_per_s,
             self.heldout.tokens
@@ -659,16 +960,75 @@ impl TextReport {
                 s.push_str(&row(k, m));
             }
         }
-        s.push_str("\n| step | train loss | held-out top-1 | top-5 | perplexity |\n|---|---|---|---|---|\n");
+        s.push_str(&self.nsp_markdown());
+        s.push_str(&self.denoise_markdown());
+        s.push_str(&self.history_markdown());
+        s
+    }
+
+    fn nsp_markdown(&self) -> String {
+        let Some(n) = &self.nsp else {
+            return String::new();
+        };
+        let untrained = self
+            .nsp_untrained
+            .map(|u| format!("{:.2}%", 100.0 * u.accuracy))
+            .unwrap_or_else(|| "-".into());
+        format!(
+            "\nHeld-out next-sentence pairs ({} of them, {} with the second segment following the first): accuracy **{:.2}%** (untrained {untrained}, chance 50%).\n",
+            n.pairs,
+            n.is_next,
+            100.0 * n.accuracy
+        )
+    }
+
+    fn denoise_markdown(&self) -> String {
+        let Some(d) = &self.denoise else {
+            return String::new();
+        };
+        let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+        format!(
+            "\nHeld-out reconstruction of span-corrupted text ({} tokens, {} of them corrupted):\n\n| predictor | all tokens | corrupted tokens |\n|---|---|---|\n| **trained BERT** | {} | {} |\n| copy the corrupted input | {} | 0.00% |\n| copy, fill spans with the most frequent token | {} | {} |\n",
+            d.tokens,
+            d.corrupted,
+            pct(d.accuracy),
+            pct(d.span_accuracy),
+            pct(d.copy_accuracy),
+            pct(d.unigram_fill_accuracy),
+            pct(d.unigram_span_accuracy)
+        )
+    }
+
+    fn history_markdown(&self) -> String {
+        let mut s = String::from("\n| step | train loss | held-out top-1 | top-5 | perplexity |");
+        let (nsp, den) = (self.nsp.is_some(), self.denoise.is_some());
+        if nsp {
+            s.push_str(" next-sentence |");
+        }
+        if den {
+            s.push_str(" reconstruction |");
+        }
+        s.push_str("\n|---|---|---|---|---|");
+        s.push_str(&"---|".repeat(usize::from(nsp) + usize::from(den)));
+        s.push('\n');
         for p in &self.history {
             s.push_str(&format!(
-                "| {} | {:.3} | {:.2}% | {:.2}% | {:.1} |\n",
+                "| {} | {:.3} | {:.2}% | {:.2}% | {:.1} |",
                 p.step,
                 p.train_loss,
                 100.0 * p.heldout.top1,
                 100.0 * p.heldout.top5,
                 p.heldout.perplexity
             ));
+            if nsp {
+                let v = p.nsp.map(|n| format!(" {:.2}% |", 100.0 * n.accuracy));
+                s.push_str(&v.unwrap_or_else(|| " - |".into()));
+            }
+            if den {
+                let v = p.denoise.map(|d| format!(" {:.2}% |", 100.0 * d.accuracy));
+                s.push_str(&v.unwrap_or_else(|| " - |".into()));
+            }
+            s.push('\n');
         }
         s
     }
