@@ -1,6 +1,7 @@
-//! `text`: masked-token pretraining of a small BERT, or `--fill`.
+//! `text`: pretraining of a small BERT (masked tokens, next-sentence
+//! prediction, denoising), or `--fill` / `--nsp` queries of a checkpoint.
 
-use crate::spec_args::{assign_all, int, print_written, set_given};
+use crate::spec_args::{assign_all, int, list, print_written, set_given};
 use anyhow::{bail, Result};
 use clap::Args;
 use selfsup::core::device::parse_device;
@@ -31,7 +32,17 @@ pub struct TextArgs {
     /// OUT/checkpoint (or --checkpoint) instead of training.
     #[arg(long)]
     fill: Option<String>,
-    /// Checkpoint directory for --fill.
+    /// Print the checkpoint's probability that SECOND follows FIRST (a
+    /// model trained with `--objectives mlm,nsp`).
+    #[arg(long, num_args = 2, value_names = ["FIRST", "SECOND"])]
+    nsp: Option<Vec<String>>,
+    /// What to learn, comma-separated: `mlm` (masked tokens, the default),
+    /// `mlm,nsp` (plus next-sentence prediction on sentence pairs: a
+    /// BertForPreTraining checkpoint) or `denoise` (every token of a
+    /// span-corrupted input reconstructed).
+    #[arg(long, value_delimiter = ',')]
+    objectives: Option<Vec<String>>,
+    /// Checkpoint directory for --fill and --nsp.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Predictions printed per `[MASK]`.
@@ -113,6 +124,7 @@ impl TextArgs {
             ("warmup_fraction", self.warmup.map(Value::from)),
             ("heldout_fraction", self.heldout_fraction.map(Value::from)),
             ("seed", int(self.seed)),
+            ("objectives", list(&self.objectives)),
         ];
         set_given(&mut layers, table)?;
         assign_all(&mut layers, &self.set)?;
@@ -120,31 +132,40 @@ impl TextArgs {
     }
 }
 
-pub fn run_text(a: TextArgs) -> Result<()> {
-    use selfsup::text::{corpus, train};
-    let device = parse_device(&a.device)?;
+/// `--fill` and `--nsp`: predictions of OUT/checkpoint (or --checkpoint).
+fn query(a: &TextArgs, device: &candle_core::Device) -> Result<()> {
+    use selfsup::text::train;
+    let dir = a
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| a.out.join("checkpoint"));
+    if !dir.join("config.json").exists() {
+        bail!(
+            "no checkpoint at {}; train one with `cargo xtask text` (or pass --checkpoint DIR)",
+            dir.display()
+        );
+    }
+    let c = train::load(&dir, device)?;
     if let Some(sentence) = &a.fill {
-        let dir = a
-            .checkpoint
-            .clone()
-            .unwrap_or_else(|| a.out.join("checkpoint"));
-        if !dir.join("config.json").exists() {
-            bail!(
-                "no checkpoint at {}; train one with `cargo xtask text` (or pass --checkpoint DIR)",
-                dir.display()
-            );
-        }
-        let c = train::load(&dir, &device)?;
-        for (i, preds) in train::fill(&c, sentence, a.top, &device)?
-            .iter()
-            .enumerate()
-        {
+        for (i, preds) in train::fill(&c, sentence, a.top, device)?.iter().enumerate() {
             println!("[MASK] #{}:", i + 1);
             for (tok, p) in preds {
                 println!("  {tok:<16} {:.3}", p);
             }
         }
-        return Ok(());
+    }
+    if let Some(pair) = &a.nsp {
+        let p = train::next_probability(&c, &pair[0], &pair[1], device)?;
+        println!("P(second follows first) = {p:.3}");
+    }
+    Ok(())
+}
+
+pub fn run_text(a: TextArgs) -> Result<()> {
+    use selfsup::text::{corpus, train};
+    let device = parse_device(&a.device)?;
+    if a.fill.is_some() || a.nsp.is_some() {
+        return query(&a, &device);
     }
     let cfg = a.config()?;
     let path = a
@@ -153,6 +174,7 @@ pub fn run_text(a: TextArgs) -> Result<()> {
         .unwrap_or_else(|| selfsup::data::registry::data_dir().join("text/rust-book.txt"));
     let c = corpus::load(&path, cfg.heldout_fraction)?;
     cfg.check()?;
+    train::check_corpus(&c, &cfg)?;
     if a.resume && !a.out.join("checkpoint").is_dir() {
         bail!(
             "--resume: {} holds no checkpoint/ to continue",

@@ -357,7 +357,18 @@ fn text_flags_and_corpora_are_checked_before_any_work() {
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let (b, e) = (binary.to_str().unwrap(), empty.to_str().unwrap());
-    let cases: [(&[&str], &[&str]); 6] = [
+    let blank = dir.path().join("blank.txt");
+    std::fs::write(&blank, b"").unwrap();
+    let nul = dir.path().join("model.bin");
+    std::fs::write(&nul, b"\0\0\0\x01weights").unwrap();
+    let few = dir.path().join("few.txt");
+    std::fs::write(&few, "One sentence. Two.\nThree here.\nFour. Five.\n").unwrap();
+    let (bl, nu, fe) = (
+        blank.to_str().unwrap(),
+        nul.to_str().unwrap(),
+        few.to_str().unwrap(),
+    );
+    let cases: [(&[&str], &[&str]); 11] = [
         (
             &[
                 "text",
@@ -390,6 +401,35 @@ fn text_flags_and_corpora_are_checked_before_any_work() {
         (
             &["text", "--fill", "Rust is a [MASK] language.", "--out", o],
             &["no checkpoint", "cargo xtask text"],
+        ),
+        (
+            &["text", "--quiet", "--corpus", bl, "--out", o],
+            &["blank.txt", "0 paragraph(s)"],
+        ),
+        (
+            &["text", "--quiet", "--corpus", nu, "--out", o],
+            &["model.bin", "binary data", "NUL byte at offset 0"],
+        ),
+        (
+            &[
+                "text",
+                "--quiet",
+                "--objectives",
+                "mlm,nsp",
+                "--corpus",
+                fe,
+                "--out",
+                o,
+            ],
+            &["training text has 3 sentence(s)", "at least 32 sentences"],
+        ),
+        (
+            &["text", "--quiet", "--objectives", "nsp", "--out", o],
+            &["objectives", "\"nsp\"", "mlm,nsp"],
+        ),
+        (
+            &["text", "--nsp", "A first.", "A second.", "--out", o],
+            &["no checkpoint"],
         ),
     ];
     fails_cleanly(&cases, &out);

@@ -95,6 +95,12 @@ pub fn load(path: &Path, heldout_fraction: f64) -> Result<Corpus> {
                 ),
             )
         })?;
+        if let Some(at) = text.find('\0') {
+            return Err(Error::format(
+                &f,
+                format!("binary data, not text (a NUL byte at offset {at})"),
+            ));
+        }
         all.extend(paragraphs(&text));
     }
     if all.len() < 2 {
@@ -142,6 +148,14 @@ mod tests {
         assert!(e.contains("b.txt") && e.contains("UTF-8"), "{e}");
         let e = load(&d.path().join("none"), 0.2).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
+        std::fs::write(d.path().join("c.bin.txt"), b"text\0\x01\x02").unwrap();
+        let e = load(&d.path().join("c.bin.txt"), 0.2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.bin.txt") && e.contains("NUL byte at offset 4"),
+            "{e}"
+        );
         std::fs::write(d.path().join("b.txt"), "single").unwrap();
         let e = load(&d.path().join("b.txt"), 0.2).unwrap_err().to_string();
         assert!(e.contains("need at least 2"), "{e}");
