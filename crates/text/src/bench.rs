@@ -9,8 +9,9 @@
 
 use crate::bert::{BertConfig, BertMlm};
 use crate::mlm;
+use crate::optim::AdamW;
 use crate::tokenize::SPECIALS;
-use crate::train::{mlm_loss, AdamW};
+use crate::train::mlm_loss;
 use candle_core::Device;
 use candle_nn::VarMap;
 use rand::Rng;

@@ -1,0 +1,104 @@
+//! The settings of a text run (`experiment.toml` of `cargo xtask text`).
+
+use crate::bert::BertConfig;
+use crate::objective::TextObjective;
+use selfsup_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Everything `cargo xtask text` trains with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextConfig {
+    /// WordPiece vocabulary size (at most; the trainer may find fewer).
+    pub vocab_size: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Transformer layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Tokens per sequence, `[CLS]` and `[SEP]` included.
+    pub max_len: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Fraction of the steps spent warming up.
+    pub warmup_fraction: f64,
+    /// AdamW weight decay (not on biases and LayerNorm).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// Fraction of tokens chosen for the loss.
+    pub mask_rate: f64,
+    /// Fraction of the corpus's paragraphs held out (the last ones).
+    pub heldout_fraction: f64,
+    /// Evaluate on the held-out text (and checkpoint) every N steps.
+    pub eval_every: usize,
+    /// Independent maskings of the held-out text per evaluation (more
+    /// masked tokens, less noise in the metrics).
+    pub eval_passes: usize,
+    /// At most this many held-out sequences are evaluated (evenly spaced
+    /// over the held-out text), so a large corpus's evaluations stay cheap.
+    pub eval_max_sequences: usize,
+    /// Seed of initialisation, order and masking.
+    pub seed: u64,
+    /// What to learn: `["mlm"]`, `["mlm", "nsp"]` or `["denoise"]`
+    /// ([`crate::objective`]).
+    pub objectives: Vec<String>,
+}
+
+impl TextConfig {
+    /// Fails on settings no run can train with.
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 || self.max_len < 3 {
+            return Err(Error::invalid(
+                "text config",
+                "steps and batch size must be positive and max_len at least 3",
+            ));
+        }
+        TextObjective::parse(&self.objectives)?;
+        self.bert(self.vocab_size.max(1)).validate()
+    }
+
+    /// The objective set.
+    pub fn objective(&self) -> Result<TextObjective> {
+        TextObjective::parse(&self.objectives)
+    }
+
+    /// The model these settings train, for a vocabulary of `vocab`.
+    pub fn bert(&self, vocab: usize) -> BertConfig {
+        let c = BertConfig::small(vocab, self.hidden, self.layers, self.heads, self.max_len);
+        match TextObjective::parse(&self.objectives) {
+            Ok(o) if o.has_nsp() => c.with_nsp(),
+            _ => c,
+        }
+    }
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 8000,
+            hidden: 128,
+            layers: 2,
+            heads: 2,
+            max_len: 128,
+            batch_size: 32,
+            steps: 1000,
+            lr: 2e-3,
+            warmup_fraction: 0.1,
+            weight_decay: 0.01,
+            clip: 1.0,
+            mask_rate: 0.15,
+            heldout_fraction: 0.1,
+            eval_every: 250,
+            eval_passes: 4,
+            eval_max_sequences: 512,
+            seed: 0,
+            objectives: vec!["mlm".into()],
+        }
+    }
+}
