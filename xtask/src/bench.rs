@@ -298,6 +298,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.reps,
         steps
     );
+    if a.models.iter().any(|m| m == bench::BERT) {
+        eprintln!(
+            "bench: bert masked-token step, {} x {} tokens, vocabulary {}",
+            a.text_batch,
+            a.seq_len,
+            selfsup::text::bench::DEFAULT_VOCAB
+        );
+    }
     let cpu = bench::cpu_info();
     eprintln!(
         "cpu: {} ({} SIMD for our loops; {})",
