@@ -396,6 +396,7 @@ pub fn bert_row(o: &BenchOptions, k: Kernels) -> Result<BenchRow> {
         reps: o.reps,
         steps: o.steps,
         seed: o.seed,
+        dropout: c.dropout,
         device: o.device.clone(),
     };
     let t = tb::time_step(&so)?;

@@ -48,8 +48,9 @@
 //! (B, T, H) projections, one op in place of about fourteen),
 //! [`scaled_softmax`] (attention scores scaled, plus the padding mask,
 //! normalised), [`gelu_erf`] (the exact GELU, with vectorised `erf` and
-//! `exp` from [`math`]) and [`cross_entropy`] (the loss over a vocabulary,
-//! one pass each way).
+//! `exp` from [`math`]), [`cross_entropy`] (the loss over a vocabulary,
+//! one pass each way) and [`dropout`] (its mask a hash of a seed and the
+//! element index: reproducible, recomputed backward instead of stored).
 //!
 //! Every CPU loop here runs at the widest SIMD the CPU has, chosen at run
 //! time ([`simd`]: AVX-512, AVX2 + FMA or the SSE2 baseline), with the same
@@ -79,6 +80,7 @@ mod conv_bn;
 mod cpu_conv;
 mod cross_entropy;
 mod depthwise;
+mod dropout;
 mod gelu;
 mod layer_norm;
 mod linear;
@@ -94,6 +96,7 @@ pub use batchnorm::{add_relu, batch_norm_train, fused_supported, Activation, Bat
 pub use bn_eval::batch_norm_eval;
 pub use conv_bn::{conv_bn_train, fused_conv_bn_supported};
 pub use cross_entropy::cross_entropy;
+pub use dropout::{dropout, dropout_mask};
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;

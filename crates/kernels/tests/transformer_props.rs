@@ -378,3 +378,46 @@ fn cross_entropy_matches_candles() {
         "{e}"
     );
 }
+
+#[test]
+fn dropout_is_seeded_unbiased_and_its_gradient_is_the_mask() {
+    let mut rng = ChaCha8Rng::seed_from_u64(51);
+    let dims = [64, 40, 50];
+    let x = Var::from_tensor(&uniform(&mut rng, &dims, 0.5, 1.5)).unwrap();
+    let p = 0.1;
+    let y = selfsup_kernels::dropout(&x, p, 7).unwrap();
+    let n = x.elem_count();
+    let mask = selfsup_kernels::dropout_mask(n, p, 7);
+    let mask_t = Tensor::from_vec(mask.clone(), &dims, &Device::Cpu).unwrap();
+    // The output is x times the mask, which keeps 1 - p of the elements
+    // scaled by 1 / (1 - p).
+    assert_eq!(rel_err(&y, &(x.as_tensor() * &mask_t).unwrap()), 0.0);
+    let kept = mask.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64;
+    assert!((kept - 0.9).abs() < 0.003, "kept {kept}");
+    assert!(mask
+        .iter()
+        .all(|&m| m == 0.0 || (m - 1.0 / 0.9).abs() < 1e-6));
+    // Same seed, same mask; another seed, another mask.
+    assert_eq!(
+        rel_err(&selfsup_kernels::dropout(&x, p, 7).unwrap(), &y),
+        0.0
+    );
+    let other = selfsup_kernels::dropout_mask(n, p, 8);
+    let same = mask.iter().zip(&other).filter(|(a, b)| a == b).count() as f64 / n as f64;
+    assert!(same < 0.9, "seeds 7 and 8 agree on {same} of the mask");
+    // Neighbouring elements are not correlated: runs of drops are rare.
+    let pairs = mask
+        .windows(2)
+        .filter(|w| w[0] == 0.0 && w[1] == 0.0)
+        .count() as f64;
+    assert!((pairs / n as f64 - 0.01).abs() < 0.002, "{pairs}");
+    // The gradient is the mask.
+    let w = uniform(&mut rng, &dims, -1.0, 1.0);
+    let g = probe(&y, &w).backward().unwrap();
+    assert_eq!(rel_err(g.get(&x).unwrap(), &(&w * &mask_t).unwrap()), 0.0);
+    // p = 0 keeps everything; p = 1 is refused.
+    let all = selfsup_kernels::dropout(&x, 0.0, 3).unwrap();
+    assert_eq!(rel_err(&all, &x), 0.0);
+    let e = selfsup_kernels::dropout(&x, 1.0, 3).unwrap_err();
+    assert!(e.to_string().contains("must be in [0, 1)"), "{e}");
+}

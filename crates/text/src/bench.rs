@@ -2,12 +2,13 @@
 //! bert` measures against `transformers`' `BertForMaskedLM`.
 //!
 //! A step is exactly the trainer's: [`crate::train`]'s forward pass (the
-//! encoder, the tied MLM head at the masked positions only, cross-entropy),
+//! encoder with its dropout, the tied MLM head at the masked positions
+//! only, cross-entropy),
 //! `backward`, and its AdamW with global-norm clipping. The batch is full
 //! sequences of seeded random non-special tokens, masked as in training, so
 //! every position is a real token and the row's tokens/s counts them all.
 
-use crate::bert::{BertConfig, BertMlm};
+use crate::bert::{BertConfig, BertMlm, Dropout};
 use crate::mlm;
 use crate::optim::AdamW;
 use crate::tokenize::SPECIALS;
@@ -40,6 +41,8 @@ pub struct StepOptions {
     pub steps: usize,
     /// Seed of the weights and the tokens.
     pub seed: u64,
+    /// Hidden dropout, as the trainer applies it (0 for none).
+    pub dropout: f64,
     /// Where to run.
     pub device: Device,
 }
@@ -92,7 +95,11 @@ pub fn time_step(o: &StepOptions) -> Result<StepTiming> {
     let mut step = |opt: &mut AdamW| -> Result<f32> {
         let b = &data[k % data.len()];
         k += 1;
-        let loss = mlm_loss(&model, b, &o.device)?;
+        let drop = Dropout {
+            p: o.dropout,
+            seed: k as u64,
+        };
+        let loss = mlm_loss(&model, b, (o.dropout > 0.0).then_some(&drop), &o.device)?;
         opt.step(&loss.backward()?, 1e-4, 0.01, 1.0)?;
         Ok(loss.to_scalar::<f32>()?)
     };
@@ -111,7 +118,12 @@ pub fn time_step(o: &StepOptions) -> Result<StepTiming> {
     let mut phases = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..o.reps.max(1) {
         let t0 = Instant::now();
-        let loss = mlm_loss(&model, &data[i % data.len()], &o.device)?;
+        let drop = Dropout {
+            p: o.dropout,
+            seed: i as u64,
+        };
+        let drop = (o.dropout > 0.0).then_some(&drop);
+        let loss = mlm_loss(&model, &data[i % data.len()], drop, &o.device)?;
         o.device.synchronize()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
@@ -145,6 +157,7 @@ mod tests {
             reps: 2,
             steps: 1,
             seed: 0,
+            dropout: 0.1,
             device: Device::Cpu,
         };
         let t = time_step(&o).unwrap();

@@ -41,10 +41,10 @@ pub struct BertConfig {
     pub intermediate_size: usize,
     /// `gelu` (the exact, erf-based one).
     pub hidden_act: String,
-    /// Dropout after embeddings and sub-layers (not used in training here:
-    /// recorded as 0).
+    /// Dropout after the embeddings and on each sub-layer's output in
+    /// training (the run's `dropout`; evaluation never drops).
     pub hidden_dropout_prob: f64,
-    /// Dropout on attention probabilities (0, as above).
+    /// Dropout on attention probabilities (0: not used here).
     pub attention_probs_dropout_prob: f64,
     /// Longest sequence.
     pub max_position_embeddings: usize,
@@ -147,6 +147,37 @@ fn gelu(x: &Tensor) -> Result<Tensor> {
     Ok(x.gelu_erf()?)
 }
 
+/// Dropout in a training forward pass: the probability, and a seed that
+/// changes every step (each dropout site derives its own from it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    /// Drop probability.
+    pub p: f64,
+    /// The step's seed.
+    pub seed: u64,
+}
+
+impl Dropout {
+    /// `x` with dropout at `site` (each site of the network its own mask).
+    fn apply(&self, x: &Tensor, site: u64) -> Result<Tensor> {
+        let seed = self.seed ^ (site + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if fused(x) {
+            return Ok(kernels::dropout(x, self.p, seed)?);
+        }
+        let x = x.contiguous()?;
+        let m = kernels::dropout_mask(x.elem_count(), self.p, seed);
+        Ok((x.clone() * Tensor::from_vec(m, x.shape(), x.device())?)?)
+    }
+}
+
+/// Applies `drop` (when training with dropout) at `site`.
+fn maybe_drop(x: Tensor, drop: Option<&Dropout>, site: u64) -> Result<Tensor> {
+    match drop {
+        Some(d) if d.p > 0.0 => d.apply(&x, site),
+        _ => Ok(x),
+    }
+}
+
 /// LayerNorm over the last dimension.
 struct LayerNorm {
     weight: Tensor,
@@ -240,8 +271,15 @@ impl Layer {
         })
     }
 
-    /// `x`: (B, T, H); `bias`: (B, T) additive attention bias.
-    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    /// `x`: (B, T, H); `bias`: (B, T) additive attention bias; dropout
+    /// (training) at sites `site` and `site + 1`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        drop: Option<&Dropout>,
+        site: u64,
+    ) -> Result<Tensor> {
         let (q, k, v) = (
             self.query.forward(x)?,
             self.key.forward(x)?,
@@ -252,10 +290,10 @@ impl Layer {
         } else {
             self.attention(q, k, v, bias)?
         };
-        let x = self
-            .attn_norm
-            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let a = maybe_drop(self.attn_out.forward(&ctx)?, drop, site)?;
+        let x = self.attn_norm.forward(&(a + x)?)?;
         let m = self.out.forward(&gelu(&self.inter.forward(&x)?)?)?;
+        let m = maybe_drop(m, drop, site + 1)?;
         self.out_norm.forward(&(m + x)?)
     }
 }
@@ -366,6 +404,20 @@ impl BertMlm {
         mask: &Tensor,
         types: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.encode_train(ids, mask, types, None)
+    }
+
+    /// [`Self::encode_typed`] in training, with `drop` applied where
+    /// Hugging Face's BERT applies its hidden dropout: after the embedding
+    /// LayerNorm and on each attention and MLP output before its residual
+    /// add (not on the attention probabilities).
+    pub fn encode_train(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        types: Option<&Tensor>,
+        drop: Option<&Dropout>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t > self.config.max_position_embeddings {
             return Err(Error::invalid(
@@ -390,11 +442,11 @@ impl BertMlm {
                 (x + e.reshape((b, t, ()))?)?
             }
         };
-        let mut x = self.emb_norm.forward(&x)?;
+        let mut x = maybe_drop(self.emb_norm.forward(&x)?, drop, 0)?;
         // 0 where attended, a large negative number at padding.
         let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.to_device(dev)?;
-        for l in &self.layers {
-            x = l.forward(&x, &bias)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x, &bias, drop, 1 + 2 * i as u64)?;
         }
         Ok(x)
     }

@@ -45,6 +45,9 @@ pub struct TextConfig {
     pub eval_max_sequences: usize,
     /// Seed of initialisation, order and masking.
     pub seed: u64,
+    /// Hidden dropout in training (after the embeddings and on each
+    /// attention and MLP output), Hugging Face's `hidden_dropout_prob`.
+    pub dropout: f64,
     /// What to learn: `["mlm"]`, `["mlm", "nsp"]` or `["denoise"]`
     /// ([`crate::objective`]).
     pub objectives: Vec<String>,
@@ -60,6 +63,12 @@ impl TextConfig {
             ));
         }
         TextObjective::parse(&self.objectives)?;
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid(
+                "dropout",
+                format!("{} must be at least 0 and below 1", self.dropout),
+            ));
+        }
         self.bert(self.vocab_size.max(1)).validate()
     }
 
@@ -70,7 +79,8 @@ impl TextConfig {
 
     /// The model these settings train, for a vocabulary of `vocab`.
     pub fn bert(&self, vocab: usize) -> BertConfig {
-        let c = BertConfig::small(vocab, self.hidden, self.layers, self.heads, self.max_len);
+        let mut c = BertConfig::small(vocab, self.hidden, self.layers, self.heads, self.max_len);
+        c.hidden_dropout_prob = self.dropout;
         match TextObjective::parse(&self.objectives) {
             Ok(o) if o.has_nsp() => c.with_nsp(),
             _ => c,
@@ -98,6 +108,7 @@ impl Default for TextConfig {
             eval_passes: 4,
             eval_max_sequences: 512,
             seed: 0,
+            dropout: 0.1,
             objectives: vec!["mlm".into()],
         }
     }

@@ -4,7 +4,7 @@
 //! continues exactly, and the report against the baselines. The types a
 //! caller needs from the other modules are re-exported here.
 
-use crate::bert::BertMlm;
+use crate::bert::{BertMlm, Dropout};
 use crate::checkpoint::{save, TrainingState, STATE, STATE_JSON};
 use crate::corpus::Corpus;
 use crate::heldout::{prepare, Scores};
@@ -28,8 +28,14 @@ pub use crate::report::{EvalPoint, TextReport};
 
 /// The training loss of `model` on batch `b`: the cross-entropy of the
 /// token predictions at `b.at`, plus the next-sentence cross-entropy when
-/// the batch has pair labels. The training step's forward pass.
-pub(crate) fn mlm_loss(model: &BertMlm, b: &mlm::Batch, device: &Device) -> Result<Tensor> {
+/// the batch has pair labels, with `drop`'s dropout. The training step's
+/// forward pass.
+pub(crate) fn mlm_loss(
+    model: &BertMlm,
+    b: &mlm::Batch,
+    drop: Option<&Dropout>,
+    device: &Device,
+) -> Result<Tensor> {
     let ids = Tensor::from_vec(b.ids.clone(), (b.b, b.t), device)?;
     let mask = Tensor::from_vec(b.mask.clone(), (b.b, b.t), device)?;
     let types = match &b.types {
@@ -37,7 +43,7 @@ pub(crate) fn mlm_loss(model: &BertMlm, b: &mlm::Batch, device: &Device) -> Resu
         None => None,
     };
     let labels = Tensor::from_vec(b.labels.clone(), b.labels.len(), device)?;
-    let h = model.encode_typed(&ids, &mask, types.as_ref())?;
+    let h = model.encode_train(&ids, &mask, types.as_ref(), drop)?;
     let loss = cross_entropy(&model.logits_of(&h, &b.at)?, &labels)?;
     match &b.next {
         None => Ok(loss),
@@ -46,6 +52,15 @@ pub(crate) fn mlm_loss(model: &BertMlm, b: &mlm::Batch, device: &Device) -> Resu
             Ok((loss + cross_entropy(&model.nsp_logits(&h)?, &next)?)?)
         }
     }
+}
+
+/// Step `step`'s dropout (none when the run's `dropout` is 0): its masks
+/// come from the run's seed and the step, so a resumed run draws the same.
+pub(crate) fn step_dropout(cfg: &TextConfig, step: usize) -> Option<Dropout> {
+    (cfg.dropout > 0.0).then(|| Dropout {
+        p: cfg.dropout,
+        seed: rng::derive_seed(cfg.seed, "dropout", step as u64),
+    })
 }
 
 /// Mean cross-entropy: the fused CPU op where the BERT's fused ops run,
@@ -212,7 +227,7 @@ pub fn run_until(
             order_epoch = epoch;
         }
         let b = step_batch(&data.examples, &order, step, vocab, cfg);
-        let loss = mlm_loss(&model, &b, device)?;
+        let loss = mlm_loss(&model, &b, step_dropout(cfg, step).as_ref(), device)?;
         let v = loss.to_scalar::<f32>()?;
         selfsup_core::train::check_finite(v, &label, step + 1)?;
         opt.step(
