@@ -224,7 +224,7 @@ def bert_row(args, device, impl):
     torch.manual_seed(args.seed)
     cfg = BertConfig(vocab_size=args.bert_vocab, hidden_size=128, num_hidden_layers=2,
                      num_attention_heads=2, intermediate_size=512, hidden_act="gelu",
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     hidden_dropout_prob=args.bert_dropout, attention_probs_dropout_prob=0.0,
                      max_position_embeddings=max(128, args.seq_len), type_vocab_size=2,
                      layer_norm_eps=1e-12)
     model = BertForMaskedLM(cfg).to(device).train()
@@ -312,6 +312,8 @@ def main():
     p.add_argument("--text-batch", type=int, default=32, help="sequences per step of the bert rows")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of the bert rows")
     p.add_argument("--bert-vocab", type=int, default=5518, help="vocabulary of the bert rows")
+    p.add_argument("--bert-dropout", type=float, default=0.1,
+                   help="hidden dropout of the bert rows (selfsup's default; none on attention probabilities)")
     p.add_argument("--fp32", action="store_true",
                    help="also time with TF32 convolutions off (PyTorch enables TF32 for cuDNN convs by default)")
     args = p.parse_args()
