@@ -9,7 +9,7 @@ for the backbones selfsup implements, built here layer for layer like
 crates/backbones (ConvNet 16-32-64 x2, ResNet-18 with the CIFAR stem,
 MobileNetV2 with CIFAR strides). Model `bert` times `transformers`'
 BertForMaskedLM with `cargo xtask text`'s default configuration on its
-masked-token step instead (row `pytorch`: labels -100 off the masked
+masked-token step instead (sizes from --bert-*; row `pytorch`: labels -100 off the masked
 positions, as a transformers user trains it; row `pytorch-masked`: the MLM
 head applied to the masked positions only, as selfsup's trainer does), with
 AdamW and global-norm clipping. Prints one JSON object:
@@ -222,8 +222,9 @@ def bert_row(args, device, impl):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(args.seed)
-    cfg = BertConfig(vocab_size=args.bert_vocab, hidden_size=128, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=512, hidden_act="gelu",
+    cfg = BertConfig(vocab_size=args.bert_vocab, hidden_size=args.bert_hidden,
+                     num_hidden_layers=args.bert_layers, num_attention_heads=args.bert_heads,
+                     intermediate_size=4 * args.bert_hidden, hidden_act="gelu",
                      hidden_dropout_prob=args.bert_dropout, attention_probs_dropout_prob=0.0,
                      max_position_embeddings=max(128, args.seq_len), type_vocab_size=2,
                      layer_norm_eps=1e-12)
@@ -312,6 +313,9 @@ def main():
     p.add_argument("--text-batch", type=int, default=32, help="sequences per step of the bert rows")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of the bert rows")
     p.add_argument("--bert-vocab", type=int, default=5518, help="vocabulary of the bert rows")
+    p.add_argument("--bert-hidden", type=int, default=128, help="width of the bert rows")
+    p.add_argument("--bert-layers", type=int, default=2, help="layers of the bert rows")
+    p.add_argument("--bert-heads", type=int, default=2, help="attention heads of the bert rows")
     p.add_argument("--bert-dropout", type=float, default=0.1,
                    help="hidden dropout of the bert rows (selfsup's default; none on attention probabilities)")
     p.add_argument("--fp32", action="store_true",

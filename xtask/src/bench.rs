@@ -95,6 +95,8 @@ fn pytorch_rows(
     threads: usize,
 ) -> Result<Vec<BenchRow>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/torch_bench.py");
+    // The bert rows: `cargo xtask text`'s default model.
+    let text = selfsup::text::train::TextConfig::default();
     let mut cmd = Command::new(&a.python);
     cmd.arg(&script)
         .args(["--device", device])
@@ -108,6 +110,10 @@ fn pytorch_rows(
             "--bert-vocab",
             &selfsup::text::bench::DEFAULT_VOCAB.to_string(),
         ])
+        .args(["--bert-hidden", &text.hidden.to_string()])
+        .args(["--bert-layers", &text.layers.to_string()])
+        .args(["--bert-heads", &text.heads.to_string()])
+        .args(["--bert-dropout", &text.dropout.to_string()])
         .args(["--warmup", &a.warmup.to_string()])
         .args(["--reps", &a.reps.to_string()])
         .args(["--steps", &steps.to_string()]);
