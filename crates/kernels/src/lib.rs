@@ -1,4 +1,5 @@
-//! selfsup-kernels: the convolution every selfsup backbone trains with.
+//! selfsup-kernels: the convolution every selfsup backbone trains with, and
+//! the CPU transformer ops its text BERT trains with.
 //!
 //! Candle 0.11.1's own `conv2d` is correct in the forward pass but slow or
 //! wrong to train with in three places (see `../shared/CANDLE-NOTES.md`):
