@@ -170,51 +170,14 @@ def row(name, args, device, impl, objective):
             return nt_xent(z[:args.batch], z[args.batch:], 0.2)
         return F.cross_entropy(head(backbone(x)), y)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
+    def update():
         opt.step()
-        return loss
 
-    for _ in range(args.warmup):
-        step().item()
-    rates = []
-    for _ in range(args.reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            loss = step()
-        loss.item()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(args.batch * args.steps / (time.perf_counter() - t))
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    phases = [[], [], []]
-    for _ in range(args.reps):
-        opt.zero_grad(set_to_none=True)
-        sync()
-        t0 = time.perf_counter()
-        loss = loss_fn()
-        sync()
-        t1 = time.perf_counter()
-        loss.backward()
-        sync()
-        t2 = time.perf_counter()
-        opt.step()
-        sync()
-        t3 = time.perf_counter()
-        for p, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
-            p.append(1e3 * v)
+    rates, phases = timed(args, device, loss_fn, opt, update, args.batch)
     med = statistics.median(rates)
     return {"model": name, "impl": impl, "objective": objective, "batch": args.batch,
             "images_per_s": med, "spread": (max(rates) - min(rates)) / 2, "step_ms": 1e3 * args.batch / med,
-            "gflops": None, "gpu_mem_mb": gpu_mem_mb(device),
-            "phases_ms": {k: statistics.median(v) for k, v in zip(("forward", "backward", "optimizer"), phases)}}
+            "gflops": None, "gpu_mem_mb": gpu_mem_mb(device), "phases_ms": phases}
 
 
 def bert_row(args, device, impl):
@@ -246,22 +209,33 @@ def bert_row(args, device, impl):
             return F.cross_entropy(logits, ids[chosen])
         return model(input_ids=inputs, attention_mask=attn, labels=labels).loss
 
+    def update():
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    rates, phases = timed(args, device, loss_fn, opt, update, b * t)
+    med = statistics.median(rates)
+    return {"model": "bert", "impl": impl, "objective": "mlm", "batch": b,
+            "images_per_s": med / t, "spread": (max(rates) - min(rates)) / 2 / t,
+            "step_ms": 1e3 * b * t / med, "gflops": None, "gpu_mem_mb": gpu_mem_mb(device),
+            "phases_ms": phases, "tokens_per_s": med, "seq_len": t}
+
+
+def timed(args, device, loss_fn, opt, update, per_step):
+    """Warms up, then times `args.reps` repetitions of `args.steps` training
+    steps (loss, backward, `update`): each repetition's rate in `per_step`
+    units per second, and the median forward / backward / optimizer
+    milliseconds of one more step per repetition, each waited for."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     def step():
         opt.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update()
         return loss
-
-    return timed(args, device, step, loss_fn, opt, model.parameters, b, t, impl)
-
-
-def timed(args, device, step, loss_fn, opt, params, b, t, impl):
-    """Times `step` like `row` does, in sequences and tokens per second."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     for _ in range(args.warmup):
         step().item()
@@ -273,7 +247,7 @@ def timed(args, device, step, loss_fn, opt, params, b, t, impl):
             loss = step()
         loss.item()
         sync()
-        rates.append(b * t * args.steps / (time.perf_counter() - t0))
+        rates.append(per_step * args.steps / (time.perf_counter() - t0))
     phases = [[], [], []]
     for _ in range(args.reps):
         opt.zero_grad(set_to_none=True)
@@ -285,18 +259,12 @@ def timed(args, device, step, loss_fn, opt, params, b, t, impl):
         loss.backward()
         sync()
         t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(params(), 1.0)
-        opt.step()
+        update()
         sync()
         t3 = time.perf_counter()
         for p, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
             p.append(1e3 * v)
-    med = statistics.median(rates)
-    return {"model": "bert", "impl": impl, "objective": "mlm", "batch": b,
-            "images_per_s": med / t, "spread": (max(rates) - min(rates)) / 2 / t,
-            "step_ms": 1e3 * b * t / med, "gflops": None, "gpu_mem_mb": gpu_mem_mb(device),
-            "phases_ms": {k: statistics.median(v) for k, v in zip(("forward", "backward", "optimizer"), phases)},
-            "tokens_per_s": med, "seq_len": t}
+    return rates, {k: statistics.median(v) for k, v in zip(("forward", "backward", "optimizer"), phases)}
 
 
 def main():

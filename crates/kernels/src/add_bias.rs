@@ -19,14 +19,7 @@ const BLOCK_ROWS: usize = 64;
 /// must equal the last `b.rank()` dimensions of `x`. Differentiable in
 /// both. CPU, f32 only ([`crate::fused_supported`]).
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !crate::fused_supported(x) {
-        candle_core::bail!(
-            "add bias runs on the CPU in f32 on tensors of rank 2 or more, got {:?} {:?} on {:?}",
-            x.dtype(),
-            x.dims(),
-            x.device().location()
-        );
-    }
+    crate::require_fused(x, "add bias")?;
     let (xd, bd) = (x.dims(), b.dims());
     if bd.len() > xd.len() || xd[xd.len() - bd.len()..] != *bd {
         candle_core::bail!("add bias: a bias of shape {bd:?} is not the tail of {xd:?}");
@@ -107,14 +100,12 @@ impl CustomOp2 for AddBias {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = x.track_op().then(|| g.clone());
-        let db = if b.track_op() {
-            let g = g.contiguous()?;
-            let s = b.elem_count();
-            let sums = crate::with_cpu_f32([&g], "add bias backward", |[g]| row_sums(g, s))?;
-            Some(Tensor::from_vec(sums, b.shape(), b.device())?)
-        } else {
-            None
-        };
-        Ok((dx, db))
+        if !b.track_op() {
+            return Ok((dx, None));
+        }
+        let g = g.contiguous()?;
+        let s = b.elem_count();
+        let sums = crate::with_cpu_f32([&g], "add bias backward", |[g]| row_sums(g, s))?;
+        Ok((dx, crate::grad_for(b, sums)?))
     }
 }

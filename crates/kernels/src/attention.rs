@@ -290,12 +290,10 @@ impl CustomOp3 for Attention {
                     backward_seq(z, ins, p, (dq, dk, dv));
                 });
         })?;
-        let dev = q.device();
-        let wrap = |x: &Tensor, d: Vec<f32>| {
-            x.track_op()
-                .then(|| Tensor::from_vec(d, x.shape(), dev))
-                .transpose()
-        };
-        Ok((wrap(q, dq)?, wrap(k, dk)?, wrap(v, dv)?))
+        Ok((
+            crate::grad_for(q, dq)?,
+            crate::grad_for(k, dk)?,
+            crate::grad_for(v, dv)?,
+        ))
     }
 }

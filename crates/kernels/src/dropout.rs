@@ -70,14 +70,7 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("dropout probability {p} must be in [0, 1)");
     }
-    if !crate::fused_supported(x) {
-        candle_core::bail!(
-            "dropout runs on the CPU in f32 on tensors of rank 2 or more, got {:?} {:?} on {:?}",
-            x.dtype(),
-            x.dims(),
-            x.device().location()
-        );
-    }
+    crate::require_fused(x, "dropout")?;
     x.contiguous()?.apply_op1(Dropout { p, seed })
 }
 
@@ -127,6 +120,6 @@ impl CustomOp1 for Dropout {
         }
         let g = g.contiguous()?;
         let dx = crate::with_cpu_f32([&g], "dropout backward", |[g]| self.masked(g))?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        crate::grad_for(x, dx)
     }
 }

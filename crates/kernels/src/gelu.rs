@@ -16,14 +16,7 @@ const CHUNK: usize = 1 << 13;
 /// `x · Φ(x)` with Φ the standard normal CDF (`0.5 · (1 + erf(x / √2))`),
 /// elementwise. Differentiable. CPU, f32 only ([`crate::fused_supported`]).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if !crate::fused_supported(x) {
-        candle_core::bail!(
-            "gelu runs on the CPU in f32 on tensors of rank 2 or more, got {:?} {:?} on {:?}",
-            x.dtype(),
-            x.dims(),
-            x.device().location()
-        );
-    }
+    crate::require_fused(x, "gelu")?;
     x.contiguous()?.apply_op1(Gelu)
 }
 
@@ -83,6 +76,6 @@ impl CustomOp1 for Gelu {
                 });
             dx
         })?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        crate::grad_for(x, dx)
     }
 }

@@ -21,14 +21,7 @@ const BLOCK_ROWS: usize = 64;
 /// `x` (biased variance), `gamma` and `beta` of that dimension's size.
 /// Differentiable in all three. CPU, f32 only ([`crate::fused_supported`]).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    if !crate::fused_supported(x) {
-        candle_core::bail!(
-            "layer norm runs on the CPU in f32 on tensors of rank 2 or more, got {:?} {:?} on {:?}",
-            x.dtype(),
-            x.dims(),
-            x.device().location()
-        );
-    }
+    crate::require_fused(x, "layer norm")?;
     let h = x.dim(candle_core::D::Minus1)?;
     for (what, t) in [("scale", gamma), ("shift", beta)] {
         if t.dims() != [h] {
@@ -163,19 +156,12 @@ impl CustomOp3 for LayerNorm {
             crate::with_cpu_f32([x, &g, gamma], "layer norm backward", |[x, g, gm]| {
                 grads(x, g, gm, self.eps)
             })?;
-        let (h, dev) = (gamma.elem_count(), x.device());
-        let dx = x
-            .track_op()
-            .then(|| Tensor::from_vec(dx, x.shape(), dev))
-            .transpose()?;
-        let dgamma = gamma
-            .track_op()
-            .then(|| Tensor::from_slice(&sums[..h], h, dev))
-            .transpose()?;
-        let dbeta = beta
-            .track_op()
-            .then(|| Tensor::from_slice(&sums[h..], h, dev))
-            .transpose()?;
-        Ok((dx, dgamma, dbeta))
+        let mut dgamma = sums;
+        let dbeta = dgamma.split_off(gamma.elem_count());
+        Ok((
+            crate::grad_for(x, dx)?,
+            crate::grad_for(gamma, dgamma)?,
+            crate::grad_for(beta, dbeta)?,
+        ))
     }
 }

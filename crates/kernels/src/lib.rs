@@ -351,6 +351,28 @@ unsafe fn par_uninit(
     v
 }
 
+/// An error unless `x` suits the fused CPU ops ([`fused_supported`]):
+/// "`op` runs on the CPU in f32 on tensors of rank 2 or more, got ...".
+fn require_fused(x: &Tensor, op: &str) -> Result<()> {
+    if fused_supported(x) {
+        return Ok(());
+    }
+    candle_core::bail!(
+        "{op} runs on the CPU in f32 on tensors of rank 2 or more, got {:?} {:?} on {:?}",
+        x.dtype(),
+        x.dims(),
+        x.device().location()
+    )
+}
+
+/// The gradient `data` for operand `t` of a custom op's backward pass,
+/// shaped like `t` — or `None` when `t` takes no gradient.
+fn grad_for(t: &Tensor, data: Vec<f32>) -> Result<Option<Tensor>> {
+    t.track_op()
+        .then(|| Tensor::from_vec(data, t.shape(), t.device()))
+        .transpose()
+}
+
 /// The f32 data of a contiguous CPU operand; `op` and `operand` name it in
 /// the error ("<op>: <operand> must be contiguous").
 fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str, operand: &str) -> Result<&'a [f32]> {

@@ -15,14 +15,7 @@ use gemm::Parallelism;
 /// and `b` (out). Differentiable in all three. CPU, f32 only
 /// ([`crate::fused_supported`]).
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !crate::fused_supported(x) {
-        candle_core::bail!(
-            "linear runs on the CPU in f32 on tensors of rank 2 or more, got {:?} {:?} on {:?}",
-            x.dtype(),
-            x.dims(),
-            x.device().location()
-        );
-    }
+    crate::require_fused(x, "linear")?;
     let inp = x.dim(candle_core::D::Minus1)?;
     let (out, win) = w.dims2()?;
     if win != inp || b.dims() != [out] {
@@ -109,13 +102,10 @@ impl CustomOp3 for Linear {
             let db = want_b.then(|| crate::add_bias::row_sums(g, out));
             (dx, dw, db)
         })?;
-        let dev = x.device();
-        Ok((
-            dx.map(|d| Tensor::from_vec(d, x.shape(), dev))
-                .transpose()?,
-            dw.map(|d| Tensor::from_vec(d, (out, inp), dev))
-                .transpose()?,
-            db.map(|d| Tensor::from_vec(d, out, dev)).transpose()?,
-        ))
+        let wrap = |t: &Tensor, d: Option<Vec<f32>>| match d {
+            Some(d) => crate::grad_for(t, d),
+            None => Ok(None),
+        };
+        Ok((wrap(x, dx)?, wrap(w, dw)?, wrap(b, db)?))
     }
 }

@@ -20,14 +20,7 @@ const BLOCK_ROWS: usize = 32;
 /// masked). Differentiable in `x`; the bias is a constant. CPU, f32 only
 /// ([`crate::fused_supported`]).
 pub fn scaled_softmax(x: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
-    if !crate::fused_supported(x) {
-        candle_core::bail!(
-            "scaled softmax runs on the CPU in f32 on tensors of rank 2 or more, got {:?} {:?} on {:?}",
-            x.dtype(),
-            x.dims(),
-            x.device().location()
-        );
-    }
+    crate::require_fused(x, "scaled softmax")?;
     let t = x.dim(candle_core::D::Minus1)?;
     let bias = match bias {
         None => None,
@@ -143,6 +136,6 @@ impl CustomOp1 for Softmax {
                 });
             dx
         })?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        crate::grad_for(x, dx)
     }
 }

@@ -2,23 +2,10 @@
 //! checkpoint, resume, fill; and (ignored unless `transformers` is
 //! installed) load the checkpoint with Hugging Face's `BertForMaskedLM`.
 
+mod common;
+
 use candle_core::{Device, Tensor};
-use selfsup_text::corpus::{self, Corpus};
 use selfsup_text::train::{self, TextConfig};
-use std::path::{Path, PathBuf};
-
-fn book() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/text/rust-book.txt")
-}
-
-fn small_corpus() -> Corpus {
-    let full = corpus::load(&book(), 0.1).unwrap();
-    Corpus {
-        source: "rust-book slice".into(),
-        train: full.train[..300].to_vec(),
-        heldout: full.heldout[..40].to_vec(),
-    }
-}
 
 fn tiny() -> TextConfig {
     TextConfig {
@@ -37,7 +24,7 @@ fn tiny() -> TextConfig {
 
 #[test]
 fn trains_reports_reloads_and_resumes() {
-    let c = small_corpus();
+    let c = common::small_corpus();
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny();
     let r = train::run(&c, &cfg, dir.path(), false, &Device::Cpu, true).unwrap();
@@ -109,7 +96,7 @@ fn trains_reports_reloads_and_resumes() {
 #[test]
 #[ignore = "needs python3 with transformers and torch"]
 fn transformers_loads_the_checkpoint_with_the_same_logits() {
-    let c = small_corpus();
+    let c = common::small_corpus();
     let dir = tempfile::tempdir().unwrap();
     train::run(&c, &tiny(), dir.path(), false, &Device::Cpu, true).unwrap();
     let ck = dir.path().join("checkpoint");
@@ -130,19 +117,7 @@ fn transformers_loads_the_checkpoint_with_the_same_logits() {
         ck.display().to_string(),
         ids
     );
-    let out = std::process::Command::new(
-        std::env::var("SELFSUP_PYTHON").unwrap_or_else(|_| "python3".into()),
-    )
-    .arg("-c")
-    .arg(script)
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: Vec<Vec<f32>> = common::python_json(&script);
     // Same shape first: zip alone would pass on an empty or short answer.
     assert_eq!(theirs.len(), ours.len(), "positions");
     assert!(

@@ -6,20 +6,10 @@
 //! `BertForPreTraining` with both heads' logits equal to ours, and still as
 //! `BertForMaskedLM`.
 
-use candle_core::{DType, Device, Tensor};
-use selfsup_text::corpus::{self, Corpus};
-use selfsup_text::train::{self, TextConfig};
-use std::path::Path;
+mod common;
 
-fn small_corpus() -> Corpus {
-    let book = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/text/rust-book.txt");
-    let full = corpus::load(&book, 0.1).unwrap();
-    Corpus {
-        source: "rust-book slice".into(),
-        train: full.train[..300].to_vec(),
-        heldout: full.heldout[..40].to_vec(),
-    }
-}
+use candle_core::{DType, Device, Tensor};
+use selfsup_text::train::{self, TextConfig};
 
 fn tiny(objectives: &str, steps: usize) -> TextConfig {
     TextConfig {
@@ -39,7 +29,7 @@ fn tiny(objectives: &str, steps: usize) -> TextConfig {
 
 #[test]
 fn nsp_trains_a_pretraining_checkpoint() {
-    let c = small_corpus();
+    let c = common::small_corpus();
     let dir = tempfile::tempdir().unwrap();
     let r = train::run(
         &c,
@@ -81,7 +71,7 @@ fn nsp_trains_a_pretraining_checkpoint() {
 
 #[test]
 fn denoising_learns_to_copy_and_fill() {
-    let c = small_corpus();
+    let c = common::small_corpus();
     let dir = tempfile::tempdir().unwrap();
     let r = train::run(
         &c,
@@ -105,7 +95,7 @@ fn denoising_learns_to_copy_and_fill() {
 #[test]
 #[ignore = "needs python3 with transformers and torch"]
 fn transformers_loads_the_nsp_checkpoint_with_both_heads() {
-    let c = small_corpus();
+    let c = common::small_corpus();
     let dir = tempfile::tempdir().unwrap();
     train::run(
         &c,
@@ -148,20 +138,8 @@ fn transformers_loads_the_nsp_checkpoint_with_both_heads() {
          print(json.dumps([o.prediction_logits[0].tolist(), o.seq_relationship_logits[0].tolist(), o2.logits[0].tolist()]))\n",
         ck = ck.display().to_string(),
     );
-    let out = std::process::Command::new(
-        std::env::var("SELFSUP_PYTHON").unwrap_or_else(|_| "python3".into()),
-    )
-    .arg("-c")
-    .arg(script)
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let (theirs, their_next, as_mlm): (Vec<Vec<f32>>, Vec<f32>, Vec<Vec<f32>>) =
-        serde_json::from_slice(&out.stdout).unwrap();
+        common::python_json(&script);
     let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
     assert_eq!(their_next.len(), 2);
     for (a, b) in next.iter().zip(&their_next) {
