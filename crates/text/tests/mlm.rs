@@ -8,18 +8,7 @@ use candle_core::{Device, Tensor};
 use selfsup_text::train::{self, TextConfig};
 
 fn tiny() -> TextConfig {
-    TextConfig {
-        vocab_size: 400,
-        hidden: 32,
-        layers: 1,
-        heads: 2,
-        max_len: 32,
-        batch_size: 16,
-        steps: 200,
-        lr: 3e-3,
-        eval_every: 100,
-        ..TextConfig::default()
-    }
+    common::tiny("mlm", 200, 100)
 }
 
 #[test]

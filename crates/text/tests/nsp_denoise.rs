@@ -12,19 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use selfsup_text::train::{self, TextConfig};
 
 fn tiny(objectives: &str, steps: usize) -> TextConfig {
-    TextConfig {
-        vocab_size: 400,
-        hidden: 32,
-        layers: 1,
-        heads: 2,
-        max_len: 32,
-        batch_size: 16,
-        steps,
-        lr: 3e-3,
-        eval_every: steps,
-        objectives: objectives.split(',').map(String::from).collect(),
-        ..TextConfig::default()
-    }
+    common::tiny(objectives, steps, steps)
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Helpers the text crate's integration tests share.
 
 use selfsup_text::corpus::{self, Corpus};
+use selfsup_text::train::TextConfig;
 use std::path::Path;
 
 /// 300 training and 40 held-out paragraphs of the shipped Rust book.
@@ -11,6 +12,25 @@ pub fn small_corpus() -> Corpus {
         source: "rust-book slice".into(),
         train: full.train[..300].to_vec(),
         heldout: full.heldout[..40].to_vec(),
+    }
+}
+
+/// A tiny BERT (1 layer x 32, vocabulary up to 400, 32 tokens, batch 16)
+/// trained `steps` steps on `objectives` (comma-separated), evaluated every
+/// `eval_every`.
+pub fn tiny(objectives: &str, steps: usize, eval_every: usize) -> TextConfig {
+    TextConfig {
+        vocab_size: 400,
+        hidden: 32,
+        layers: 1,
+        heads: 2,
+        max_len: 32,
+        batch_size: 16,
+        steps,
+        lr: 3e-3,
+        eval_every,
+        objectives: objectives.split(',').map(String::from).collect(),
+        ..TextConfig::default()
     }
 }
 
