@@ -48,13 +48,7 @@ pub(crate) fn row_sums(g: &[f32], s: usize) -> Vec<f32> {
             acc
         })
         .collect();
-    let mut sums = vec![0f32; s];
-    for p in &partials {
-        for (a, v) in sums.iter_mut().zip(p) {
-            *a += v;
-        }
-    }
-    sums
+    crate::sum_in_block_order(&partials, s)
 }
 
 impl CustomOp2 for AddBias {

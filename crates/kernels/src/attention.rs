@@ -15,7 +15,7 @@
 //!   `dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d`, `dQ = dS K`, `dK = dSᵀ Q`.
 
 use crate::cpu_conv::gemm::{mat, sgemm};
-use crate::softmax::softmax_row;
+use crate::softmax::{softmax_row, softmax_row_backward};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -197,10 +197,7 @@ fn backward_seq(
             #[inline(always)]
             || {
                 for (dr, pr) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                    let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                    for (x, &pv) in dr.iter_mut().zip(pr) {
-                        *x = scale * pv * (*x - dot);
-                    }
+                    softmax_row_backward(pr, dr, scale);
                 }
             },
         );

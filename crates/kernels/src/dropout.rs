@@ -20,27 +20,35 @@ fn mix32(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
-/// The per-call key of `seed`.
-#[inline(always)]
-fn key(seed: u64) -> u32 {
-    mix32(seed as u32 ^ mix32((seed >> 32) as u32 ^ 0x5bd1_e995))
+/// A dropout mask as a function of the element index: its hash key, the
+/// keep threshold and the scale of kept elements.
+#[derive(Clone, Copy)]
+struct Mask {
+    key: u32,
+    cut: u32,
+    scale: f32,
 }
 
-/// The keep threshold of drop probability `p`: element `i` is kept when
-/// its hash is at least this.
-fn threshold(p: f64) -> u32 {
-    (p.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32
-}
+impl Mask {
+    /// The mask of drop probability `p` under `seed`.
+    fn new(p: f64, seed: u64) -> Self {
+        Self {
+            key: mix32(seed as u32 ^ mix32((seed >> 32) as u32 ^ 0x5bd1_e995)),
+            // Element `i` is kept when its hash reaches this.
+            cut: (p.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32,
+            scale: (1.0 / (1.0 - p)) as f32,
+        }
+    }
 
-/// Element `i`'s mask value under key `k`: `scale` (`1 / (1 − p)`) when
-/// its hash reaches the keep threshold `cut`, else 0.
-#[inline(always)]
-fn factor(k: u32, i: usize, cut: u32, scale: f32) -> f32 {
-    let h = mix32((i as u32).wrapping_mul(0x9e37_79b9) ^ k);
-    if h >= cut {
-        scale
-    } else {
-        0.0
+    /// Element `i`'s value: `1 / (1 − p)` when kept, else 0.
+    #[inline(always)]
+    fn at(&self, i: usize) -> f32 {
+        let h = mix32((i as u32).wrapping_mul(0x9e37_79b9) ^ self.key);
+        if h >= self.cut {
+            self.scale
+        } else {
+            0.0
+        }
     }
 }
 
@@ -48,14 +56,14 @@ fn factor(k: u32, i: usize, cut: u32, scale: f32) -> f32 {
 /// dropped — what [`dropout`] multiplies by, for devices or paths that
 /// apply it with a tensor product.
 pub fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
-    let (k, cut, scale) = (key(seed), threshold(p), (1.0 / (1.0 - p)) as f32);
+    let mask = Mask::new(p, seed);
     let mut m = vec![0f32; n];
     m.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
         crate::simd::dispatch(
             #[inline(always)]
             || {
                 for (j, o) in out.iter_mut().enumerate() {
-                    *o = factor(k, c * CHUNK + j, cut, scale);
+                    *o = mask.at(c * CHUNK + j);
                 }
             },
         )
@@ -71,22 +79,15 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
         candle_core::bail!("dropout probability {p} must be in [0, 1)");
     }
     crate::require_fused(x, "dropout")?;
-    x.contiguous()?.apply_op1(Dropout { p, seed })
+    x.contiguous()?.apply_op1(Dropout(Mask::new(p, seed)))
 }
 
-struct Dropout {
-    p: f64,
-    seed: u64,
-}
+struct Dropout(Mask);
 
 impl Dropout {
     /// `x ⊙ mask`.
     fn masked(&self, x: &[f32]) -> Vec<f32> {
-        let (k, cut, scale) = (
-            key(self.seed),
-            threshold(self.p),
-            (1.0 / (1.0 - self.p)) as f32,
-        );
+        let mask = self.0;
         // SAFETY: every chunk writes each of its elements.
         unsafe {
             crate::par_uninit(x.len(), CHUNK, |c, out| {
@@ -95,7 +96,7 @@ impl Dropout {
                     #[inline(always)]
                     || {
                         for (j, (o, &v)) in out.iter_mut().zip(xs).enumerate() {
-                            o.write(v * factor(k, c * CHUNK + j, cut, scale));
+                            o.write(v * mask.at(c * CHUNK + j));
                         }
                     },
                 )

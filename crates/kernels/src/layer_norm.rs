@@ -94,13 +94,7 @@ fn grads(x: &[f32], g: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) 
             dgb
         })
         .collect();
-    let mut sums = vec![0f32; 2 * h];
-    for p in &partials {
-        for (s, v) in sums.iter_mut().zip(p) {
-            *s += v;
-        }
-    }
-    (dx, sums)
+    (dx, crate::sum_in_block_order(&partials, 2 * h))
 }
 
 impl CustomOp3 for LayerNorm {

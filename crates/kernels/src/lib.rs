@@ -373,6 +373,19 @@ fn grad_for(t: &Tensor, data: Vec<f32>) -> Result<Option<Tensor>> {
         .transpose()
 }
 
+/// The element-wise sum of per-block partial sums (each `n` long), added
+/// in block order: a reduction whose result does not depend on how many
+/// threads computed the blocks.
+fn sum_in_block_order(partials: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; n];
+    for p in partials {
+        for (s, v) in sums.iter_mut().zip(p) {
+            *s += v;
+        }
+    }
+    sums
+}
+
 /// The f32 data of a contiguous CPU operand; `op` and `operand` name it in
 /// the error ("<op>: <operand> must be contiguous").
 fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str, operand: &str) -> Result<&'a [f32]> {

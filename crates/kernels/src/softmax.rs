@@ -77,6 +77,17 @@ pub(crate) fn softmax_row(x: &[f32], bias: Option<&[f32]>, scale: f32, y: &mut [
     }
 }
 
+/// One row's backward pass, in place: `d` holds the gradient of the
+/// output `y` on entry and `scale · y ⊙ (d − Σ d ⊙ y)`, the gradient of the
+/// scores, on return.
+#[inline(always)]
+pub(crate) fn softmax_row_backward(y: &[f32], d: &mut [f32], scale: f32) {
+    let dot: f32 = y.iter().zip(d.iter()).map(|(a, b)| a * b).sum();
+    for (x, &yv) in d.iter_mut().zip(y) {
+        *x = scale * yv * (*x - dot);
+    }
+}
+
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
         "selfsup-scaled-softmax"
@@ -113,23 +124,15 @@ impl CustomOp1 for Softmax {
         let t = y.dim(candle_core::D::Minus1)?.max(1);
         let scale = self.scale;
         let dx = crate::with_cpu_f32([y, &g], "scaled softmax backward", |[y, g]| {
-            let mut dx = vec![0f32; y.len()];
+            let mut dx = g.to_vec();
             dx.par_chunks_mut(BLOCK_ROWS * t)
-                .zip(
-                    y.par_chunks(BLOCK_ROWS * t)
-                        .zip(g.par_chunks(BLOCK_ROWS * t)),
-                )
-                .for_each(|(db, (yb, gb))| {
+                .zip(y.par_chunks(BLOCK_ROWS * t))
+                .for_each(|(db, yb)| {
                     crate::simd::dispatch(
                         #[inline(always)]
                         || {
-                            for ((dr, yr), gr) in
-                                db.chunks_mut(t).zip(yb.chunks(t)).zip(gb.chunks(t))
-                            {
-                                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                                for ((d, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                                    *d = scale * yv * (gv - dot);
-                                }
+                            for (dr, yr) in db.chunks_mut(t).zip(yb.chunks(t)) {
+                                softmax_row_backward(yr, dr, scale);
                             }
                         },
                     )
