@@ -128,6 +128,17 @@ pub struct Phases {
     pub optimizer: f64,
 }
 
+impl Phases {
+    /// The medians of forward, backward and optimizer samples (ms).
+    pub fn median_of(samples: &[Vec<f64>; 3]) -> Self {
+        Self {
+            forward: median_spread(&samples[0]).0,
+            backward: median_spread(&samples[1]).0,
+            optimizer: median_spread(&samples[2]).0,
+        }
+    }
+}
+
 /// Median and half-range of a sample.
 pub fn median_spread(v: &[f64]) -> (f64, f64) {
     let mut s = v.to_vec();
@@ -353,11 +364,7 @@ pub fn train_step_row(
         Kernels::Fast => time_steps(o, kernels::AdamW::new(vars, adamw)?, forward)?,
     };
     let (med, spread, flops_per_step, times) = timing;
-    let phases = Phases {
-        forward: median_spread(&times[0]).0,
-        backward: median_spread(&times[1]).0,
-        optimizer: median_spread(&times[2]).0,
-    };
+    let phases = Phases::median_of(&times);
     let gflops = (flops_per_step > 0.0).then(|| flops_per_step * med / o.batch as f64 / 1e9);
     Ok(BenchRow {
         model: model.to_string(),
@@ -412,11 +419,7 @@ pub fn bert_row(o: &BenchOptions, k: Kernels) -> Result<BenchRow> {
         step_ms: 1e3 * (o.text_batch * o.seq_len) as f64 / tokens,
         gflops: None,
         gpu_mem_mb: gpu_memory_used_mb(&o.device),
-        phases_ms: Some(Phases {
-            forward: median_spread(&t.phases_ms[0]).0,
-            backward: median_spread(&t.phases_ms[1]).0,
-            optimizer: median_spread(&t.phases_ms[2]).0,
-        }),
+        phases_ms: Some(Phases::median_of(&t.phases_ms)),
         tokens_per_s: Some(tokens),
         seq_len: Some(o.seq_len),
     })

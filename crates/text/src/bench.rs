@@ -47,6 +47,16 @@ pub struct StepOptions {
     pub device: Device,
 }
 
+impl StepOptions {
+    /// The dropout of step `k` (a model without dropout ignores it).
+    fn dropout_at(&self, k: usize) -> Dropout {
+        Dropout {
+            p: self.dropout,
+            seed: k as u64,
+        }
+    }
+}
+
 /// What [`time_step`] measured.
 #[derive(Debug, Clone)]
 pub struct StepTiming {
@@ -95,11 +105,7 @@ pub fn time_step(o: &StepOptions) -> Result<StepTiming> {
     let mut step = |opt: &mut AdamW| -> Result<f32> {
         let b = &data[k % data.len()];
         k += 1;
-        let drop = Dropout {
-            p: o.dropout,
-            seed: k as u64,
-        };
-        let loss = mlm_loss(&model, b, (o.dropout > 0.0).then_some(&drop), &o.device)?;
+        let loss = mlm_loss(&model, b, Some(&o.dropout_at(k)), &o.device)?;
         opt.step(&loss.backward()?, 1e-4, 0.01, 1.0)?;
         Ok(loss.to_scalar::<f32>()?)
     };
@@ -118,12 +124,12 @@ pub fn time_step(o: &StepOptions) -> Result<StepTiming> {
     let mut phases = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..o.reps.max(1) {
         let t0 = Instant::now();
-        let drop = Dropout {
-            p: o.dropout,
-            seed: i as u64,
-        };
-        let drop = (o.dropout > 0.0).then_some(&drop);
-        let loss = mlm_loss(&model, &data[i % data.len()], drop, &o.device)?;
+        let loss = mlm_loss(
+            &model,
+            &data[i % data.len()],
+            Some(&o.dropout_at(i)),
+            &o.device,
+        )?;
         o.device.synchronize()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;

@@ -4,11 +4,12 @@
 //! the input embeddings), with the same tensor names, so a checkpoint loads
 //! in `transformers` and back here.
 //!
-//! LayerNorm, the attention softmax and GELU are `selfsup_kernels`' fused
-//! CPU ops (one pass each way) with the fast kernels on the CPU, and
-//! otherwise (`--kernels stock`, other devices) built from Candle ops that
+//! With the fast kernels on the CPU, the linear layers, attention,
+//! LayerNorm, GELU, bias adds and dropout are `selfsup_kernels`' fused ops
+//! (one graph node each, with its own backward pass); otherwise
+//! (`--kernels stock`, other devices) they are built from Candle ops that
 //! have a backward pass (Candle's fused `LayerNorm::forward` and
-//! `softmax_last_dim` have none).
+//! `softmax_last_dim` have none). Both paths draw the same dropout masks.
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::init::Init;
@@ -166,7 +167,7 @@ impl Dropout {
         }
         let x = x.contiguous()?;
         let m = kernels::dropout_mask(x.elem_count(), self.p, seed);
-        Ok((x.clone() * Tensor::from_vec(m, x.shape(), x.device())?)?)
+        Ok((&x * Tensor::from_vec(m, x.shape(), x.device())?)?)
     }
 }
 

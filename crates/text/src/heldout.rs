@@ -62,13 +62,14 @@ pub fn evaluate(
     Ok((acc.finish(), unigram.map(|_| uni.finish())))
 }
 
-/// At most `max` of `seqs`, evenly spaced (all of them when they fit).
-fn strided(seqs: Vec<Vec<u32>>, max: usize) -> Vec<Vec<u32>> {
-    let n = seqs.len();
+/// At most `max` of `items`, evenly spaced (all of them when they fit or
+/// `max` is 0).
+pub(crate) fn strided<T: Clone>(items: Vec<T>, max: usize) -> Vec<T> {
+    let n = items.len();
     if max == 0 || n <= max {
-        return seqs;
+        return items;
     }
-    (0..max).map(|i| seqs[i * n / max].clone()).collect()
+    (0..max).map(|i| items[i * n / max].clone()).collect()
 }
 
 /// The held-out text as each metric reads it.

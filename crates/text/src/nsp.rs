@@ -196,14 +196,13 @@ pub struct NspMetrics {
 }
 
 /// The held-out pairs: one from each of at most `max` starting sentences
-/// (evenly spaced), each drawn from its own seeded stream, so every call
+/// (evenly spaced, as the held-out sequences are chosen), each drawn from its own seeded stream, so every call
 /// builds the same pairs.
 pub fn heldout_pairs(sents: &Sentences, max_len: usize, max: usize, seed: u64) -> Vec<Pair> {
-    let n = sents.len();
-    let count = if max == 0 { n } else { n.min(max) };
-    (0..count)
-        .map(|i| {
-            let s = i * n / count.max(1);
+    crate::heldout::strided((0..sents.len()).collect(), max)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
             pair(
                 sents,
                 s,
