@@ -259,7 +259,15 @@ fn fast_conv_matches_reference_on_cuda() {
         d.is_cuda(),
         "a CUDA build runs this only where a GPU is present"
     );
+    // Strict f32: cuDNN's TF32 math would round products to 10-bit
+    // mantissas (cuda_props checks that mode against its own tolerance).
+    selfsup_kernels::set_conv_tf32(false);
+    // Depthwise layers through cuDNN (the default), then this crate's
+    // kernels.
     check_device(&d, 120, 11);
+    selfsup_kernels::set_depthwise_cudnn(false);
+    check_device(&d, 120, 12);
+    selfsup_kernels::set_depthwise_cudnn(true);
 }
 
 #[test]
