@@ -5,12 +5,13 @@
 //! result, then three copies back into the variables. [`AdamW`] computes
 //! the same expression element by element in one pass over the parameter,
 //! its gradient and its two moments, in place, vectorised for the CPU's
-//! widest SIMD ([`crate::simd`]) and parallel over large parameters. Every
+//! widest SIMD ([`crate::simd`]) and parallel over large parameters; on
+//! CUDA (with the `cuda` feature) the same expression is one kernel launch
+//! per parameter, its moments kept on the device. Every
 //! element goes through the same f32 operations in the same order as
 //! Candle's version (constants rounded to f32 as Candle's affine ops round
-//! them), so the two optimizers produce bit-identical parameters. Off the
-//! CPU, or for other dtypes, a parameter is updated by `candle_nn::AdamW`
-//! itself.
+//! them), so the two optimizers produce bit-identical parameters on the
+//! CPU. Other devices and dtypes are updated by `candle_nn::AdamW` itself.
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Var};
@@ -18,8 +19,33 @@ use candle_nn::{Optimizer, ParamsAdamW};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-/// A parameter's first and second moments (host vectors, CPU f32).
-type Moments = Mutex<(Vec<f32>, Vec<f32>)>;
+/// A parameter's first and second moments: host vectors for a CPU
+/// parameter, device buffers for a CUDA one.
+enum Buffers {
+    Host(Vec<f32>, Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Device(
+        candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
+        candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
+    ),
+}
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Host(m, _) => write!(f, "Host({} moments)", m.len()),
+            #[cfg(feature = "cuda")]
+            Self::Device(m, _) => write!(f, "Device({} moments)", m.len()),
+        }
+    }
+}
+
+type Moments = Mutex<Buffers>;
+
+fn lock_moments(m: &Moments) -> Result<std::sync::MutexGuard<'_, Buffers>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg("adamw: poisoned moments".into()))
+}
 
 /// Elements per parallel task of one parameter's update.
 const CHUNK: usize = 1 << 14;
@@ -127,11 +153,12 @@ impl InplaceOp2 for FusedStep<'_> {
             CpuStorage::F32(d) => &mut d[a..b],
             _ => candle_core::bail!("adamw: the fused step takes f32 parameters"),
         };
-        let mut guard = self
-            .moments
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adamw: poisoned moments".into()))?;
-        let (m, v) = &mut *guard;
+        let mut guard = lock_moments(self.moments)?;
+        #[allow(irrefutable_let_patterns)]
+        let Buffers::Host(m, v) = &mut *guard
+        else {
+            candle_core::bail!("adamw: a CPU parameter with device moments")
+        };
         if g.len() != theta.len() || m.len() != theta.len() {
             candle_core::bail!(
                 "adamw: {} parameters, {} gradients, {} moments",
@@ -143,15 +170,60 @@ impl InplaceOp2 for FusedStep<'_> {
         update_all(theta, g, m, v, self.consts);
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let mut guard = lock_moments(self.moments)?;
+        let Buffers::Device(m, v) = &mut *guard else {
+            candle_core::bail!("adamw: a CUDA parameter with host moments")
+        };
+        let c = self.consts;
+        let consts = [
+            c.beta1,
+            c.one_minus_beta1,
+            c.beta2,
+            c.one_minus_beta2,
+            c.scale_m,
+            c.scale_v,
+            c.decay,
+            c.eps,
+            c.lr,
+        ];
+        crate::cuda_fused::adamw::step((s1, l1), (s2, l2), m, v, consts)
+    }
+}
+
+/// Zeroed moments for `var`: on its device when that is CUDA.
+fn zero_moments(var: &Var) -> Result<Buffers> {
+    let n = var.elem_count();
+    match var.device() {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => Ok(Buffers::Device(d.alloc_zeros(n)?, d.alloc_zeros(n)?)),
+        _ => Ok(Buffers::Host(vec![0.0; n], vec![0.0; n])),
+    }
+}
+
+/// Whether the fused step covers `var`: f32 on the CPU, or on CUDA in a
+/// build with the `cuda` feature.
+fn fused_covers(var: &Var) -> bool {
+    let cuda = cfg!(feature = "cuda") && var.device().is_cuda();
+    var.dtype() == DType::F32 && (var.device().is_cpu() || cuda)
 }
 
 /// AdamW (decoupled weight decay on every parameter), the same algorithm
-/// and defaults as `candle_nn::AdamW`, with a fused in-place CPU update.
-/// Parameters the fused step does not cover (off the CPU, not f32) are
-/// handed to a `candle_nn::AdamW`, stepped in lockstep.
+/// and defaults as `candle_nn::AdamW`, with a fused in-place update (CPU,
+/// and CUDA in a `cuda` build). Parameters the fused step does not cover
+/// (not f32, other devices) are handed to a `candle_nn::AdamW`, stepped in
+/// lockstep.
 #[derive(Debug)]
 pub struct AdamW {
-    /// CPU f32 parameters and their first and second moments.
+    /// f32 parameters the fused step covers and their moments.
     fused: Vec<(Var, Moments)>,
     /// Every other float parameter.
     rest: candle_nn::AdamW,
@@ -161,8 +233,8 @@ pub struct AdamW {
     params: ParamsAdamW,
 }
 
-/// What [`AdamW::state`] returns: the step count and each CPU f32
-/// parameter's first and second moments, in parameter order.
+/// What [`AdamW::state`] returns: the step count and each f32 parameter's
+/// first and second moments (copied to the host), in parameter order.
 pub type AdamWState = (usize, Vec<(Vec<f32>, Vec<f32>)>);
 
 impl AdamW {
@@ -172,8 +244,9 @@ impl AdamW {
     }
 
     /// The whole optimizer state, for a checkpoint to continue from; `None`
-    /// when some parameters live off the CPU or are not f32 (Candle's
-    /// AdamW steps those, and its state cannot be read).
+    /// when some parameters are ones the fused step does not cover
+    /// (Candle's AdamW steps those, and its state cannot be read) or the
+    /// device's moments could not be read.
     pub fn state(&self) -> Option<AdamWState> {
         if self.rest_count > 0 {
             return None;
@@ -181,8 +254,8 @@ impl AdamW {
         let moments = self
             .fused
             .iter()
-            .map(|(_, m)| m.lock().expect("moments poisoned").clone())
-            .collect();
+            .map(|(var, m)| host_moments(var, &*lock_moments(m).ok()?))
+            .collect::<Option<Vec<_>>>()?;
         Some((self.step_t, moments))
     }
 
@@ -201,7 +274,7 @@ impl AdamW {
             if saved.0.len() != n || saved.1.len() != n {
                 candle_core::bail!("optimizer state does not match a parameter of {n} elements");
             }
-            *m.lock().expect("moments poisoned") = saved;
+            *lock_moments(m)? = moments_on(var, saved)?;
         }
         self.step_t = step_t;
         Ok(())
@@ -215,14 +288,12 @@ impl Optimizer for AdamW {
         let (fused, rest): (Vec<Var>, Vec<Var>) = vars
             .into_iter()
             .filter(|v| v.dtype().is_float())
-            .partition(|v| v.device().is_cpu() && v.dtype() == DType::F32);
+            .partition(fused_covers);
         let fused = fused
             .into_iter()
-            .map(|var| {
-                let n = var.elem_count();
-                (var, Mutex::new((vec![0.0; n], vec![0.0; n])))
-            })
-            .collect();
+            .map(|var| Ok((Mutex::new(zero_moments(&var)?), var)))
+            .map(|r: Result<_>| r.map(|(m, v)| (v, m)))
+            .collect::<Result<_>>()?;
         let rest_count = rest.len();
         Ok(Self {
             fused,
@@ -252,6 +323,27 @@ impl Optimizer for AdamW {
     fn set_learning_rate(&mut self, lr: f64) {
         self.params.lr = lr;
         self.rest.set_learning_rate(lr);
+    }
+}
+
+/// A parameter's moments as host vectors (copied from the device).
+fn host_moments(_var: &Var, b: &Buffers) -> Option<(Vec<f32>, Vec<f32>)> {
+    match b {
+        Buffers::Host(m, v) => Some((m.clone(), v.clone())),
+        #[cfg(feature = "cuda")]
+        Buffers::Device(m, v) => match _var.device() {
+            candle_core::Device::Cuda(d) => Some((d.clone_dtoh(m).ok()?, d.clone_dtoh(v).ok()?)),
+            _ => None,
+        },
+    }
+}
+
+/// Saved host moments as `var`'s buffers (copied to its device).
+fn moments_on(var: &Var, (m, v): (Vec<f32>, Vec<f32>)) -> Result<Buffers> {
+    match var.device() {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => Ok(Buffers::Device(d.clone_htod(&m)?, d.clone_htod(&v)?)),
+        _ => Ok(Buffers::Host(m, v)),
     }
 }
 

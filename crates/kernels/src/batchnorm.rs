@@ -145,12 +145,15 @@ pub fn batch_norm_train(
 }
 
 /// `relu(a + b)` in one pass, with its gradient (the same masked gradient
-/// for both operands) in one pass. `a` and `b` have the same shape; CPU, f32
-/// only ([`fused_supported`]).
+/// for both operands) in one pass. `a` and `b` have the same shape; f32 on
+/// the CPU ([`fused_supported`]) or on CUDA
+/// ([`crate::cuda_fused_supported`]).
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !fused_supported(a) || a.dims() != b.dims() || a.dtype() != b.dtype() {
+    let on = |t: &Tensor| fused_supported(t) || crate::cuda_fused_supported(t);
+    let same_device = a.device().same_device(b.device());
+    if !on(a) || a.dims() != b.dims() || a.dtype() != b.dtype() || !same_device {
         candle_core::bail!(
-            "fused add + relu needs two CPU f32 tensors of one shape, got {:?} {:?} and {:?} {:?}",
+            "fused add + relu needs two f32 tensors of one shape on the CPU or one GPU, got {:?} {:?} and {:?} {:?}",
             a.dtype(),
             a.dims(),
             b.dtype(),
@@ -585,6 +588,18 @@ impl CustomOp2 for AddRelu {
         Ok((CpuStorage::F32(y), la.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        sa: &candle_core::CudaStorage,
+        la: &Layout,
+        sb: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = crate::cuda_fused::relu_pair(false, (sa, la), (sb, lb))?;
+        Ok((y, la.shape().clone()))
+    }
+
     fn bwd(
         &self,
         _a: &Tensor,
@@ -616,5 +631,17 @@ impl CustomOp2 for ReluMask {
         let y = contiguous(sy, ly, "the output")?;
         let out = zip_map(g, y, masked_c::<RELU>);
         Ok((CpuStorage::F32(out), lg.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        sg: &candle_core::CudaStorage,
+        lg: &Layout,
+        sy: &candle_core::CudaStorage,
+        ly: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = crate::cuda_fused::relu_pair(true, (sg, lg), (sy, ly))?;
+        Ok((out, lg.shape().clone()))
     }
 }

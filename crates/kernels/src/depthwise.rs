@@ -361,9 +361,9 @@ extern "C" __global__ void dw_bwd_weight(const float* x, const float* g, float* 
 /// Forward op on (x, w) with the gradients below as its backward.
 pub(crate) struct Forward(pub Geometry);
 /// (gy, w) -> dL/dx.
-struct InputGrad(Geometry);
+pub(crate) struct InputGrad(pub Geometry);
 /// (x, gy) -> dL/dw.
-struct WeightGrad(Geometry);
+pub(crate) struct WeightGrad(pub Geometry);
 
 impl CustomOp2 for Forward {
     fn name(&self) -> &'static str {
@@ -477,7 +477,11 @@ impl CustomOp2 for WeightGrad {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (b, c, _, _) = l1.shape().dims4()?;
-        let gw = gpu::launch(gpu::Kind::WeightGrad, s1, l1, s2, l2, b, c, self.0)?;
+        let fused = crate::cuda_fused::depthwise_weight_grad((s1, l1), (s2, l2), (b, c), self.0)?;
+        let gw = match fused {
+            Some(gw) => gw,
+            None => gpu::launch(gpu::Kind::WeightGrad, s1, l1, s2, l2, b, c, self.0)?,
+        };
         Ok((gw, Shape::from((c, 1, self.0.k, self.0.k))))
     }
 }
