@@ -6,9 +6,10 @@ use candle_core::{Device, ModuleT, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, VarBuilder};
 use selfsup_core::{Error, Result};
 use selfsup_kernels::{
-    add_relu, batch_norm_eval, batch_norm_train, conv2d_default, conv_bn_train, default_kernels,
-    fused_conv_bn_supported, fused_supported, fusion_enabled, Activation, BatchStats, Conv2dParams,
-    Kernels,
+    add_relu, batch_norm_eval, batch_norm_train, batch_norm_train_cuda, conv2d_default,
+    conv_bn_train, conv_bn_train_cuda, cuda_fused_supported, default_kernels, ema_update_cuda,
+    fused_conv_bn_cuda_supported, fused_conv_bn_supported, fused_supported, fusion_enabled,
+    Activation, Conv2dParams, Kernels,
 };
 
 pub(crate) fn check_input(x: &Tensor, in_channels: usize) -> Result<()> {
@@ -97,7 +98,11 @@ impl ConvBn {
     /// on the CPU, a dense convolution, its BatchNorm and the activation are
     /// one op ([`selfsup_kernels::conv_bn_train`]); any other convolution
     /// is followed by the fused BatchNorm + activation
-    /// ([`selfsup_kernels::batch_norm_train`]). Either way the running
+    /// ([`selfsup_kernels::batch_norm_train`]). On a GPU a dense or
+    /// depthwise convolution, its BatchNorm and activation are the fused
+    /// CUDA op ([`selfsup_kernels::conv_bn_train_cuda`]); others get the
+    /// fused BatchNorm ([`selfsup_kernels::batch_norm_train_cuda`]). Either
+    /// way the running
     /// averages are updated here exactly as `candle_nn::BatchNorm` does;
     /// otherwise Candle's BatchNorm and activation ops run.
     pub(crate) fn forward(&self, x: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
@@ -109,6 +114,12 @@ impl ConvBn {
                     self.update_running(&stats, x.device())?;
                     return Ok(y);
                 }
+                if fused_conv_bn_cuda_supported(x, w, p) {
+                    let ea = (self.bn.eps(), act);
+                    let (y, s) = conv_bn_train_cuda(x, w, (gamma, beta), None, p, ea)?;
+                    self.update_running_with(&s.mean, &s.var, s.count)?;
+                    return Ok(y);
+                }
             }
         }
         let h = self.conv.forward(x)?;
@@ -116,6 +127,13 @@ impl ConvBn {
             if let Some((gamma, beta)) = self.bn.weight_and_bias() {
                 let (y, stats) = batch_norm_train(&h, gamma, beta, self.bn.eps(), act)?;
                 self.update_running(&stats, h.device())?;
+                return Ok(y);
+            }
+        }
+        if train && fusion_enabled() && cuda_fused_supported(&h) {
+            if let Some((gamma, beta)) = self.bn.weight_and_bias() {
+                let (y, s) = batch_norm_train_cuda(&h, gamma, beta, self.bn.eps(), act)?;
+                self.update_running_with(&s.mean, &s.var, s.count)?;
                 return Ok(y);
             }
         }
@@ -139,29 +157,71 @@ impl ConvBn {
         })
     }
 
+    /// `act(conv, BatchNorm, + residual)`: ResNet's `relu(bn(conv(x)) +
+    /// skip)` (`act` ReLU) and MobileNetV2's `bn(conv(x)) + x` (identity).
+    /// In training mode on a GPU the sum is inside the fused CUDA op
+    /// ([`selfsup_kernels::conv_bn_train_cuda`]); elsewhere it is
+    /// [`Self::forward`] without activation, then [`residual_relu`] (ReLU)
+    /// or Candle's add (identity).
+    pub(crate) fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        train: bool,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let (w, p) = (&self.conv.weight, self.conv.params);
+        let fused = train && fusion_enabled() && fused_conv_bn_cuda_supported(x, w, p);
+        if let (true, Some((gamma, beta))) = (fused, self.bn.weight_and_bias()) {
+            let ea = (self.bn.eps(), act);
+            let (y, s) = conv_bn_train_cuda(x, w, (gamma, beta), Some(residual), p, ea)?;
+            self.update_running_with(&s.mean, &s.var, s.count)?;
+            return Ok(y);
+        }
+        let h = self.forward(x, train, Activation::Identity)?;
+        match act {
+            Activation::Identity => Ok((h + residual)?),
+            Activation::Relu => residual_relu(&h, residual),
+            Activation::Relu6 => relu6(&(h + residual)?),
+        }
+    }
+
     /// The running mean and variance moved towards a batch's statistics by
     /// the BatchNorm's momentum (the variance unbiased), as
     /// `candle_nn::BatchNorm` does in training mode.
-    fn update_running(&self, stats: &BatchStats, device: &Device) -> Result<()> {
+    fn update_running(&self, stats: &selfsup_kernels::BatchStats, device: &Device) -> Result<()> {
+        let c = stats.mean.len();
+        let mean = Tensor::from_vec(stats.mean.clone(), c, device)?;
+        let var = Tensor::from_vec(stats.var.clone(), c, device)?;
+        self.update_running_with(&mean, &var, stats.count)
+    }
+
+    /// [`Self::update_running`] from the batch's mean and biased variance
+    /// as tensors on the BatchNorm's device, over `count` values each.
+    fn update_running_with(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.bn.momentum();
-        let unbias = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        let unbias = count as f64 / (count.max(2) - 1) as f64;
+        if mean.device().is_cuda() && cuda_fused_supported(&mean.unsqueeze(0)?) {
+            // One in-place kernel each instead of six ops and a copy.
+            ema_update_cuda(self.bn.running_mean(), mean, 1.0 - m, m)?;
+            ema_update_cuda(self.bn.running_var(), var, 1.0 - m, m * unbias)?;
+            return Ok(());
+        }
         // The BatchNorm keeps its running statistics as variables:
         // `from_tensor` of a variable shares its storage.
         let rm = Var::from_tensor(self.bn.running_mean())?;
         let rv = Var::from_tensor(self.bn.running_var())?;
-        let c = stats.mean.len();
-        let mean = Tensor::from_vec(stats.mean.clone(), c, device)?;
-        let var = Tensor::from_vec(stats.var.clone(), c, device)?;
-        rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-        rv.set(&((rv.as_tensor() * (1.0 - m))? + (var * (m * unbias))?)?)?;
+        rm.set(&(rm.as_tensor().affine(1.0 - m, 0.0)? + mean.affine(m, 0.0)?)?)?;
+        rv.set(&(rv.as_tensor().affine(1.0 - m, 0.0)? + var.affine(m * unbias, 0.0)?)?)?;
         Ok(())
     }
 }
 
-/// `relu(a + b)`: one fused op where [`ConvBn::forward`] would fuse, else
-/// Candle's add and ReLU.
+/// `relu(a + b)`: one fused op where [`ConvBn::forward`] would fuse (the
+/// CPU or a GPU), else Candle's add and ReLU.
 pub(crate) fn residual_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fusion_enabled() && fused_supported(a) && a.dims() == b.dims() {
+    let fusable = fused_supported(a) || cuda_fused_supported(a);
+    if fusion_enabled() && fusable && a.dims() == b.dims() && a.device().same_device(b.device()) {
         Ok(add_relu(a, b)?)
     } else {
         Ok((a + b)?.relu()?)

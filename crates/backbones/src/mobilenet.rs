@@ -70,11 +70,11 @@ impl InvertedResidual {
             None => x.clone(),
         };
         let h = self.dw.forward(&h, train, Activation::Relu6)?;
-        let h = self.project.forward(&h, train, Activation::Identity)?;
         if self.skip {
-            Ok((h + x)?)
+            self.project
+                .forward_residual(&h, x, train, Activation::Identity)
         } else {
-            Ok(h)
+            self.project.forward(&h, train, Activation::Identity)
         }
     }
 }

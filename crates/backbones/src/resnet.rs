@@ -38,12 +38,11 @@ impl BasicBlock {
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.a.forward(x, train, Activation::Relu)?;
-        let h = self.b.forward(&h, train, Activation::Identity)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x, train, Activation::Identity)?,
             None => x.clone(),
         };
-        residual_relu(&h, &skip)
+        self.b.forward_residual(&h, &skip, train, Activation::Relu)
     }
 }
 

@@ -100,11 +100,26 @@ impl Trainer {
 
     /// Checks `loss` is finite, back-propagates it and takes one step.
     /// Returns the loss value.
+    ///
+    /// On the CPU the loss is checked before the step. On a GPU the whole
+    /// step is queued first and the loss read after: reading it first would
+    /// make the device wait, idle, for the host to queue the backward pass.
+    /// A non-finite loss is then reported after a step that the run does
+    /// not survive (the error ends it before anything is saved).
     pub fn step(&mut self, loss: &Tensor) -> Result<f32> {
-        let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-        check_finite(value, &self.stage, self.step)?;
+        let read = |l: &Tensor| l.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>();
         self.opt.set_learning_rate(self.schedule.lr_at(self.step));
-        self.opt.backward_step(loss)?;
+        let value = if loss.device().is_cpu() {
+            let value = read(loss)?;
+            check_finite(value, &self.stage, self.step)?;
+            self.opt.backward_step(loss)?;
+            value
+        } else {
+            self.opt.backward_step(loss)?;
+            let value = read(loss)?;
+            check_finite(value, &self.stage, self.step)?;
+            value
+        };
         self.step += 1;
         Ok(value)
     }
