@@ -288,7 +288,10 @@ def main():
                    help="hidden dropout of the bert rows (selfsup's default; none on attention probabilities)")
     p.add_argument("--fp32", action="store_true",
                    help="also time with TF32 convolutions off (PyTorch enables TF32 for cuDNN convs by default)")
+    p.add_argument("--precision", choices=("tf32", "fp32"), default="tf32",
+                   help="cuDNN convolution math for every row: tf32 (PyTorch's default) or fp32 (strict)")
     args = p.parse_args()
+    torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -301,7 +304,7 @@ def main():
             if args.fp32 and device.type == "cuda":
                 torch.backends.cudnn.allow_tf32 = False
                 rows.append(row(name, args, device, "pytorch-fp32", objective))
-                torch.backends.cudnn.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     if "bert" in models:
         for impl in ("pytorch", "pytorch-masked"):
             rows.append(bert_row(args, device, impl))

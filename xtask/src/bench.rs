@@ -59,6 +59,16 @@ pub struct BenchArgs {
     /// Also time PyTorch with TF32 convolutions off (GPU).
     #[arg(long)]
     pytorch_fp32: bool,
+    /// Convolution math on a GPU, for our rows and PyTorch's alike: tf32
+    /// (TF32 tensor cores allowed in cuDNN convolutions, PyTorch's default)
+    /// or fp32 (strict f32 on both sides). Matmuls stay f32 either way, as
+    /// in PyTorch's defaults (see --tf32).
+    #[arg(long, default_value = "tf32", value_parser = ["tf32", "fp32"])]
+    precision: String,
+    /// Depthwise convolutions on a GPU: cuDNN's grouped convolutions (the
+    /// default, measured faster) or this crate's CUDA kernels.
+    #[arg(long, default_value = "cudnn", value_parser = ["cudnn", "kernels"])]
+    depthwise: String,
     /// On a GPU, also time our rows with TF32 matmuls (reduced-precision f32
     /// GEMMs, as PyTorch uses for convolutions by default); rows `<impl>-tf32`.
     #[arg(long)]
@@ -120,6 +130,7 @@ fn pytorch_rows(
     if a.pytorch_fp32 {
         cmd.arg("--fp32");
     }
+    cmd.args(["--precision", &a.precision]);
     let out = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -293,6 +304,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     check_simd_levels(&a.simd)?;
     let device = parse_device(&a.device)?;
+    selfsup::kernels::set_conv_tf32(a.precision == "tf32");
+    selfsup::kernels::set_depthwise_cudnn(a.depthwise == "cudnn");
     let steps = a.steps.unwrap_or(if device.is_cpu() { 1 } else { 20 });
     let threads = candle_core::utils::get_num_threads();
     let dev_name = if device.is_cuda() { "cuda" } else { "cpu" };
@@ -365,6 +378,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let json = serde_json::json!({
             "threads": threads,
             "device": dev_name,
+            "precision": a.precision,
+            "depthwise": a.depthwise,
             "batch": a.batch,
             "steps_per_rep": steps,
             "reps": a.reps,
