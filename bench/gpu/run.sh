@@ -4,8 +4,8 @@
 # runs the CUDA property tests, the bench (ours vs PyTorch eager, one run)
 # and the default pipeline on the GPU, and writes the log (log.txt) and JSON
 # reports to $OUT (default out/gpu). Stages: `bench/gpu/run.sh props bench
-# bench-fp32 bench-dw pipeline` (props, bench and pipeline when none is
-# named). Each stage has its own time limit so that the whole stays well
+# bench-fp32 bench-measured bench-dw pipeline` (props, bench and pipeline
+# when none is named). Each stage has its own time limit so that the whole stays well
 # under ten minutes.
 set -uo pipefail
 out="${OUT:-out/gpu}"
@@ -55,6 +55,14 @@ for stage in $stages; do
         --objectives rotation --batch 256 --kernels fast --precision fp32 \
         --out "$out/bench-fp32.json" 2>&1 | log
       ;;
+    bench-measured)
+      # Our convolutions with timed algorithm choice, TF32 and strict f32.
+      for p in tf32 fp32; do
+        timeout 150 "$bin/xtask" bench --device cuda --models resnet18,mobilenetv2 \
+          --objectives rotation --batch 256 --kernels fast --conv-algo measured \
+          --precision "$p" --out "$out/bench-measured-$p.json" 2>&1 | log
+      done
+      ;;
     bench-dw)
       # MobileNetV2's depthwise layers through our kernels instead of cuDNN.
       timeout 120 "$bin/xtask" bench --device cuda --models mobilenetv2 \
@@ -68,7 +76,7 @@ for stage in $stages; do
       cp "$out/pipeline/report.md" "$out/pipeline-report.md" 2>/dev/null
       rm -rf "$out/pipeline"
       ;;
-    *) echo "unknown stage $stage (props, bench, bench-fp32, bench-dw, pipeline)" >&2 ;;
+    *) echo "unknown stage $stage (props, bench, bench-fp32, bench-measured, bench-dw, pipeline)" >&2 ;;
   esac
 done
 ls -la "$out"

@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// default, measured faster) or this crate's CUDA kernels.
     #[arg(long, default_value = "cudnn", value_parser = ["cudnn", "kernels"])]
     depthwise: String,
+    /// How our cuDNN convolutions pick an algorithm per shape on a GPU:
+    /// heuristic (cuDNN's pick, untimed: PyTorch's default, which its rows
+    /// keep) or measured (time each once, keep the fastest).
+    #[arg(long, default_value = "heuristic", value_parser = ["heuristic", "measured"])]
+    conv_algo: String,
     /// On a GPU, also time our rows with TF32 matmuls (reduced-precision f32
     /// GEMMs, as PyTorch uses for convolutions by default); rows `<impl>-tf32`.
     #[arg(long)]
@@ -306,6 +311,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     selfsup::kernels::set_conv_tf32(a.precision == "tf32");
     selfsup::kernels::set_depthwise_cudnn(a.depthwise == "cudnn");
+    selfsup::kernels::set_conv_algo_search(a.conv_algo == "measured");
     let steps = a.steps.unwrap_or(if device.is_cpu() { 1 } else { 20 });
     let threads = candle_core::utils::get_num_threads();
     let dev_name = if device.is_cuda() { "cuda" } else { "cpu" };
@@ -380,6 +386,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "device": dev_name,
             "precision": a.precision,
             "depthwise": a.depthwise,
+            "conv_algo": a.conv_algo,
             "batch": a.batch,
             "steps_per_rep": steps,
             "reps": a.reps,

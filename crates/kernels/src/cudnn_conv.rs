@@ -4,8 +4,10 @@
 //! Candle's CUDA `conv2d` is im2col + cuBLAS (or, with its `cudnn` feature,
 //! a cuDNN forward that asks for an algorithm and allocates a fresh
 //! workspace on every call), and its backward pass goes through a naive
-//! transposed-convolution kernel. Here each of the three directions asks
-//! cuDNN's heuristics for an algorithm once per shape and keeps it, and one
+//! transposed-convolution kernel. Here each of the three directions picks
+//! an algorithm once per shape and keeps it — cuDNN's heuristic pick, or,
+//! where [`crate::set_conv_algo_search`] asked for it, the fastest of
+//! cuDNN's algorithms timed on that shape (`cudnn_find`) — and one
 //! workspace per device, grown to the largest request, is reused by every
 //! call (the calls are ordered on the device's stream, so reuse is safe).
 //!
@@ -38,13 +40,13 @@ pub(crate) enum Direction {
     WeightGrad,
 }
 
-/// A shape (with groups), direction and math mode: what an algorithm is
-/// chosen for.
-type Key = (Direction, [usize; 10], bool);
+/// A shape (with groups), direction, math mode and search mode: what an
+/// algorithm is chosen for.
+type Key = (Direction, [usize; 10], bool, bool);
 
 /// The algorithm chosen for one key (the enum of its direction).
 #[derive(Debug, Clone, Copy)]
-enum Algo {
+pub(crate) enum Algo {
     Fwd(sys::cudnnConvolutionFwdAlgo_t),
     Data(sys::cudnnConvolutionBwdDataAlgo_t),
     Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
@@ -54,6 +56,7 @@ enum Algo {
 /// algorithms and the shared workspace.
 struct State {
     cudnn: Arc<Cudnn>,
+    finder: crate::cudnn_find::Finder,
     algos: HashMap<Key, (Algo, usize)>,
     workspace: Option<CudaSlice<u8>>,
 }
@@ -190,6 +193,7 @@ pub(crate) fn run(
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(State {
                 cudnn: Cudnn::new(dev.cuda_stream()).map_err(err)?,
+                finder: crate::cudnn_find::Finder::new(&dev.cuda_stream())?,
                 algos: HashMap::new(),
                 workspace: None,
             }),
@@ -198,11 +202,20 @@ pub(crate) fn run(
         let sizes = [
             g.n, g.cin, g.h, g.w, g.cout, g.kh, g.kw, g.stride, g.pad, groups,
         ];
-        let key = (dir, sizes, tf32);
+        let measured = crate::conv_algo_measured();
+        let key = (dir, sizes, tf32, measured);
         let (algo, ws) = match state.algos.get(&key) {
             Some(found) => *found,
             None => {
-                let chosen = choose(dir, &d)?;
+                let timed = if measured {
+                    state.finder.find(dir, (g, groups), tf32)?
+                } else {
+                    None
+                };
+                let chosen = match timed {
+                    Some(c) => c,
+                    None => choose(dir, &d)?,
+                };
                 state.algos.insert(key, chosen);
                 chosen
             }
