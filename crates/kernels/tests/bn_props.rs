@@ -323,3 +323,37 @@ fn eval_batch_norm_is_candles_bit_for_bit() {
     let e = batch_norm_eval(&x, (&ok, &short), (&ok, &ok), 1e-5, Activation::Relu).unwrap_err();
     assert!(e.to_string().contains("variance"), "{e}");
 }
+
+/// The CUDA ops, handed CPU tensors (or called in a build without CUDA),
+/// say what they need instead of running.
+#[test]
+fn cuda_ops_refuse_cpu_tensors_with_a_clear_error() {
+    use selfsup_kernels::{
+        batch_norm_train_cuda, conv_bn_train_cuda, cuda_fused_supported, ema_update_cuda,
+        fused_conv_bn_cuda_supported, Conv2dParams,
+    };
+    let d = Device::Cpu;
+    let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &d).unwrap();
+    let w = Tensor::zeros((3, 3, 3, 3), DType::F32, &d).unwrap();
+    let g = Tensor::ones(3, DType::F32, &d).unwrap();
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+        groups: 1,
+    };
+    assert!(!cuda_fused_supported(&x));
+    assert!(!fused_conv_bn_cuda_supported(&x, &w, p));
+    let e = batch_norm_train_cuda(&x, &g, &g, 1e-5, Activation::Relu).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("fused CUDA batch norm runs on a GPU"),
+        "{e}"
+    );
+    let e = conv_bn_train_cuda(&x, &w, (&g, &g), None, p, (1e-5, Activation::Relu)).unwrap_err();
+    assert!(
+        e.to_string().contains("conv + batch norm runs on one GPU"),
+        "{e}"
+    );
+    let e = ema_update_cuda(&g, &g, 0.9, 0.1).unwrap_err();
+    assert!(e.to_string().contains("moving average on CUDA"), "{e}");
+}
