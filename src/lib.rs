@@ -41,6 +41,7 @@ pub use selfsup_text as text;
 
 pub mod anomaly_run;
 pub mod bench;
+pub mod bench_loop;
 #[cfg(feature = "candle-datasets")]
 pub mod interop;
 pub mod methods;

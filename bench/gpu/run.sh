@@ -4,7 +4,7 @@
 # runs the CUDA property tests, the bench (ours vs PyTorch eager, one run)
 # and the default pipeline on the GPU, and writes the log (log.txt) and JSON
 # reports to $OUT (default out/gpu). Stages: `bench/gpu/run.sh props bench
-# bench-fp32 bench-measured bench-dw pipeline` (props, bench and pipeline
+# bench-fp32 bench-measured bench-loop bench-dw pipeline` (props, bench and pipeline
 # when none is named). Each stage has its own time limit so that the whole stays well
 # under ten minutes.
 set -uo pipefail
@@ -63,6 +63,13 @@ for stage in $stages; do
           --precision "$p" --out "$out/bench-measured-$p.json" 2>&1 | log
       done
       ;;
+    bench-loop)
+      # The real training loop (augmentation on CPU threads, copies to the
+      # GPU) against the device-resident step: the data path's cost.
+      timeout 200 "$bin/xtask" bench --device cuda --models resnet18,mobilenetv2 \
+        --objectives rotation,simclr --batch 256 --kernels fast --loop --no-pytorch \
+        --out "$out/bench-loop.json" 2>&1 | log
+      ;;
     bench-dw)
       # MobileNetV2's depthwise layers through our kernels instead of cuDNN.
       timeout 120 "$bin/xtask" bench --device cuda --models mobilenetv2 \
@@ -76,7 +83,7 @@ for stage in $stages; do
       cp "$out/pipeline/report.md" "$out/pipeline-report.md" 2>/dev/null
       rm -rf "$out/pipeline"
       ;;
-    *) echo "unknown stage $stage (props, bench, bench-fp32, bench-measured, bench-dw, pipeline)" >&2 ;;
+    *) echo "unknown stage $stage (props, bench, bench-fp32, bench-measured, bench-loop, bench-dw, pipeline)" >&2 ;;
   esac
 done
 ls -la "$out"

@@ -74,6 +74,13 @@ pub struct BenchArgs {
     /// keep) or measured (time each once, keep the fastest).
     #[arg(long, default_value = "heuristic", value_parser = ["heuristic", "measured"])]
     conv_algo: String,
+    /// Also time each backbone's real training loop (rows `<impl>-loop`):
+    /// synthetic images gathered and augmented on a CPU thread, copied to
+    /// the device, the step and the loss read, for one epoch of
+    /// reps x steps steps; against the device-resident step, the gap is
+    /// what the data path costs.
+    #[arg(long = "loop")]
+    with_loop: bool,
     /// On a GPU, also time our rows with TF32 matmuls (reduced-precision f32
     /// GEMMs, as PyTorch uses for convolutions by default); rows `<impl>-tf32`.
     #[arg(long)]
@@ -290,6 +297,9 @@ fn round_rows(
         )
     };
     rows.extend(rows_per_simd_level(a, opts, &report)?);
+    if a.with_loop {
+        rows.extend(selfsup::bench_loop::loop_rows(opts, report)?);
+    }
     if a.tf32 && opts.device.is_cuda() {
         candle_core::cuda::set_gemm_reduced_precision_f32(true);
         let tf32 = bench::run(opts, report);
