@@ -1,5 +1,5 @@
 //! The registry of pretraining methods, by name: the pretext tasks of
-//! `selfsup-pretext` (rotation) and the two-view methods of
+//! `selfsup-pretext` (rotation, jigsaw) and the two-view methods of
 //! `selfsup-contrastive` (simclr, byol, simsiam, barlow, vicreg, moco).
 //! The spec's `[methods.<name>]` sections ([`crate::spec::MethodsSpec`])
 //! hold each one's settings; the pipeline, the bench and the command line
@@ -54,6 +54,6 @@ pub fn build(
     if is_two_view(name) {
         contrastive::build(name, cfg, ctx, vb)
     } else {
-        pretext::build_objective(name, ctx.feature_dim, vb)
+        pretext::build_objective(name, ctx, vb)
     }
 }

@@ -427,7 +427,7 @@ fn every_two_view_method_runs_and_leaves_figures() {
     let out = dir.path().join("run");
     let mut o = options("fashion-mnist", &out);
     o.pretext = [
-        "rotation", "simclr", "byol", "simsiam", "barlow", "vicreg", "moco",
+        "rotation", "jigsaw", "simclr", "byol", "simsiam", "barlow", "vicreg", "moco",
     ]
     .map(String::from)
     .to_vec();

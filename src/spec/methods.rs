@@ -46,6 +46,33 @@ impl Default for RotationSettings {
     }
 }
 
+/// `[methods.jigsaw]`: jigsaw puzzles — each image's tiles are shown in
+/// one of a fixed set of orders and the encoder learns to tell which
+/// (2x2 tiles below 48 pixels a side, 3x3 from there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JigsawSettings {
+    /// Maximum epochs (early stopping may end sooner).
+    pub epochs: usize,
+    /// Source images per step (each becomes 4 or 9 tiles).
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Epochs without a lower held-out loss before stopping.
+    pub patience: usize,
+}
+
+impl Default for JigsawSettings {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            batch: 64,
+            lr: 1e-3,
+            patience: 2,
+        }
+    }
+}
+
 /// The projection MLP every two-view method puts on the encoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -234,6 +261,8 @@ two_view_settings! {
 pub struct MethodsSpec {
     /// `rotation`.
     pub rotation: RotationSettings,
+    /// `jigsaw`.
+    pub jigsaw: JigsawSettings,
     /// `simclr`.
     pub simclr: SimclrSettings,
     /// `byol`.
@@ -274,6 +303,16 @@ impl MethodsSpec {
                     batch: self.rotation.batch,
                     lr: self.rotation.lr,
                     patience: self.rotation.patience,
+                },
+                view_augment: None,
+                siamese: SiameseConfig::default(),
+            },
+            "jigsaw" => MethodView {
+                schedule: Schedule {
+                    epochs: self.jigsaw.epochs,
+                    batch: self.jigsaw.batch,
+                    lr: self.jigsaw.lr,
+                    patience: self.jigsaw.patience,
                 },
                 view_augment: None,
                 siamese: SiameseConfig::default(),

@@ -33,7 +33,7 @@ mod validate;
 pub use anomaly::{AnomalySpec, ANOMALY_PRESETS};
 pub use legacy::Recipe;
 pub use methods::{
-    BarlowSettings, ByolSettings, MethodView, MethodsSpec, MocoSettings, Projector,
+    BarlowSettings, ByolSettings, JigsawSettings, MethodView, MethodsSpec, MocoSettings, Projector,
     RotationSettings, Schedule, SimclrSettings, SimsiamSettings, VicregSettings,
 };
 

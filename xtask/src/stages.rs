@@ -22,8 +22,8 @@ pub struct PipelineArgs {
     run: RunArgs,
     #[command(flatten)]
     spec: SpecArgs,
-    /// Pretraining methods, comma-separated: rotation, simclr, byol,
-    /// simsiam, barlow, vicreg, moco (default: rotation).
+    /// Pretraining methods, comma-separated: rotation, jigsaw, simclr,
+    /// byol, simsiam, barlow, vicreg, moco (default: rotation).
     #[arg(long, value_delimiter = ',')]
     pretext: Option<Vec<String>>,
     /// Labeled images per class, comma-separated (default: 10).
@@ -106,8 +106,8 @@ pub struct PretrainArgs {
     run: RunArgs,
     #[command(flatten)]
     spec: SpecArgs,
-    /// Pretraining method: rotation, simclr, byol, simsiam, barlow, vicreg
-    /// or moco (default: the spec's first method).
+    /// Pretraining method: rotation, jigsaw, simclr, byol, simsiam, barlow,
+    /// vicreg or moco (default: the spec's first method).
     #[arg(long)]
     pretext: Option<String>,
     /// Seed (default: the spec's first seed).

@@ -33,6 +33,7 @@ fn setup(method: Method) -> (VarMap, Box<dyn Backbone>, Siamese) {
         online: map.clone(),
         seed: 3,
         device,
+        image_shape: (1, 8, 8),
     };
     let obj = Siamese::new(method, &tiny_cfg(), &ctx, vb.pp(HEAD_PREFIX)).unwrap();
     (map, backbone, obj)
@@ -226,6 +227,7 @@ fn odd_or_tiny_batches_are_refused() {
             online: VarMap::new(),
             seed: 0,
             device: Device::Cpu,
+            image_shape: (1, 8, 8),
         },
         params::seeded_var_builder(&VarMap::new(), 0, &Device::Cpu)
     )

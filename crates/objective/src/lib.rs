@@ -80,6 +80,8 @@ pub struct ObjectiveContext {
     pub seed: u64,
     /// Where tensors live.
     pub device: Device,
+    /// (channels, height, width) of the images the objective will see.
+    pub image_shape: (usize, usize, usize),
 }
 
 /// Builds an objective from its context and a `VarBuilder` under `head.`.
@@ -273,6 +275,7 @@ pub fn pretrain_with(
         online: map.clone(),
         seed,
         device: device.clone(),
+        image_shape: ds.image_shape(),
     };
     let objective = build(&ctx, vb.pp(HEAD_PREFIX))?;
     let views = objective.views();

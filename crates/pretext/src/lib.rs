@@ -2,10 +2,12 @@
 //! themselves, as [`Objective`]s of `selfsup-objective` (re-exported here
 //! with the pretraining loop, [`pretrain_with`]).
 //!
-//! The first task is [`Rotation`] (Gidaris et al., 2018, "RotNet"): every
-//! image of a batch is shown at 0, 90, 180 and 270 degrees (counter-clockwise)
-//! with labels 0..3, and a linear head on the backbone's features predicts
-//! which.
+//! [`Rotation`] (Gidaris et al., 2018, "RotNet"): every image of a batch
+//! is shown at 0, 90, 180 and 270 degrees (counter-clockwise) with labels
+//! 0..3, and a linear head on the backbone's features predicts which.
+//! [`Jigsaw`] (Noroozi & Favaro, 2016): tiles of a grid over the image are
+//! shown in one of a fixed set of orders, and a linear head on the tiles'
+//! concatenated features predicts which order ([`jigsaw`]).
 //!
 //! ```
 //! use selfsup_pretext::rotation_batch;
@@ -22,22 +24,33 @@ use selfsup_core::{Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use std::sync::Arc;
 
+pub mod jigsaw;
+pub use jigsaw::Jigsaw;
+
 pub use selfsup_objective::{
     classification_loss, evaluate_objective, pretrain_with, Hooks, Monitor, Objective,
     ObjectiveBuilder, ObjectiveContext, PretrainConfig, Pretrained, Unlabeled,
 };
 
 /// Pretext names accepted by [`build_objective`].
-pub const NAMES: [&str; 1] = ["rotation"];
+pub const NAMES: [&str; 2] = ["rotation", "jigsaw"];
 
-/// Builds a named objective whose head reads `feature_dim` features.
+/// Builds a named objective for the run `ctx` (its head reads the
+/// backbone's `ctx.feature_dim` features; jigsaw's puzzles are sized for
+/// `ctx.image_shape`).
 pub fn build_objective(
     name: &str,
-    feature_dim: usize,
+    ctx: &ObjectiveContext,
     vb: VarBuilder,
 ) -> Result<Box<dyn Objective>> {
     match name {
-        "rotation" => Ok(Box::new(Rotation::new(feature_dim, vb)?)),
+        "rotation" => Ok(Box::new(Rotation::new(ctx.feature_dim, vb)?)),
+        "jigsaw" => Ok(Box::new(Jigsaw::new(
+            ctx.feature_dim,
+            ctx.image_shape,
+            ctx.seed,
+            vb,
+        )?)),
         other => Err(Error::invalid(
             "--pretext",
             format!("unknown pretext {other:?}; available: {}", NAMES.join(", ")),
@@ -114,8 +127,7 @@ pub fn pretrain(
     device: &Device,
     quiet: bool,
 ) -> Result<Pretrained> {
-    let build =
-        |ctx: &ObjectiveContext, vb: VarBuilder| build_objective(&cfg.method, ctx.feature_dim, vb);
+    let build = |ctx: &ObjectiveContext, vb: VarBuilder| build_objective(&cfg.method, ctx, vb);
     pretrain_with(
         cfg,
         Arc::new(backbone_cfg.clone()),
@@ -167,7 +179,15 @@ mod tests {
             convs_per_stage: 1,
         };
         let backbone = cfg.build(vb.pp(BACKBONE_PREFIX)).unwrap();
-        let obj = build_objective("rotation", backbone.feature_dim(), vb.pp(HEAD_PREFIX)).unwrap();
+        let ctx = ObjectiveContext {
+            backbone: Arc::new(cfg.clone()),
+            feature_dim: backbone.feature_dim(),
+            online: map.clone(),
+            seed: 0,
+            device: Device::Cpu,
+            image_shape: ds.image_shape(),
+        };
+        let obj = build_objective("rotation", &ctx, vb.pp(HEAD_PREFIX)).unwrap();
         let mut tr =
             Trainer::new(map.all_vars(), LrSchedule::new(1e-2, 0, 60), 0.0, "test").unwrap();
         let loss = || {
@@ -190,6 +210,6 @@ mod tests {
         let last = last.to_scalar::<f32>().unwrap();
         assert!(last < first * 0.7, "loss {first} -> {last}");
         assert!(acc > 0.5, "rotation accuracy on the memorised batch {acc}");
-        assert!(build_objective("jigsaw", 4, vb.pp("x")).is_err());
+        assert!(build_objective("nope", &ctx, vb.pp("x")).is_err());
     }
 }
