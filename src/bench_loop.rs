@@ -27,15 +27,22 @@ fn synthetic(n: usize, seed: u64) -> Result<Dataset> {
 }
 
 /// Times `objective`'s training loop on `model` with kernels `k`: one epoch
-/// of `o.reps · o.steps` steps of `o.batch` images with the default spec's
-/// augmentation for that objective, run twice (the first warms up
-/// first-use compilation and algorithm choices); the row is the second
-/// run's images per second over its training steps.
+/// of `o.reps · o.steps` steps with the default spec's augmentation for
+/// that objective, run twice (the first warms up first-use compilation and
+/// algorithm choices); the row is the second run's training rate in the
+/// step rows' unit, with the backbone seeing the step rows' batch. The
+/// loop shows rotation each image at all four angles, so it takes
+/// `o.batch / 4` images a step and the row counts backbone inputs (the
+/// step row shows each image once); a two-view method takes `o.batch`
+/// images (2 views each, as the step row) and the row counts images.
 pub fn loop_row(o: &BenchOptions, model: &str, k: Kernels, objective: &str) -> Result<BenchRow> {
     check_objective(objective)?;
     kernels::set_default(k);
     let steps = o.reps.max(1) * o.steps.max(1);
-    let n = o.batch * steps;
+    // Backbone inputs per source image: the loop's, over the step row's.
+    let per_image = if objective == "rotation" { 4 } else { 1 };
+    let batch = (o.batch / per_image).max(1);
+    let n = batch * steps;
     let ds = synthetic(n, o.seed)?;
     let pool: Vec<usize> = (0..n).collect();
     let norm = Normalization {
@@ -45,7 +52,7 @@ pub fn loop_row(o: &BenchOptions, model: &str, k: Kernels, objective: &str) -> R
     let spec = Experiment::default();
     let mut cfg = spec.pretrain_config(objective, o.seed, (3, SIZE, SIZE))?;
     cfg.fit.epochs = 1;
-    cfg.fit.batch_size = o.batch;
+    cfg.fit.batch_size = batch;
     cfg.fit.patience = None;
     cfg.val_fraction = 0.0;
     let siamese = spec.methods.get(objective)?.siamese;
@@ -70,8 +77,14 @@ pub fn loop_row(o: &BenchOptions, model: &str, k: Kernels, objective: &str) -> R
         )
     };
     run()?;
-    let report = run()?.report;
-    let rate = report.images_per_s;
+    // The loop counts what its backbone sees: rotation's inputs already
+    // are the step row's unit; a two-view method's views are two per image.
+    let views = if crate::methods::is_two_view(objective) {
+        2.0
+    } else {
+        1.0
+    };
+    let rate = run()?.report.images_per_s / views;
     Ok(BenchRow {
         model: model.to_string(),
         implementation: format!("{}-loop", k.name()),
