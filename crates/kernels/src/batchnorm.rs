@@ -121,13 +121,12 @@ pub fn batch_norm_train(
         );
     }
     let c = x.dim(1)?;
-    if gamma.dims() != [c] || beta.dims() != [c] {
-        candle_core::bail!(
-            "fused batch norm: input has {c} channels, scale {:?} and shift {:?}",
-            gamma.dims(),
-            beta.dims()
-        );
-    }
+    check_scale_shift(
+        "fused batch norm",
+        c,
+        "channels in the input",
+        (gamma, beta),
+    )?;
     let stash = Arc::new(Mutex::new(None));
     let op = BnForward {
         eps,
@@ -142,6 +141,24 @@ pub fn batch_norm_train(
         candle_core::bail!("fused batch norm: the forward pass left no statistics")
     };
     Ok((y, stats))
+}
+
+/// An error unless `gamma` and `beta` are vectors of `c` values: "`op`: `c`
+/// `which`, scale [..] and shift [..]" (`which`: what the `c` counts).
+pub(crate) fn check_scale_shift(
+    op: &str,
+    c: usize,
+    which: &str,
+    (gamma, beta): (&Tensor, &Tensor),
+) -> Result<()> {
+    if gamma.dims() != [c] || beta.dims() != [c] {
+        candle_core::bail!(
+            "{op}: {c} {which}, scale {:?} and shift {:?}",
+            gamma.dims(),
+            beta.dims()
+        );
+    }
+    Ok(())
 }
 
 /// `relu(a + b)` in one pass, with its gradient (the same masked gradient

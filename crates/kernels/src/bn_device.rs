@@ -45,13 +45,8 @@ pub fn batch_norm_train_cuda(
         );
     }
     let c = x.dim(1)?;
-    if gamma.dims() != [c] || beta.dims() != [c] {
-        candle_core::bail!(
-            "fused CUDA batch norm: input has {c} channels, scale {:?} and shift {:?}",
-            gamma.dims(),
-            beta.dims()
-        );
-    }
+    let op = "fused CUDA batch norm";
+    crate::batchnorm::check_scale_shift(op, c, "channels in the input", (gamma, beta))?;
     let count = x.elem_count() / c.max(1);
     run(x, gamma, beta, eps, act, count)
 }
@@ -127,14 +122,8 @@ pub fn conv_bn_train_cuda(
         );
     }
     let geo = crate::conv_geometry(x, w, p)?;
-    if gamma.dims() != [geo.cout] || beta.dims() != [geo.cout] {
-        candle_core::bail!(
-            "fused CUDA conv + batch norm: {} output channels, scale {:?} and shift {:?}",
-            geo.cout,
-            gamma.dims(),
-            beta.dims()
-        );
-    }
+    let op = "fused CUDA conv + batch norm";
+    crate::batchnorm::check_scale_shift(op, geo.cout, "output channels", (gamma, beta))?;
     let count = geo.n * geo.ho * geo.wo;
     conv_bn_run(
         x,

@@ -45,14 +45,8 @@ pub fn conv_bn_train(
         );
     }
     let geo = crate::conv_geometry(x, w, p)?;
-    if gamma.dims() != [geo.cout] || beta.dims() != [geo.cout] {
-        candle_core::bail!(
-            "fused conv + batch norm: {} output channels, scale {:?} and shift {:?}",
-            geo.cout,
-            gamma.dims(),
-            beta.dims()
-        );
-    }
+    let op = "fused conv + batch norm";
+    batchnorm::check_scale_shift(op, geo.cout, "output channels", (gamma, beta))?;
     let stash = Arc::new(Mutex::new(None));
     let op = ConvBn {
         geo,

@@ -273,32 +273,53 @@ fn launch(
     .map_err(err)
 }
 
-/// The convolution (x, w) -> y (sizes, channel groups) through cuDNN, with
-/// [`InputGrad`] and [`WeightGrad`] as its backward pass.
-pub(crate) struct Conv(pub Geo, pub usize);
-/// (dy, w) -> dL/dx.
-pub(crate) struct InputGrad(pub Geo, pub usize);
-/// (x, dy) -> dL/dw.
-pub(crate) struct WeightGrad(pub Geo, pub usize);
-
-fn cpu_unsupported(op: &str) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-    candle_core::bail!("{op} runs on CUDA only")
+/// One direction of a cuDNN convolution as a Candle op on two operands:
+/// (x, w) -> y, (dy, w) -> dL/dx or (x, dy) -> dL/dw. The forward
+/// direction's backward pass is the other two.
+pub(crate) struct Op {
+    /// Which of the three.
+    pub dir: Direction,
+    /// The convolution's sizes.
+    pub geo: Geo,
+    /// Channel groups (1: dense).
+    pub groups: usize,
 }
 
-impl candle_core::CustomOp2 for Conv {
-    fn name(&self) -> &'static str {
-        "selfsup-cudnn-conv2d"
+impl Op {
+    /// The forward convolution of `geo` in `groups` groups.
+    pub(crate) fn forward(geo: Geo, groups: usize) -> Self {
+        Self {
+            dir: Direction::Forward,
+            geo,
+            groups,
+        }
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        cpu_unsupported(self.name())
+    /// This convolution's op in direction `dir`.
+    pub(crate) fn towards(&self, dir: Direction) -> Self {
+        Self { dir, ..*self }
     }
+
+    fn out_shape(&self) -> candle_core::Shape {
+        let g = &self.geo;
+        match self.dir {
+            Direction::Forward => (g.n, g.cout, g.ho, g.wo).into(),
+            Direction::InputGrad => (g.n, g.cin, g.h, g.w).into(),
+            Direction::WeightGrad => (g.cout, g.cin / self.groups, g.kh, g.kw).into(),
+        }
+    }
+}
+
+impl candle_core::CustomOp2 for Op {
+    fn name(&self) -> &'static str {
+        match self.dir {
+            Direction::Forward => "selfsup-cudnn-conv2d",
+            Direction::InputGrad => "selfsup-cudnn-conv2d-input-grad",
+            Direction::WeightGrad => "selfsup-cudnn-conv2d-weight-grad",
+        }
+    }
+
+    crate::cuda_fused::cuda_only!(2);
 
     fn cuda_fwd(
         &self,
@@ -307,9 +328,8 @@ impl candle_core::CustomOp2 for Conv {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, candle_core::Shape)> {
-        let g = self.0;
-        let y = run(Direction::Forward, (&g, self.1), (s1, l1), (s2, l2))?;
-        Ok((y, (g.n, g.cout, g.ho, g.wo).into()))
+        let out = run(self.dir, (&self.geo, self.groups), (s1, l1), (s2, l2))?;
+        Ok((out, self.out_shape()))
     }
 
     fn bwd(
@@ -319,71 +339,18 @@ impl candle_core::CustomOp2 for Conv {
         _res: &candle_core::Tensor,
         dy: &candle_core::Tensor,
     ) -> Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>)> {
+        if self.dir != Direction::Forward {
+            candle_core::bail!("{}: no second derivative", self.name())
+        }
         let dy = dy.contiguous()?;
         let dx = x
             .track_op()
-            .then(|| dy.apply_op2_no_bwd(w, &InputGrad(self.0, self.1)))
+            .then(|| dy.apply_op2_no_bwd(w, &self.towards(Direction::InputGrad)))
             .transpose()?;
         let dw = w
             .track_op()
-            .then(|| x.apply_op2_no_bwd(&dy, &WeightGrad(self.0, self.1)))
+            .then(|| x.apply_op2_no_bwd(&dy, &self.towards(Direction::WeightGrad)))
             .transpose()?;
         Ok((dx, dw))
-    }
-}
-
-impl candle_core::CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "selfsup-cudnn-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        cpu_unsupported(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, candle_core::Shape)> {
-        let g = self.0;
-        let dx = run(Direction::InputGrad, (&g, self.1), (s1, l1), (s2, l2))?;
-        Ok((dx, (g.n, g.cin, g.h, g.w).into()))
-    }
-}
-
-impl candle_core::CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "selfsup-cudnn-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        cpu_unsupported(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, candle_core::Shape)> {
-        let g = self.0;
-        let dw = run(Direction::WeightGrad, (&g, self.1), (s1, l1), (s2, l2))?;
-        Ok((dw, (g.cout, g.cin / self.1, g.kh, g.kw).into()))
     }
 }

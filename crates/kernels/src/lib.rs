@@ -368,7 +368,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
                 && w.dtype() == DType::F32 =>
         {
             x.contiguous()?
-                .apply_op2(&w.contiguous()?, cudnn_conv::Conv(geo, 1))
+                .apply_op2(&w.contiguous()?, cudnn_conv::Op::forward(geo, 1))
         }
         #[cfg(feature = "cuda")]
         Kernels::Fast
@@ -380,7 +380,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: Conv2dParams, k: Kernels) -> Result<Ten
                 && w.dtype() == DType::F32 =>
         {
             x.contiguous()?
-                .apply_op2(&w.contiguous()?, cudnn_conv::Conv(geo, p.groups))
+                .apply_op2(&w.contiguous()?, cudnn_conv::Op::forward(geo, p.groups))
         }
         Kernels::Fast if p.groups == 1 => {
             let y = x.detach().conv2d(&w.detach(), p.padding, p.stride, 1, 1)?;

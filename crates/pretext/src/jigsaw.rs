@@ -337,22 +337,9 @@ mod tests {
     /// gets a gradient, and training brings the loss down.
     #[test]
     fn gradients_reach_every_parameter_and_the_loss_falls() {
-        use candle_nn::VarMap;
-        use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
-        use selfsup_backbones::BackboneConfig;
-        use selfsup_core::params;
+        use selfsup_backbones::checkpoint::HEAD_PREFIX;
         use selfsup_core::train::{LrSchedule, Trainer};
-        let pair = selfsup_data::load("fashion-mnist").unwrap();
-        let ds = pair.train.take(8);
-        let norm = batch::fit_normalization(&ds, &(0..8).collect::<Vec<_>>());
-        let map = VarMap::new();
-        let vb = params::seeded_var_builder(&map, 0, &Device::Cpu);
-        let cfg = BackboneConfig::ConvNet {
-            in_channels: 1,
-            widths: vec![16, 32],
-            convs_per_stage: 1,
-        };
-        let backbone = cfg.build(vb.pp(BACKBONE_PREFIX)).unwrap();
+        let (ds, norm, map, vb, _, backbone) = crate::tiny::setup();
         let obj = Jigsaw::new(
             backbone.feature_dim(),
             ds.image_shape(),

@@ -139,12 +139,46 @@ pub fn pretrain(
     )
 }
 
+/// What the objectives' tests train on: eight Fashion-MNIST images, their
+/// normalisation, and a small ConvNet under `backbone.` of a fresh map.
+#[cfg(test)]
+pub(crate) mod tiny {
+    use super::*;
+    use candle_nn::VarMap;
+    use selfsup_backbones::checkpoint::BACKBONE_PREFIX;
+    use selfsup_core::params;
+
+    /// The images, their normalisation, the map, its builder, the ConvNet's
+    /// config and the ConvNet.
+    pub(crate) type Setup = (
+        Dataset,
+        Normalization,
+        VarMap,
+        VarBuilder<'static>,
+        BackboneConfig,
+        Box<dyn Backbone>,
+    );
+
+    pub(crate) fn setup() -> Setup {
+        let pair = selfsup_data::load("fashion-mnist").unwrap();
+        let ds = pair.train.take(8);
+        let norm = selfsup_data::batch::fit_normalization(&ds, &(0..8).collect::<Vec<_>>());
+        let map = VarMap::new();
+        let vb = params::seeded_var_builder(&map, 0, &Device::Cpu);
+        let cfg = BackboneConfig::ConvNet {
+            in_channels: 1,
+            widths: vec![16, 32],
+            convs_per_stage: 1,
+        };
+        let backbone = cfg.build(vb.pp(BACKBONE_PREFIX)).unwrap();
+        (ds, norm, map, vb, cfg, backbone)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_nn::VarMap;
-    use selfsup_backbones::checkpoint::{BACKBONE_PREFIX, HEAD_PREFIX};
-    use selfsup_core::params;
+    use selfsup_backbones::checkpoint::HEAD_PREFIX;
     use selfsup_core::train::LrSchedule;
     use selfsup_core::train::Trainer;
 
@@ -168,17 +202,7 @@ mod tests {
 
     #[test]
     fn loss_falls_on_a_tiny_batch() {
-        let pair = selfsup_data::load("fashion-mnist").unwrap();
-        let ds = pair.train.take(8);
-        let norm = selfsup_data::batch::fit_normalization(&ds, &(0..8).collect::<Vec<_>>());
-        let map = VarMap::new();
-        let vb = params::seeded_var_builder(&map, 0, &Device::Cpu);
-        let cfg = BackboneConfig::ConvNet {
-            in_channels: 1,
-            widths: vec![16, 32],
-            convs_per_stage: 1,
-        };
-        let backbone = cfg.build(vb.pp(BACKBONE_PREFIX)).unwrap();
+        let (ds, norm, map, vb, cfg, backbone) = crate::tiny::setup();
         let ctx = ObjectiveContext {
             backbone: Arc::new(cfg.clone()),
             feature_dim: backbone.feature_dim(),

@@ -17,9 +17,10 @@
 
 use super::{apply, split, view, ActGrad, GradSums, InputGrad, Stats};
 use crate::batchnorm::Activation;
-use crate::{cpu_conv::Geo, cudnn_conv, depthwise};
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use crate::cudnn_conv::{self, Direction};
+use crate::{cpu_conv::Geo, depthwise};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
+use candle_core::{CudaDevice, CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 /// The convolution inside the op.
 #[derive(Debug, Clone, Copy)]
@@ -34,21 +35,27 @@ pub(crate) enum ConvKind {
 impl ConvKind {
     fn forward(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Cudnn(g, k) => x.apply_op2_no_bwd(w, &cudnn_conv::Conv(g, k)),
+            Self::Cudnn(g, k) => x.apply_op2_no_bwd(w, &cudnn_conv::Op::forward(g, k)),
             Self::Depthwise(g) => x.apply_op2_no_bwd(w, &depthwise::Forward(g)),
         }
     }
 
     fn input_grad(self, dh: &Tensor, w: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Cudnn(g, k) => dh.apply_op2_no_bwd(w, &cudnn_conv::InputGrad(g, k)),
+            Self::Cudnn(g, k) => {
+                let op = cudnn_conv::Op::forward(g, k).towards(Direction::InputGrad);
+                dh.apply_op2_no_bwd(w, &op)
+            }
             Self::Depthwise(g) => dh.apply_op2_no_bwd(w, &depthwise::InputGrad(g)),
         }
     }
 
     fn weight_grad(self, x: &Tensor, dh: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Cudnn(g, k) => x.apply_op2_no_bwd(dh, &cudnn_conv::WeightGrad(g, k)),
+            Self::Cudnn(g, k) => {
+                let op = cudnn_conv::Op::forward(g, k).towards(Direction::WeightGrad);
+                x.apply_op2_no_bwd(dh, &op)
+            }
             Self::Depthwise(g) => x.apply_op2_no_bwd(dh, &depthwise::WeightGrad(g)),
         }
     }
@@ -68,17 +75,7 @@ impl CustomOp3 for ConvBnApply {
         "selfsup-cuda-conv-bn"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{} runs on CUDA only", self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -89,22 +86,8 @@ impl CustomOp3 for ConvBnApply {
         sgb: &CudaStorage,
         lgb: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = &sgb.device;
         let gb = view(sgb, lgb, "the scale and shift")?;
-        let shape = self.h.shape().clone();
-        let sp = split(&shape)?;
-        let c = sp.c as usize;
-        let (gamma, beta) = (gb.slice(0..c), gb.slice(c..2 * c));
-        // SAFETY: every element is written.
-        let y: CudaSlice<f32> = unsafe { dev.alloc(shape.elem_count())? };
-        let (hs, hl) = self.h.storage_and_layout();
-        let (ss, sl) = self.stats.storage_and_layout();
-        let (Storage::Cuda(hs), Storage::Cuda(ss)) = (&*hs, &*ss) else {
-            candle_core::bail!("fused CUDA conv + batch norm: its buffers left the GPU")
-        };
-        let (h, stats) = (view(hs, hl, "h")?, view(ss, sl, "the statistics")?);
-        apply(dev, (&h, &gamma, &beta, &stats), None, &y, &sp, self.act)?;
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+        self.normalise(&sgb.device, (&gb, 0), None)
     }
 
     fn bwd(
@@ -122,6 +105,37 @@ impl CustomOp3 for ConvBnApply {
 }
 
 impl ConvBnApply {
+    /// act(BatchNorm(h) [+ residual]) with γ and β read from `params` at
+    /// `at` (γ) and `at + C` (β).
+    fn normalise(
+        &self,
+        dev: &CudaDevice,
+        (params, at): (&CudaView<f32>, usize),
+        residual: Option<&CudaView<f32>>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let shape = self.h.shape().clone();
+        let sp = split(&shape)?;
+        let c = sp.c as usize;
+        let (gamma, beta) = (params.slice(at..at + c), params.slice(at + c..at + 2 * c));
+        // SAFETY: every element is written.
+        let y: CudaSlice<f32> = unsafe { dev.alloc(shape.elem_count())? };
+        let (hs, hl) = self.h.storage_and_layout();
+        let (ss, sl) = self.stats.storage_and_layout();
+        let (Storage::Cuda(hs), Storage::Cuda(ss)) = (&*hs, &*ss) else {
+            candle_core::bail!("fused CUDA conv + batch norm: its buffers left the GPU")
+        };
+        let (h, stats) = (view(hs, hl, "h")?, view(ss, sl, "the statistics")?);
+        apply(
+            dev,
+            (&h, &gamma, &beta, &stats),
+            residual,
+            &y,
+            &sp,
+            self.act,
+        )?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+    }
+
     /// dL/dx, dL/dw and [dγ; dβ] (2, C) from the output `y` and its
     /// gradient `g`.
     fn grads(
@@ -182,17 +196,7 @@ impl CustomOp3 for ConvBnResidual {
         "selfsup-cuda-conv-bn-residual"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("{} runs on CUDA only", self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -203,31 +207,10 @@ impl CustomOp3 for ConvBnResidual {
         sr: &CudaStorage,
         lr: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = &swgb.device;
         let wgb = view(swgb, lwgb, "the kernel, scale and shift")?;
         let r = view(sr, lr, "the residual")?;
-        let inner = &self.inner;
-        let shape = inner.h.shape().clone();
-        let sp = split(&shape)?;
-        let (c, wn) = (sp.c as usize, self.w_len());
-        let (gamma, beta) = (wgb.slice(wn..wn + c), wgb.slice(wn + c..wn + 2 * c));
-        // SAFETY: every element is written.
-        let y: CudaSlice<f32> = unsafe { dev.alloc(shape.elem_count())? };
-        let (hs, hl) = inner.h.storage_and_layout();
-        let (ss, sl) = inner.stats.storage_and_layout();
-        let (Storage::Cuda(hs), Storage::Cuda(ss)) = (&*hs, &*ss) else {
-            candle_core::bail!("fused CUDA conv + batch norm: its buffers left the GPU")
-        };
-        let (h, stats) = (view(hs, hl, "h")?, view(ss, sl, "the statistics")?);
-        apply(
-            dev,
-            (&h, &gamma, &beta, &stats),
-            Some(&r),
-            &y,
-            &sp,
-            inner.act,
-        )?;
-        Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), shape))
+        self.inner
+            .normalise(&swgb.device, (&wgb, self.w_len()), Some(&r))
     }
 
     fn bwd(

@@ -21,6 +21,45 @@ use candle_core::{
 };
 use std::sync::OnceLock;
 
+/// The `cpu_fwd` of a CUDA-only custom op with 1, 2 or 3 operands: an
+/// error that names the op.
+macro_rules! cuda_only {
+    (1) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+    };
+    (2) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+    };
+    (3) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+    };
+}
+pub(crate) use cuda_only;
+
 pub(crate) mod adamw;
 pub(crate) mod conv_bn;
 
@@ -128,10 +167,6 @@ fn per_channel_cfg(c: i32) -> LaunchConfig {
     }
 }
 
-fn cpu_unsupported(op: &str) -> Result<(CpuStorage, Shape)> {
-    candle_core::bail!("{op} runs on CUDA only")
-}
-
 /// x (N, C, ...) -> (3, C): mean, biased variance, 1 / sqrt(var + eps).
 pub(crate) struct Stats {
     pub(crate) eps: f32,
@@ -142,9 +177,7 @@ impl CustomOp1 for Stats {
         "selfsup-cuda-bn-stats"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
-    }
+    cuda_only!(1);
 
     fn cuda_fwd(&self, sx: &CudaStorage, lx: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = &sx.device;
@@ -240,17 +273,7 @@ impl CustomOp3 for Apply {
         "selfsup-cuda-bn"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -328,17 +351,7 @@ impl CustomOp3 for GradSums {
         "selfsup-cuda-bn-grad-sums"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -405,17 +418,7 @@ impl CustomOp3 for InputGrad {
         "selfsup-cuda-bn-input-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -584,15 +587,7 @@ impl candle_core::CustomOp2 for ActGrad {
         "selfsup-cuda-act-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,
