@@ -350,10 +350,10 @@ fn bad_input_fails_clearly_and_writes_nothing() {
     );
 
     let mut o = options("fashion-mnist", &out);
-    o.pretext = vec!["jigsaw".into()];
+    o.pretext = vec!["mosaic".into()];
     let e = err(o);
     assert!(
-        e.contains("pretrain.methods") && e.contains("jigsaw"),
+        e.contains("pretrain.methods") && e.contains("mosaic"),
         "{e}"
     );
 
