@@ -430,18 +430,7 @@ pub fn bert_row(o: &BenchOptions, k: Kernels) -> Result<BenchRow> {
 /// it; `each` sees each row as it is measured. Restores the process-wide kernels to `fast`
 /// afterwards.
 pub fn run(o: &BenchOptions, mut each: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
-    let mut rows = Vec::new();
-    for obj in o.objectives.iter().filter(|o| *o != MLM) {
-        for m in o.models.iter().filter(|m| *m != BERT) {
-            for &k in &o.kernels {
-                let r = train_step_row(o, m, k, obj);
-                kernels::set_default(Kernels::Fast);
-                let r = r?;
-                each(&r);
-                rows.push(r);
-            }
-        }
-    }
+    let mut rows = image_rows(o, train_step_row, &mut each)?;
     if o.models.iter().any(|m| m == BERT) {
         for &k in &o.kernels {
             let r = bert_row(o, k);
@@ -449,6 +438,30 @@ pub fn run(o: &BenchOptions, mut each: impl FnMut(&BenchRow)) -> Result<Vec<Benc
             let r = r?;
             each(&r);
             rows.push(r);
+        }
+    }
+    Ok(rows)
+}
+
+/// `row(o, model, kernels, objective)` for every image objective, backbone
+/// and kernels choice of `o` (the [`BERT`] rows aside), in that nesting
+/// order, each handed to `each` as it is measured; the process-wide kernels
+/// are back to `fast` after each row.
+pub fn image_rows(
+    o: &BenchOptions,
+    row: impl Fn(&BenchOptions, &str, Kernels, &str) -> Result<BenchRow>,
+    mut each: impl FnMut(&BenchRow),
+) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for obj in o.objectives.iter().filter(|o| *o != MLM) {
+        for m in o.models.iter().filter(|m| *m != BERT) {
+            for &k in &o.kernels {
+                let r = row(o, m, k, obj);
+                kernels::set_default(Kernels::Fast);
+                let r = r?;
+                each(&r);
+                rows.push(r);
+            }
         }
     }
     Ok(rows)

@@ -103,20 +103,8 @@ pub fn loop_row(o: &BenchOptions, model: &str, k: Kernels, objective: &str) -> R
 
 /// [`loop_row`] for every backbone, objective and kernel choice of `o`
 /// (the text model has no loop row), each handed to `each` as it is done.
-pub fn loop_rows(o: &BenchOptions, mut each: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
-    let mut rows = Vec::new();
-    for obj in o.objectives.iter().filter(|o| *o != crate::bench::MLM) {
-        for m in o.models.iter().filter(|m| *m != crate::bench::BERT) {
-            for &k in &o.kernels {
-                let r = loop_row(o, m, k, obj);
-                kernels::set_default(Kernels::Fast);
-                let r = r?;
-                each(&r);
-                rows.push(r);
-            }
-        }
-    }
-    Ok(rows)
+pub fn loop_rows(o: &BenchOptions, each: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+    crate::bench::image_rows(o, loop_row, each)
 }
 
 #[cfg(test)]

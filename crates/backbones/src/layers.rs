@@ -2,7 +2,7 @@
 //! selfsup-kernels, conv + BatchNorm + activation (fused on the CPU),
 //! residual add + ReLU, max-pool and global average pooling.
 
-use candle_core::{Device, ModuleT, Tensor, Var};
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{batch_norm, BatchNorm, VarBuilder};
 use selfsup_core::{Error, Result};
 use selfsup_kernels::{
@@ -201,7 +201,10 @@ impl ConvBn {
     fn update_running_with(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.bn.momentum();
         let unbias = count as f64 / (count.max(2) - 1) as f64;
-        if mean.device().is_cuda() && cuda_fused_supported(&mean.unsqueeze(0)?) {
+        let f32s = [mean, var, self.bn.running_mean(), self.bn.running_var()]
+            .iter()
+            .all(|t| t.dtype() == DType::F32);
+        if mean.device().is_cuda() && f32s {
             // One in-place kernel each instead of six ops and a copy.
             ema_update_cuda(self.bn.running_mean(), mean, 1.0 - m, m)?;
             ema_update_cuda(self.bn.running_var(), var, 1.0 - m, m * unbias)?;

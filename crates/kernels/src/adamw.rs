@@ -291,8 +291,10 @@ impl Optimizer for AdamW {
             .partition(fused_covers);
         let fused = fused
             .into_iter()
-            .map(|var| Ok((Mutex::new(zero_moments(&var)?), var)))
-            .map(|r: Result<_>| r.map(|(m, v)| (v, m)))
+            .map(|var| {
+                let moments = Mutex::new(zero_moments(&var)?);
+                Ok((var, moments))
+            })
             .collect::<Result<_>>()?;
         let rest_count = rest.len();
         Ok(Self {
