@@ -613,7 +613,7 @@ impl CustomOp2 for AddRelu {
         sb: &candle_core::CudaStorage,
         lb: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let y = crate::cuda_fused::relu_pair(false, (sa, la), (sb, lb))?;
+        let y = crate::cuda_fused::pair(crate::cuda_fused::Pair::AddRelu, (sa, la), (sb, lb))?;
         Ok((y, la.shape().clone()))
     }
 
@@ -658,7 +658,8 @@ impl CustomOp2 for ReluMask {
         sy: &candle_core::CudaStorage,
         ly: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let out = crate::cuda_fused::relu_pair(true, (sg, lg), (sy, ly))?;
+        let mask = crate::cuda_fused::Pair::ActGrad(Activation::Relu);
+        let out = crate::cuda_fused::pair(mask, (sg, lg), (sy, ly))?;
         Ok((out, lg.shape().clone()))
     }
 }

@@ -25,6 +25,19 @@ pub struct DeviceStats {
     pub count: usize,
 }
 
+impl DeviceStats {
+    /// The mean and variance rows of the fused ops' (3, C) statistics
+    /// (mean, biased variance, inverse standard deviation).
+    #[cfg(feature = "cuda")]
+    fn from_rows(stats: &Tensor, count: usize) -> Result<Self> {
+        Ok(Self {
+            mean: stats.get(0)?,
+            var: stats.get(1)?,
+            count,
+        })
+    }
+}
+
 /// Training-mode batch normalisation of `x` (N, C, ...) with per-channel
 /// scale `gamma` and shift `beta`, then `act`, on CUDA: the counterpart of
 /// [`crate::batch_norm_train`], differentiable in `x`, `gamma` and `beta`,
@@ -61,12 +74,7 @@ fn run(
     count: usize,
 ) -> Result<(Tensor, DeviceStats)> {
     let (y, stats) = crate::cuda_fused::batch_norm_train(x, gamma, beta, eps, act)?;
-    let stats = DeviceStats {
-        mean: stats.get(0)?,
-        var: stats.get(1)?,
-        count,
-    };
-    Ok((y, stats))
+    Ok((y, DeviceStats::from_rows(&stats, count)?))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -161,12 +169,7 @@ fn conv_bn_run(
         })
     };
     let (y, stats) = conv_bn::conv_bn_train(x, w, (gamma, beta), residual, kind, (eps, act))?;
-    let stats = DeviceStats {
-        mean: stats.get(0)?,
-        var: stats.get(1)?,
-        count,
-    };
-    Ok((y, stats))
+    Ok((y, DeviceStats::from_rows(&stats, count)?))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -15,7 +15,7 @@
 //! output is one op, so the sum's two operand gradients never pass through
 //! the store either.
 
-use super::{apply, split, view, ActGrad, GradSums, InputGrad, Stats};
+use super::{apply, bn_backward, split, view, ActGrad, Stats};
 use crate::batchnorm::Activation;
 use crate::cudnn_conv::{self, Direction};
 use crate::{cpu_conv::Geo, depthwise};
@@ -146,33 +146,16 @@ impl ConvBnApply {
         y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Tensor)> {
-        let g = g.contiguous()?;
-        let sums = self.h.apply_op3_no_bwd(
-            y,
-            &g,
-            &GradSums {
-                stats: self.stats.clone(),
-                act: self.act,
-            },
-        )?;
-        let dh = self.h.apply_op3_no_bwd(
-            y,
-            &g,
-            &InputGrad {
-                stats: self.stats.clone(),
-                gamma,
-                sums: sums.clone(),
-                act: self.act,
-            },
-        )?;
-        let dx = x
-            .track_op()
-            .then(|| self.kind.input_grad(&dh, w))
-            .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| self.kind.weight_grad(x, &dh))
-            .transpose()?;
+        let back = (&self.stats, gamma, self.act);
+        let (sums, dh) = bn_backward(&self.h, y, g, back, x.track_op() || w.track_op())?;
+        let dx = match &dh {
+            Some(dh) if x.track_op() => Some(self.kind.input_grad(dh, w)?),
+            _ => None,
+        };
+        let dw = match &dh {
+            Some(dh) if w.track_op() => Some(self.kind.weight_grad(x, dh)?),
+            _ => None,
+        };
         Ok((dx, dw, sums))
     }
 }

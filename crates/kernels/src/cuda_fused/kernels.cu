@@ -168,11 +168,6 @@ extern "C" __global__ void add_relu(const float* a, const float* b, float* y, lo
         y[i] = fmaxf(a[i] + b[i], 0.f);
 }
 
-extern "C" __global__ void relu_mask(const float* g, const float* y, float* out, long n) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n;
-         i += (long)blockDim.x * gridDim.x)
-        out[i] = y[i] > 0.f ? g[i] : 0.f;
-}
 
 // One AdamW step in place, in candle_nn::AdamW's order of operations.
 // c: beta1, 1 - beta1, beta2, 1 - beta2, 1 / (1 - beta1^t),

@@ -311,39 +311,50 @@ impl CustomOp3 for Apply {
         y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
         let x = x.contiguous()?;
-        let sums = x.apply_op3_no_bwd(
-            y,
-            &g,
-            &GradSums {
-                stats: self.stats.clone(),
-                act: self.act,
-            },
-        )?;
-        let dx = x
-            .track_op()
-            .then(|| {
-                x.apply_op3_no_bwd(
-                    y,
-                    &g,
-                    &InputGrad {
-                        stats: self.stats.clone(),
-                        gamma: gamma.contiguous()?,
-                        sums: sums.clone(),
-                        act: self.act,
-                    },
-                )
-            })
-            .transpose()?;
+        let back = (&self.stats, gamma.contiguous()?, self.act);
+        let (sums, dx) = bn_backward(&x, y, g, back, x.track_op())?;
         Ok((dx, Some(sums.get(0)?), Some(sums.get(1)?)))
     }
 }
 
+/// The BatchNorm's backward pass from its input `x`, output `y` and the
+/// output's gradient `g`, with the forward pass's statistics, scale and
+/// activation: the (2, C) sums [dγ; dβ] and, when `want_dx`, dL/dx.
+pub(crate) fn bn_backward(
+    x: &Tensor,
+    y: &Tensor,
+    g: &Tensor,
+    (stats, gamma, act): (&Tensor, Tensor, Activation),
+    want_dx: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let g = g.contiguous()?;
+    let sums = x.apply_op3_no_bwd(
+        y,
+        &g,
+        &GradSums {
+            stats: stats.clone(),
+            act,
+        },
+    )?;
+    let dx = want_dx
+        .then(|| {
+            let op = InputGrad {
+                stats: stats.clone(),
+                gamma,
+                sums: sums.clone(),
+                act,
+            };
+            x.apply_op3_no_bwd(y, &g, &op)
+        })
+        .transpose()?;
+    Ok((sums, dx))
+}
+
 /// (x, y, g) -> (2, C): dγ = Σ g'·x̂ and dβ = Σ g'.
-pub(crate) struct GradSums {
-    pub(crate) stats: Tensor,
-    pub(crate) act: Activation,
+struct GradSums {
+    stats: Tensor,
+    act: Activation,
 }
 
 impl CustomOp3 for GradSums {
@@ -406,11 +417,11 @@ impl CustomOp3 for GradSums {
 }
 
 /// (x, y, g) -> dL/dx from the statistics, the scale and [`GradSums`].
-pub(crate) struct InputGrad {
-    pub(crate) stats: Tensor,
-    pub(crate) gamma: Tensor,
-    pub(crate) sums: Tensor,
-    pub(crate) act: Activation,
+struct InputGrad {
+    stats: Tensor,
+    gamma: Tensor,
+    sums: Tensor,
+    act: Activation,
 }
 
 impl CustomOp3 for InputGrad {
@@ -490,10 +501,18 @@ pub(crate) fn batch_norm_train(
     Ok((y, stats))
 }
 
-/// `relu(a + b)` (`zero_masked`: false) or `g` where `y > 0`, else 0
-/// (`zero_masked`: true) over two contiguous operands of one length.
-pub(crate) fn relu_pair(
-    zero_masked: bool,
+/// An element-wise kernel over two contiguous operands of one length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pair {
+    /// (a, b) -> relu(a + b).
+    AddRelu,
+    /// (g, y) -> g through the activation, read off its output y.
+    ActGrad(Activation),
+}
+
+/// Runs the kernel `pair` over the operands `a` and `b`.
+pub(crate) fn pair(
+    pair: Pair,
     (sa, la): (&CudaStorage, &Layout),
     (sb, lb): (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
@@ -502,13 +521,23 @@ pub(crate) fn relu_pair(
         view(sa, la, "the first operand")?,
         view(sb, lb, "the second operand")?,
     );
-    let n = la.shape().elem_count();
+    let n = a.len();
+    if b.len() != n {
+        candle_core::bail!("fused CUDA op: operands of {n} and {} elements", b.len())
+    }
     // SAFETY: every element is written.
     let out: CudaSlice<f32> = unsafe { dev.alloc(n)? };
     let n64 = n as i64;
-    let f = func!(dev, if zero_masked { "relu_mask" } else { "add_relu" })?;
+    let (name, act) = match pair {
+        Pair::AddRelu => ("add_relu", None),
+        Pair::ActGrad(act) => ("act_grad", Some(act_code(act))),
+    };
+    let f = func!(dev, name)?;
     let mut bld = f.builder();
     bld.arg(&a).arg(&b).arg(&out).arg(&n64);
+    if let Some(act) = &act {
+        bld.arg(act);
+    }
     // SAFETY: the sizes passed match the buffers.
     unsafe { bld.launch(elementwise(n)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
@@ -596,21 +625,8 @@ impl candle_core::CustomOp2 for ActGrad {
         sy: &CudaStorage,
         ly: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dev = &sg.device;
-        let (g, y) = (view(sg, lg, "the gradient")?, view(sy, ly, "the output")?);
-        let n = g.len();
-        // SAFETY: every element is written.
-        let out: CudaSlice<f32> = unsafe { dev.alloc(n)? };
-        let (n64, act) = (n as i64, act_code(self.0));
-        let f = func!(dev, "act_grad")?;
-        let mut b = f.builder();
-        b.arg(&g).arg(&y).arg(&out).arg(&n64).arg(&act);
-        // SAFETY: the sizes passed match the buffers.
-        unsafe { b.launch(elementwise(n)) }.w()?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            lg.shape().clone(),
-        ))
+        let out = pair(Pair::ActGrad(self.0), (sg, lg), (sy, ly))?;
+        Ok((out, lg.shape().clone()))
     }
 }
 
