@@ -104,6 +104,7 @@ mod gelu;
 mod layer_norm;
 mod linear;
 pub mod math;
+pub mod nn;
 mod pool;
 pub mod simd;
 mod softmax;

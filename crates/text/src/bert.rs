@@ -11,11 +11,12 @@
 //! have a backward pass (Candle's fused `LayerNorm::forward` and
 //! `softmax_last_dim` have none). Both paths draw the same dropout masks.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::init::Init;
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use selfsup_core::{Error, Result};
 use selfsup_kernels as kernels;
+use selfsup_kernels::nn::{add_tail, fused, gelu, multi_head_attention, Dense, LayerNorm};
 use serde::{Deserialize, Serialize};
 
 /// Hugging Face's name of a BERT with both pretraining heads.
@@ -135,19 +136,6 @@ impl BertConfig {
     }
 }
 
-/// Whether `x` goes through the fused CPU ops.
-fn fused(x: &Tensor) -> bool {
-    kernels::fusion_enabled() && kernels::fused_supported(x)
-}
-
-/// The exact GELU.
-fn gelu(x: &Tensor) -> Result<Tensor> {
-    if fused(x) {
-        return Ok(kernels::gelu_erf(x)?);
-    }
-    Ok(x.gelu_erf()?)
-}
-
 /// Dropout in a training forward pass: the probability, and a seed that
 /// changes every step (each dropout site derives its own from it).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,68 +167,12 @@ fn maybe_drop(x: Tensor, drop: Option<&Dropout>, site: u64) -> Result<Tensor> {
     }
 }
 
-/// LayerNorm over the last dimension.
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if fused(x) {
-            return Ok(kernels::layer_norm(x, &self.weight, &self.bias, self.eps)?);
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
-    }
-}
-
-/// `x + b` with `b`'s shape the tail of `x`'s.
-fn add_tail(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused(x) {
-        return Ok(kernels::add_bias(x, b)?);
-    }
-    Ok(x.broadcast_add(b)?)
-}
-
-/// A linear layer `x Wᵀ + b` over the last dimension.
-struct Dense {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Dense {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !fused(x) {
-            return Ok(Linear::new(self.weight.clone(), Some(self.bias.clone())).forward(x)?);
-        }
-        Ok(kernels::linear(x, &self.weight, &self.bias)?)
-    }
-}
-
 fn linear(inp: usize, out: usize, std: f64, vb: VarBuilder) -> Result<Dense> {
-    let weight = vb.get_with_hints(
-        (out, inp),
-        "weight",
-        Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
-    )?;
-    let bias = vb.get_with_hints(out, "bias", Init::Const(0.0))?;
-    Ok(Dense { weight, bias })
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    };
+    Ok(Dense::new(inp, out, init, vb)?)
 }
 
 struct Layer {
@@ -286,38 +218,12 @@ impl Layer {
             self.key.forward(x)?,
             self.value.forward(x)?,
         );
-        let ctx = if fused(x) {
-            kernels::attention(&q, &k, &v, self.heads, Some(bias))?
-        } else {
-            self.attention(q, k, v, bias)?
-        };
+        let ctx = multi_head_attention(&q, &k, &v, self.heads, Some(bias))?;
         let a = maybe_drop(self.attn_out.forward(&ctx)?, drop, site)?;
         let x = self.attn_norm.forward(&(a + x)?)?;
         let m = self.out.forward(&gelu(&self.inter.forward(&x)?)?)?;
         let m = maybe_drop(m, drop, site + 1)?;
-        self.out_norm.forward(&(m + x)?)
-    }
-}
-
-impl Layer {
-    /// Multi-head attention from Candle ops (q, k, v: (B, T, H)).
-    fn attention(&self, q: Tensor, k: Tensor, v: Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = q.dims3()?;
-        let hd = h / self.heads;
-        let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
-            .broadcast_add(&bias.reshape((b, 1, 1, t))?)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        Ok(probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, h))?)
+        Ok(self.out_norm.forward(&(m + x)?)?)
     }
 }
 
@@ -457,7 +363,7 @@ impl BertMlm {
         let h = self
             .transform_norm
             .forward(&gelu(&self.transform.forward(hidden)?)?)?;
-        add_tail(&h.matmul(&self.word.t()?)?, &self.out_bias)
+        Ok(add_tail(&h.matmul(&self.word.t()?)?, &self.out_bias)?)
     }
 
     /// Logits (B, T, V) at every position.
@@ -492,7 +398,7 @@ impl BertMlm {
             ));
         };
         let cls = h.narrow(1, 0, 1)?.squeeze(1)?;
-        head.forward(&pooler.forward(&cls)?.tanh()?)
+        Ok(head.forward(&pooler.forward(&cls)?.tanh()?)?)
     }
 }
 
