@@ -55,10 +55,11 @@ pub fn loop_row(o: &BenchOptions, model: &str, k: Kernels, objective: &str) -> R
     cfg.fit.batch_size = batch;
     cfg.fit.patience = None;
     cfg.val_fraction = 0.0;
-    let siamese = spec.methods.get(objective)?.siamese;
+    let view = spec.methods.get(objective)?;
+    let (siamese, settings) = (view.siamese, view.pretext);
     let backbone = Arc::new(BackboneConfig::from_name(model, 3)?);
     let build = |ctx: &pretext::ObjectiveContext, vb: candle_nn::VarBuilder| {
-        crate::methods::build(objective, &siamese, ctx, vb)
+        crate::methods::build_with(objective, &siamese, &settings, ctx, vb)
     };
     let run = || {
         let data = Unlabeled {

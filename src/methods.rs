@@ -1,5 +1,5 @@
 //! The registry of pretraining methods, by name: the pretext tasks of
-//! `selfsup-pretext` (rotation, jigsaw) and the two-view methods of
+//! `selfsup-pretext` (rotation, jigsaw, mae) and the two-view methods of
 //! `selfsup-contrastive` (simclr, byol, simsiam, barlow, vicreg, moco).
 //! The spec's `[methods.<name>]` sections ([`crate::spec::MethodsSpec`])
 //! hold each one's settings; the pipeline, the bench and the command line
@@ -7,7 +7,7 @@
 
 use crate::contrastive::{self, SiameseConfig};
 use crate::core::{Error, Result};
-use crate::pretext::{self, Objective, ObjectiveContext};
+use crate::pretext::{self, Objective, ObjectiveContext, PretextSettings};
 use candle_nn::VarBuilder;
 
 /// All method names, pretext tasks first.
@@ -43,10 +43,23 @@ pub fn check(name: &str) -> Result<()> {
     }
 }
 
-/// Builds the objective `name` (two-view methods take `cfg`).
+/// Builds the objective `name` (two-view methods take `cfg`; pretext
+/// tasks get their default settings).
 pub fn build(
     name: &str,
     cfg: &SiameseConfig,
+    ctx: &ObjectiveContext,
+    vb: VarBuilder,
+) -> Result<Box<dyn Objective>> {
+    build_with(name, cfg, &PretextSettings::default(), ctx, vb)
+}
+
+/// Builds the objective `name` (two-view methods take `cfg`, pretext
+/// tasks `settings`).
+pub fn build_with(
+    name: &str,
+    cfg: &SiameseConfig,
+    settings: &PretextSettings,
     ctx: &ObjectiveContext,
     vb: VarBuilder,
 ) -> Result<Box<dyn Objective>> {
@@ -54,6 +67,6 @@ pub fn build(
     if is_two_view(name) {
         contrastive::build(name, cfg, ctx, vb)
     } else {
-        pretext::build_objective(name, ctx, vb)
+        pretext::build_objective_with(name, settings, ctx, vb)
     }
 }

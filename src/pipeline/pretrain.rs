@@ -121,9 +121,10 @@ pub fn pretrain_stage(
         serde_json::Value::Null,
     );
     let progress = ctx.progress(dir, &key, resume)?;
-    let siamese = spec.methods.get(method)?.siamese;
+    let view = spec.methods.get(method)?;
+    let (siamese, settings) = (view.siamese, view.pretext);
     let build = |octx: &pretext::ObjectiveContext, vb: candle_nn::VarBuilder| {
-        methods::build(method, &siamese, octx, vb)
+        methods::build_with(method, &siamese, &settings, octx, vb)
     };
     // kNN monitor: leave-one-out accuracy on this seed's K labeled images.
     let train = &ctx.prep.pair.train;

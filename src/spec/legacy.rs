@@ -271,6 +271,8 @@ impl Recipe {
             }
             BackboneSpec::ResNet18(r) => r.width = self.resnet_width,
             BackboneSpec::MobileNetV2(m) => m.width_multiplier = self.mobilenet_width,
+            // Legacy recipes predate the ViT: it keeps its own sizes.
+            BackboneSpec::Vit(_) => {}
         }
         e.split.unlabeled = self.unlabeled.unwrap_or(0);
         e.training.weight_decay = self.weight_decay;
@@ -462,6 +464,7 @@ fn legacy_backbone(b: &BackboneSpec) -> ((Vec<usize>, usize), usize, f64) {
         BackboneSpec::ConvNet(c) => out.0 = (c.widths.clone(), c.depth),
         BackboneSpec::ResNet18(r) => out.1 = r.width,
         BackboneSpec::MobileNetV2(m) => out.2 = m.width_multiplier,
+        BackboneSpec::Vit(_) => {}
     }
     out
 }

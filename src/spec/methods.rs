@@ -5,6 +5,7 @@
 use super::ViewAugment;
 use crate::contrastive::SiameseConfig;
 use crate::core::{Error, Result};
+use crate::pretext::{MaeConfig, PretextSettings};
 use serde::{Deserialize, Serialize};
 
 /// How long and how fast one method pretrains.
@@ -69,6 +70,62 @@ impl Default for JigsawSettings {
             batch: 64,
             lr: 1e-3,
             patience: 2,
+        }
+    }
+}
+
+/// `[methods.mae]`: masked autoencoding on the ViT — the encoder sees a
+/// random quarter of each image's patches and a light decoder
+/// reconstructs the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaeSettings {
+    /// Maximum epochs (early stopping may end sooner).
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Epochs without a lower held-out loss before stopping.
+    pub patience: usize,
+    /// Share of each image's patches hidden from the encoder.
+    pub mask_ratio: f64,
+    /// Decoder token width (a multiple of 4 and of `decoder_heads`).
+    pub decoder_dim: usize,
+    /// Decoder transformer blocks.
+    pub decoder_depth: usize,
+    /// Decoder attention heads.
+    pub decoder_heads: usize,
+    /// Reconstruct pixels normalised per patch (MAE's default).
+    pub norm_pix_loss: bool,
+}
+
+impl Default for MaeSettings {
+    fn default() -> Self {
+        let c = MaeConfig::default();
+        Self {
+            epochs: 10,
+            batch: 128,
+            lr: 1e-3,
+            patience: 3,
+            mask_ratio: c.mask_ratio,
+            decoder_dim: c.decoder_dim,
+            decoder_depth: c.decoder_depth,
+            decoder_heads: c.decoder_heads,
+            norm_pix_loss: c.norm_pix_loss,
+        }
+    }
+}
+
+impl MaeSettings {
+    /// The objective's settings.
+    pub fn config(&self) -> MaeConfig {
+        MaeConfig {
+            mask_ratio: self.mask_ratio,
+            decoder_dim: self.decoder_dim,
+            decoder_depth: self.decoder_depth,
+            decoder_heads: self.decoder_heads,
+            norm_pix_loss: self.norm_pix_loss,
         }
     }
 }
@@ -263,6 +320,8 @@ pub struct MethodsSpec {
     pub rotation: RotationSettings,
     /// `jigsaw`.
     pub jigsaw: JigsawSettings,
+    /// `mae`.
+    pub mae: MaeSettings,
     /// `simclr`.
     pub simclr: SimclrSettings,
     /// `byol`.
@@ -286,6 +345,9 @@ pub struct MethodView<'a> {
     /// The two-view settings (the defaults for a pretext task, which reads
     /// none of them).
     pub siamese: SiameseConfig,
+    /// The pretext tasks' settings (the defaults for a two-view method,
+    /// which reads none of them).
+    pub pretext: PretextSettings,
 }
 
 impl MethodsSpec {
@@ -295,6 +357,7 @@ impl MethodsSpec {
             schedule,
             view_augment: Some(view),
             siamese,
+            pretext: PretextSettings::default(),
         };
         Ok(match method {
             "rotation" => MethodView {
@@ -306,6 +369,7 @@ impl MethodsSpec {
                 },
                 view_augment: None,
                 siamese: SiameseConfig::default(),
+                pretext: PretextSettings::default(),
             },
             "jigsaw" => MethodView {
                 schedule: Schedule {
@@ -316,6 +380,20 @@ impl MethodsSpec {
                 },
                 view_augment: None,
                 siamese: SiameseConfig::default(),
+                pretext: PretextSettings::default(),
+            },
+            "mae" => MethodView {
+                schedule: Schedule {
+                    epochs: self.mae.epochs,
+                    batch: self.mae.batch,
+                    lr: self.mae.lr,
+                    patience: self.mae.patience,
+                },
+                view_augment: None,
+                siamese: SiameseConfig::default(),
+                pretext: PretextSettings {
+                    mae: self.mae.config(),
+                },
             },
             "simclr" => two(
                 self.simclr.schedule(),

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [data]       # which images: dataset, class selection, truncation
-//! [backbone]   # name = "convnet" | "resnet18" | "mobilenetv2", and its sizes
+//! [backbone]   # name = "convnet" | "resnet18" | "mobilenetv2" | "vit", and its sizes
 //! [split]      # labels per class, seeds, the unlabeled pool
 //! [training]   # weight decay, crop/flip augmentation, inference batch
 //! [pretrain]   # which methods, held-out split, kNN monitor
@@ -119,6 +119,9 @@ pub enum BackboneSpec {
     /// MobileNetV2.
     #[serde(rename = "mobilenetv2")]
     MobileNetV2(MobileNetSpec),
+    /// A small Vision Transformer.
+    #[serde(rename = "vit")]
+    Vit(VitSpec),
 }
 
 impl Default for BackboneSpec {
@@ -134,6 +137,7 @@ impl BackboneSpec {
             "convnet" => Self::ConvNet(ConvNetSpec::default()),
             "resnet18" => Self::ResNet18(ResNetSpec::default()),
             "mobilenetv2" => Self::MobileNetV2(MobileNetSpec::default()),
+            "vit" => Self::Vit(VitSpec::default()),
             other => {
                 return Err(Error::invalid(
                     "backbone.name",
@@ -165,15 +169,30 @@ impl BackboneSpec {
             } => Self::MobileNetV2(MobileNetSpec {
                 width_multiplier: *width_multiplier,
             }),
+            B::Vit {
+                patch_size,
+                dim,
+                depth,
+                heads,
+                mlp_ratio,
+                ..
+            } => Self::Vit(VitSpec {
+                patch: *patch_size,
+                dim: *dim,
+                depth: *depth,
+                heads: *heads,
+                mlp_ratio: *mlp_ratio,
+            }),
         }
     }
 
-    /// Its name (`convnet`, `resnet18`, `mobilenetv2`).
+    /// Its name (`convnet`, `resnet18`, `mobilenetv2`, `vit`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::ConvNet(_) => "convnet",
             Self::ResNet18(_) => "resnet18",
             Self::MobileNetV2(_) => "mobilenetv2",
+            Self::Vit(_) => "vit",
         }
     }
 }
@@ -223,6 +242,34 @@ impl Default for MobileNetSpec {
     fn default() -> Self {
         Self {
             width_multiplier: 1.0,
+        }
+    }
+}
+
+/// Vision Transformer sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VitSpec {
+    /// Patch side in pixels.
+    pub patch: usize,
+    /// Token width (a multiple of 4 and of `heads`).
+    pub dim: usize,
+    /// Transformer blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP hidden units per token width.
+    pub mlp_ratio: f64,
+}
+
+impl Default for VitSpec {
+    fn default() -> Self {
+        match crate::backbones::BackboneConfig::from_name("vit", 1) {
+            Ok(c) => match BackboneSpec::from_config(&c) {
+                BackboneSpec::Vit(v) => v,
+                _ => unreachable!("the vit configuration is a vit"),
+            },
+            Err(e) => unreachable!("vit is a backbone name: {e}"),
         }
     }
 }

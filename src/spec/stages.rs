@@ -26,6 +26,14 @@ impl BackboneSpec {
                 in_channels,
                 width_multiplier: m.width_multiplier,
             },
+            Self::Vit(v) => BackboneConfig::Vit {
+                in_channels,
+                patch_size: v.patch,
+                dim: v.dim,
+                depth: v.depth,
+                heads: v.heads,
+                mlp_ratio: v.mlp_ratio,
+            },
         }
     }
 }

@@ -106,6 +106,26 @@ impl Experiment {
             }
             at_least_one("backbone.depth", c.depth)?;
         }
+        if let super::BackboneSpec::Vit(v) = &self.backbone {
+            at_least_one("backbone.patch", v.patch)?;
+            at_least_one("backbone.depth", v.depth)?;
+            at_least_one("backbone.heads", v.heads)?;
+            if v.dim == 0 || v.dim % 4 != 0 || v.dim % v.heads != 0 {
+                return Err(Error::invalid(
+                    "backbone.dim",
+                    format!(
+                        "{}: the token width must be a positive multiple of 4 and of backbone.heads ({})",
+                        v.dim, v.heads
+                    ),
+                ));
+            }
+            if !(v.mlp_ratio > 0.0 && v.mlp_ratio.is_finite()) {
+                return Err(Error::invalid(
+                    "backbone.mlp_ratio",
+                    "must be a positive number",
+                ));
+            }
+        }
         at_least_one("training.eval_batch", self.training.eval_batch)
     }
 
@@ -118,6 +138,19 @@ impl Experiment {
             at_least_one(&format!("methods.{m}.epochs"), view.schedule.epochs)?;
             at_least_one(&format!("methods.{m}.batch"), view.schedule.batch)?;
             positive(&format!("methods.{m}.lr"), view.schedule.lr)?;
+        }
+        if self.pretrain.methods.iter().any(|m| m == "mae") {
+            self.methods.mae.config().validate()?;
+            if !matches!(self.backbone, super::BackboneSpec::Vit(_)) {
+                return Err(Error::invalid(
+                    "pretrain.methods",
+                    format!(
+                        "mae reconstructs ViT patches and needs backbone.name = \"vit\" \
+                         (--backbone vit), not {:?}; convolutional backbones have inpaint",
+                        self.backbone.name()
+                    ),
+                ));
+            }
         }
         // Every section's augmentation names a real one, run or not.
         for m in crate::methods::names() {

@@ -11,11 +11,14 @@
 //! - [`MobileNetV2`]: inverted residuals with depthwise convolutions and a
 //!   width multiplier, CIFAR strides (stride 1 stem, first downsampling in
 //!   the 32-channel stage).
+//! - [`Vit`]: a small Vision Transformer (patch embedding, fixed sine-cosine
+//!   positions, pre-LayerNorm blocks, mean-pooled tokens); the backbone of
+//!   masked autoencoding, and trainable by every other method too.
 //!
 //! Every convolution goes through [`selfsup_kernels`], so the backbones train
 //! with its fast gradients and depthwise kernel unless `--kernels stock`.
 //!
-//! BatchNorm uses batch statistics and updates its running averages when
+//! In the convolutional networks, BatchNorm uses batch statistics and updates its running averages when
 //! `train` is true, and the running averages when it is false. Inputs may have
 //! 1 or 3 channels (any count, in fact) and any square size of at least 8.
 //! Parameter names are stable (`stem.conv.weight`, `layer1.0.bn1.bias`, ...)
@@ -37,10 +40,12 @@ mod convnet;
 mod layers;
 mod mobilenet;
 mod resnet;
+mod vit;
 
 pub use convnet::ConvNet;
 pub use mobilenet::MobileNetV2;
 pub use resnet::ResNet18;
+pub use vit::{sincos_2d, Block, Vit, LN_EPS as VIT_LN_EPS};
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -57,6 +62,11 @@ pub trait Backbone: Send + Sync {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     /// D, the feature dimension.
     fn feature_dim(&self) -> usize;
+    /// The network as a [`Vit`], for objectives that need its tokens
+    /// (masked autoencoding); `None` for every other backbone.
+    fn as_vit(&self) -> Option<&Vit> {
+        None
+    }
 }
 
 /// Anything that builds an encoder under a `VarBuilder`: the built-in
@@ -65,11 +75,29 @@ pub trait Backbone: Send + Sync {
 pub trait BuildBackbone: Send + Sync {
     /// A fresh encoder whose variables live under `vb`.
     fn build_backbone(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>>;
+    /// The patch side when the encoder is a [`Vit`] (objectives that
+    /// reconstruct patches size their heads with it); `None` otherwise.
+    fn vit_patch_size(&self) -> Option<usize> {
+        None
+    }
+    /// The backbone's short name, for error messages.
+    fn backbone_name(&self) -> &str {
+        "custom"
+    }
 }
 
 impl BuildBackbone for BackboneConfig {
     fn build_backbone(&self, vb: VarBuilder) -> Result<Box<dyn Backbone>> {
         self.build(vb)
+    }
+    fn vit_patch_size(&self) -> Option<usize> {
+        match self {
+            Self::Vit { patch_size, .. } => Some(*patch_size),
+            _ => None,
+        }
+    }
+    fn backbone_name(&self) -> &str {
+        self.name()
     }
 }
 
@@ -103,10 +131,25 @@ pub enum BackboneConfig {
         /// Scales every layer's channels (1.0 is the standard network).
         width_multiplier: f64,
     },
+    /// See [`Vit`].
+    Vit {
+        /// Input channels.
+        in_channels: usize,
+        /// Patch side in pixels.
+        patch_size: usize,
+        /// Token width (a multiple of 4 and of `heads`).
+        dim: usize,
+        /// Transformer blocks.
+        depth: usize,
+        /// Attention heads.
+        heads: usize,
+        /// MLP hidden units per token width.
+        mlp_ratio: f64,
+    },
 }
 
 /// Backbone names accepted by [`BackboneConfig::from_name`].
-pub const NAMES: [&str; 3] = ["convnet", "resnet18", "mobilenetv2"];
+pub const NAMES: [&str; 4] = ["convnet", "resnet18", "mobilenetv2", "vit"];
 
 impl BackboneConfig {
     /// The default configuration of a named backbone.
@@ -125,6 +168,14 @@ impl BackboneConfig {
                 in_channels,
                 width_multiplier: 1.0,
             }),
+            "vit" => Ok(Self::Vit {
+                in_channels,
+                patch_size: 4,
+                dim: 128,
+                depth: 4,
+                heads: 4,
+                mlp_ratio: 4.0,
+            }),
             other => Err(Error::invalid(
                 "--backbone",
                 format!(
@@ -135,12 +186,13 @@ impl BackboneConfig {
         }
     }
 
-    /// Short name (`convnet`, `resnet18`, `mobilenetv2`).
+    /// Short name (`convnet`, `resnet18`, `mobilenetv2`, `vit`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::ConvNet { .. } => "convnet",
             Self::ResNet18 { .. } => "resnet18",
             Self::MobileNetV2 { .. } => "mobilenetv2",
+            Self::Vit { .. } => "vit",
         }
     }
 
@@ -149,7 +201,8 @@ impl BackboneConfig {
         match self {
             Self::ConvNet { in_channels, .. }
             | Self::ResNet18 { in_channels, .. }
-            | Self::MobileNetV2 { in_channels, .. } => *in_channels,
+            | Self::MobileNetV2 { in_channels, .. }
+            | Self::Vit { in_channels, .. } => *in_channels,
         }
     }
 
@@ -176,6 +229,22 @@ impl BackboneConfig {
             } => Ok(Box::new(MobileNetV2::new(
                 *in_channels,
                 *width_multiplier,
+                vb,
+            )?)),
+            Self::Vit {
+                in_channels,
+                patch_size,
+                dim,
+                depth,
+                heads,
+                mlp_ratio,
+            } => Ok(Box::new(Vit::new(
+                *in_channels,
+                *patch_size,
+                *dim,
+                *depth,
+                *heads,
+                *mlp_ratio,
                 vb,
             )?)),
         }
@@ -211,6 +280,14 @@ mod tests {
             BackboneConfig::MobileNetV2 {
                 in_channels: c,
                 width_multiplier: 0.25,
+            },
+            BackboneConfig::Vit {
+                in_channels: c,
+                patch_size: 4,
+                dim: 8,
+                depth: 2,
+                heads: 2,
+                mlp_ratio: 2.0,
             },
         ]
     }

@@ -8,6 +8,8 @@
 //! [`Jigsaw`] (Noroozi & Favaro, 2016): tiles of a grid over the image are
 //! shown in one of a fixed set of orders, and a linear head on the tiles'
 //! concatenated features predicts which order ([`jigsaw`]).
+//! [`Mae`] (He et al., 2021): a ViT encoder sees a quarter of an image's
+//! patches and a light decoder reconstructs the rest ([`mae`]).
 //!
 //! ```
 //! use selfsup_pretext::rotation_batch;
@@ -25,7 +27,9 @@ use selfsup_data::{batch, Dataset};
 use std::sync::Arc;
 
 pub mod jigsaw;
+pub mod mae;
 pub use jigsaw::Jigsaw;
+pub use mae::{Mae, MaeConfig};
 
 pub use selfsup_objective::{
     classification_loss, evaluate_objective, pretrain_with, Hooks, Monitor, Objective,
@@ -33,17 +37,36 @@ pub use selfsup_objective::{
 };
 
 /// Pretext names accepted by [`build_objective`].
-pub const NAMES: [&str; 2] = ["rotation", "jigsaw"];
+pub const NAMES: [&str; 3] = ["rotation", "jigsaw", "mae"];
 
-/// Builds a named objective for the run `ctx` (its head reads the
-/// backbone's `ctx.feature_dim` features; jigsaw's puzzles are sized for
-/// `ctx.image_shape`).
+/// The settings of the pretext tasks that have any beyond their schedule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PretextSettings {
+    /// Masked autoencoding.
+    pub mae: MaeConfig,
+}
+
+/// Builds a named objective for the run `ctx` with default settings (see
+/// [`build_objective_with`]).
 pub fn build_objective(
     name: &str,
     ctx: &ObjectiveContext,
     vb: VarBuilder,
 ) -> Result<Box<dyn Objective>> {
+    build_objective_with(name, &PretextSettings::default(), ctx, vb)
+}
+
+/// Builds a named objective for the run `ctx` (its head reads the
+/// backbone's `ctx.feature_dim` features; jigsaw's puzzles are sized for
+/// `ctx.image_shape`; mae needs a ViT backbone).
+pub fn build_objective_with(
+    name: &str,
+    settings: &PretextSettings,
+    ctx: &ObjectiveContext,
+    vb: VarBuilder,
+) -> Result<Box<dyn Objective>> {
     match name {
+        "mae" => Ok(Box::new(Mae::new(settings.mae.clone(), ctx, vb)?)),
         "rotation" => Ok(Box::new(Rotation::new(ctx.feature_dim, vb)?)),
         "jigsaw" => Ok(Box::new(Jigsaw::new(
             ctx.feature_dim,
