@@ -157,3 +157,81 @@ pub fn embedding_figure(
         (x_axis, y_axis),
     )
 }
+
+/// Test images shown in a reconstruction figure.
+const RECONSTRUCTED: usize = 8;
+
+/// For a method that reconstructs pixels (mae, inpaint): the first test
+/// images as the encoder saw them, reconstructed and original, one row
+/// each, from the pretrained encoder and head in `checkpoint`. `Ok(false)`
+/// (nothing written) for every other method.
+pub fn reconstruction_figure(
+    ctx: &Stage,
+    method: &str,
+    (checkpoint, seed): (&Path, u64),
+    path: &Path,
+) -> Result<bool> {
+    if !crate::pretext::RECONSTRUCTS.contains(&method) {
+        return Ok(false);
+    }
+    let enc = crate::backbones::checkpoint::load(checkpoint, seed, ctx.device)?;
+    let view = ctx.spec.methods.get(method)?;
+    let test = &ctx.prep.pair.test;
+    let octx = crate::pretext::ObjectiveContext {
+        backbone: std::sync::Arc::new(enc.config.backbone.clone()),
+        feature_dim: enc.backbone.feature_dim(),
+        online: enc.map.clone(),
+        seed,
+        device: ctx.device.clone(),
+        image_shape: test.image_shape(),
+    };
+    let vb = crate::core::params::seeded_var_builder(&enc.map, seed, ctx.device);
+    let head = crate::backbones::checkpoint::HEAD_PREFIX;
+    let objective =
+        crate::methods::build_with(method, &view.siamese, &view.pretext, &octx, vb.pp(head))?;
+    let weights = checkpoint.join(crate::core::checkpoint::WEIGHTS_FILE);
+    crate::core::checkpoint::load_into(&enc.map, &weights, head, true)?;
+    let n = test.len().min(RECONSTRUCTED);
+    let idx: Vec<usize> = (0..n).collect();
+    let x = crate::data::batch::to_tensor(
+        &test.pixels_of(&idx),
+        test.image_shape(),
+        &ctx.prep.norm,
+        ctx.device,
+    )?;
+    let Some(rows) = objective.reconstruction(enc.backbone.as_ref(), &x, seed)? else {
+        return Ok(false);
+    };
+    let labels = ["encoder input", "reconstruction", "original"];
+    let mut grid = Vec::with_capacity(3);
+    let mut shape = (0, 0, 0);
+    for (label, t) in labels.iter().zip(&rows) {
+        let (_, c, h, w) = t.dims4()?;
+        shape = (c, h, w);
+        grid.push(crate::plot::ImageRow {
+            label: label.to_string(),
+            images: to_bytes(t, &ctx.prep.norm)?,
+        });
+    }
+    let title = format!("{method}: test images (masked patches shown at the mean)");
+    crate::plot::image_grid_png(path, &title, &grid, shape, 4)?;
+    Ok(true)
+}
+
+/// Normalised images (B, C, H, W) back to bytes, clamped to 0..=255.
+fn to_bytes(t: &candle_core::Tensor, norm: &crate::core::Normalization) -> Result<Vec<Vec<u8>>> {
+    let (b, c, h, w) = t.dims4()?;
+    let v: Vec<f32> = finetune::to_cpu_f32(t)?.flatten_all()?.to_vec1()?;
+    let plane = h * w;
+    Ok((0..b)
+        .map(|i| {
+            (0..c * plane)
+                .map(|k| {
+                    let ch = k / plane;
+                    let px = v[i * c * plane + k] * norm.std[ch] + norm.mean[ch];
+                    (px * 255.0).round().clamp(0.0, 255.0) as u8
+                })
+                .collect()
+        })
+        .collect())
+}

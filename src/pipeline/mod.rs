@@ -37,7 +37,7 @@ pub use context::{progress_dir, Stage};
 pub use data::{
     load_dataset, prepare, pretrain_pool, select_classes, unlabeled_pool, AllClasses, Prepared,
 };
-pub use figures::{embedding_figure, loss_figure, Projection};
+pub use figures::{embedding_figure, loss_figure, reconstruction_figure, Projection};
 pub use frozen::{frozen_protocols, FrozenFeatures};
 pub use pretrain::{pretrain_stage, Excluded, PretrainMetrics, PretrainOutcome, METRICS_FILE};
 pub use protocol::{protocol, protocols, Cell, Protocol};
@@ -228,6 +228,14 @@ fn method_figures(
         kind: "embedding".into(),
         path: rel,
     });
+    let (rel, path) = layout.figure(method, "reconstruction");
+    if reconstruction_figure(ctx, method, (&layout.pretrain(seed, method), seed), &path)? {
+        log.figures.push(Figure {
+            method: method.to_string(),
+            kind: "reconstruction".into(),
+            path: rel,
+        });
+    }
     Ok(())
 }
 

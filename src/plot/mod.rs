@@ -5,10 +5,12 @@
 //! The figures a run writes: loss and learning-rate curves
 //! ([`panels_png`]), a 2-D embedding coloured and labelled by class
 //! ([`scatter_png`], projected by [`pca2`] or [`tsne2`]), ROC curves
-//! ([`line_png`]) and stacked score histograms ([`histograms_png`]).
+//! ([`line_png`]), stacked score histograms ([`histograms_png`]) and
+//! reconstruction grids ([`image_grid_png`]).
 
 mod canvas;
 mod hist;
+mod images;
 mod lines;
 mod pca;
 mod scatter;
@@ -17,6 +19,7 @@ mod tests;
 mod tsne;
 
 pub use hist::{histograms_png, Histogram, BAND_H, BINS};
+pub use images::{image_grid_png, ImageRow};
 pub use lines::{line_png, panels_png, Panel, Series};
 pub use pca::pca2;
 pub use scatter::scatter_png;

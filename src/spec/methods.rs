@@ -5,7 +5,7 @@
 use super::ViewAugment;
 use crate::contrastive::SiameseConfig;
 use crate::core::{Error, Result};
-use crate::pretext::{MaeConfig, PretextSettings};
+use crate::pretext::{InpaintConfig, MaeConfig, PretextSettings};
 use serde::{Deserialize, Serialize};
 
 /// How long and how fast one method pretrains.
@@ -126,6 +126,50 @@ impl MaeSettings {
             decoder_depth: self.decoder_depth,
             decoder_heads: self.decoder_heads,
             norm_pix_loss: self.norm_pix_loss,
+        }
+    }
+}
+
+/// `[methods.inpaint]`: masked-patch inpainting for convolutional
+/// backbones — patches of each input are blanked out and a light head on
+/// the last feature map predicts their pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InpaintSettings {
+    /// Maximum epochs (early stopping may end sooner).
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Epochs without a lower held-out loss before stopping.
+    pub patience: usize,
+    /// Side of the square mask patches, in pixels.
+    pub mask_patch: usize,
+    /// Share of each image's patches masked.
+    pub mask_ratio: f64,
+}
+
+impl Default for InpaintSettings {
+    fn default() -> Self {
+        let c = InpaintConfig::default();
+        Self {
+            epochs: 5,
+            batch: 64,
+            lr: 1e-3,
+            patience: 2,
+            mask_patch: c.mask_patch,
+            mask_ratio: c.mask_ratio,
+        }
+    }
+}
+
+impl InpaintSettings {
+    /// The objective's settings.
+    pub fn config(&self) -> InpaintConfig {
+        InpaintConfig {
+            mask_patch: self.mask_patch,
+            mask_ratio: self.mask_ratio,
         }
     }
 }
@@ -322,6 +366,8 @@ pub struct MethodsSpec {
     pub jigsaw: JigsawSettings,
     /// `mae`.
     pub mae: MaeSettings,
+    /// `inpaint`.
+    pub inpaint: InpaintSettings,
     /// `simclr`.
     pub simclr: SimclrSettings,
     /// `byol`.
@@ -393,6 +439,21 @@ impl MethodsSpec {
                 siamese: SiameseConfig::default(),
                 pretext: PretextSettings {
                     mae: self.mae.config(),
+                    ..PretextSettings::default()
+                },
+            },
+            "inpaint" => MethodView {
+                schedule: Schedule {
+                    epochs: self.inpaint.epochs,
+                    batch: self.inpaint.batch,
+                    lr: self.inpaint.lr,
+                    patience: self.inpaint.patience,
+                },
+                view_augment: None,
+                siamese: SiameseConfig::default(),
+                pretext: PretextSettings {
+                    inpaint: self.inpaint.config(),
+                    ..PretextSettings::default()
                 },
             },
             "simclr" => two(

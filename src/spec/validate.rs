@@ -139,9 +139,20 @@ impl Experiment {
             at_least_one(&format!("methods.{m}.batch"), view.schedule.batch)?;
             positive(&format!("methods.{m}.lr"), view.schedule.lr)?;
         }
+        let vit = matches!(self.backbone, super::BackboneSpec::Vit(_));
+        if self.pretrain.methods.iter().any(|m| m == "inpaint") {
+            self.methods.inpaint.config().validate()?;
+            if vit {
+                return Err(Error::invalid(
+                    "pretrain.methods",
+                    "inpaint predicts pixels from a convolutional feature map; \
+                     for backbone.name = \"vit\" use mae",
+                ));
+            }
+        }
         if self.pretrain.methods.iter().any(|m| m == "mae") {
             self.methods.mae.config().validate()?;
-            if !matches!(self.backbone, super::BackboneSpec::Vit(_)) {
+            if !vit {
                 return Err(Error::invalid(
                     "pretrain.methods",
                     format!(

@@ -53,21 +53,37 @@ impl ConvNet {
     }
 }
 
-impl Backbone for ConvNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl ConvNet {
+    /// Every stage's output (before the max-pool that follows it).
+    fn stage_maps(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
         check_input(x, self.in_channels)?;
         let mut h = x.clone();
-        let mut pooled = Vec::with_capacity(self.stages.len());
+        let mut maps = Vec::with_capacity(self.stages.len());
         for (i, layers) in self.stages.iter().enumerate() {
+            if i > 0 && h.dim(2)? >= 2 {
+                h = max_pool2(&h)?;
+            }
             for l in layers {
                 h = l.forward(&h, train, Activation::Relu)?;
             }
-            pooled.push(global_avg_pool(&h)?);
-            if i + 1 < self.stages.len() && h.dim(2)? >= 2 {
-                h = max_pool2(&h)?;
-            }
+            maps.push(h.clone());
         }
+        Ok(maps)
+    }
+}
+
+impl Backbone for ConvNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let pooled = self
+            .stage_maps(x, train)?
+            .iter()
+            .map(global_avg_pool)
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&pooled, 1)?)
+    }
+
+    fn feature_map(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        Ok(self.stage_maps(x, train)?.pop())
     }
 
     fn feature_dim(&self) -> usize {

@@ -62,6 +62,11 @@ pub trait Backbone: Send + Sync {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     /// D, the feature dimension.
     fn feature_dim(&self) -> usize;
+    /// The last stage's feature map (B, C', h, w) before pooling, for dense
+    /// pretext tasks (inpainting); `None` for a backbone without one.
+    fn feature_map(&self, _x: &Tensor, _train: bool) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// The network as a [`Vit`], for objectives that need its tokens
     /// (masked autoencoding); `None` for every other backbone.
     fn as_vit(&self) -> Option<&Vit> {

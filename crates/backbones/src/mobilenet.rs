@@ -138,14 +138,25 @@ impl MobileNetV2 {
     }
 }
 
-impl Backbone for MobileNetV2 {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl MobileNetV2 {
+    /// The last 1x1 convolution's output, before pooling.
+    fn last_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.in_channels)?;
         let mut h = self.stem.forward(x, train, Activation::Relu6)?;
         for b in &self.blocks {
             h = b.forward(&h, train)?;
         }
-        global_avg_pool(&self.last.forward(&h, train, Activation::Relu6)?)
+        self.last.forward(&h, train, Activation::Relu6)
+    }
+}
+
+impl Backbone for MobileNetV2 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        global_avg_pool(&self.last_map(x, train)?)
+    }
+
+    fn feature_map(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        self.last_map(x, train).map(Some)
     }
 
     fn feature_dim(&self) -> usize {

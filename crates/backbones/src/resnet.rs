@@ -90,14 +90,25 @@ impl ResNet18 {
     }
 }
 
-impl Backbone for ResNet18 {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl ResNet18 {
+    /// The last stage's output (B, 8·width, H/8, W/8), before pooling.
+    fn last_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.in_channels)?;
         let mut h = self.stem.forward(x, train, Activation::Relu)?;
         for b in &self.blocks {
             h = b.forward(&h, train)?;
         }
-        global_avg_pool(&h)
+        Ok(h)
+    }
+}
+
+impl Backbone for ResNet18 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        global_avg_pool(&self.last_map(x, train)?)
+    }
+
+    fn feature_map(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        self.last_map(x, train).map(Some)
     }
 
     fn feature_dim(&self) -> usize {

@@ -55,6 +55,19 @@ pub trait Objective: Send + Sync {
     fn restore_state(&self, _saved: &HashMap<String, Tensor>) -> Result<()> {
         Ok(())
     }
+    /// For objectives that reconstruct pixels: the input as the encoder saw
+    /// it, the reconstruction and the original, each (B, C, H', W') in the
+    /// normalised input space, of images `x` (normalised), masks drawn under
+    /// `seed` — what the run's reconstruction figure shows. `None` for
+    /// every other objective.
+    fn reconstruction(
+        &self,
+        _backbone: &dyn Backbone,
+        _x: &Tensor,
+        _seed: u64,
+    ) -> Result<Option<[Tensor; 3]>> {
+        Ok(None)
+    }
     /// Loss, pretext accuracy, and the number of images the backbone saw,
     /// for contiguous `u8` images of `shape`.
     fn loss(

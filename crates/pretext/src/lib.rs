@@ -10,6 +10,9 @@
 //! concatenated features predicts which order ([`jigsaw`]).
 //! [`Mae`] (He et al., 2021): a ViT encoder sees a quarter of an image's
 //! patches and a light decoder reconstructs the rest ([`mae`]).
+//! [`Inpaint`] (after Xie et al., 2022, "SimMIM"): a convolutional
+//! encoder sees images with patches blanked out and a per-position linear
+//! head predicts their pixels ([`inpaint`]).
 //!
 //! ```
 //! use selfsup_pretext::rotation_batch;
@@ -26,8 +29,10 @@ use selfsup_core::{Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use std::sync::Arc;
 
+pub mod inpaint;
 pub mod jigsaw;
 pub mod mae;
+pub use inpaint::{Inpaint, InpaintConfig};
 pub use jigsaw::Jigsaw;
 pub use mae::{Mae, MaeConfig};
 
@@ -37,13 +42,19 @@ pub use selfsup_objective::{
 };
 
 /// Pretext names accepted by [`build_objective`].
-pub const NAMES: [&str; 3] = ["rotation", "jigsaw", "mae"];
+pub const NAMES: [&str; 4] = ["rotation", "jigsaw", "mae", "inpaint"];
+
+/// The pretext tasks that reconstruct pixels (their objectives answer
+/// [`Objective::reconstruction`], and runs draw a reconstruction figure).
+pub const RECONSTRUCTS: [&str; 2] = ["mae", "inpaint"];
 
 /// The settings of the pretext tasks that have any beyond their schedule.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PretextSettings {
     /// Masked autoencoding.
     pub mae: MaeConfig,
+    /// Masked-patch inpainting.
+    pub inpaint: InpaintConfig,
 }
 
 /// Builds a named objective for the run `ctx` with default settings (see
@@ -67,6 +78,11 @@ pub fn build_objective_with(
 ) -> Result<Box<dyn Objective>> {
     match name {
         "mae" => Ok(Box::new(Mae::new(settings.mae.clone(), ctx, vb)?)),
+        "inpaint" => Ok(Box::new(Inpaint::for_context(
+            settings.inpaint.clone(),
+            ctx,
+            vb,
+        )?)),
         "rotation" => Ok(Box::new(Rotation::new(ctx.feature_dim, vb)?)),
         "jigsaw" => Ok(Box::new(Jigsaw::new(
             ctx.feature_dim,

@@ -327,7 +327,7 @@ fn better_than_mean(pred: &Tensor, target: &Tensor, masked: &Tensor) -> Result<f
 
 /// FNV-1a of a batch's bytes: held-out batches get the same masks every
 /// epoch, so their loss is comparable from epoch to epoch.
-fn content_hash(pixels: &[u8]) -> u64 {
+pub(crate) fn content_hash(pixels: &[u8]) -> u64 {
     pixels.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -339,6 +339,14 @@ impl Objective for Mae {
     }
     fn head_outputs(&self) -> usize {
         self.pred.bias.dim(0).unwrap_or(0)
+    }
+    fn reconstruction(
+        &self,
+        backbone: &dyn Backbone,
+        x: &Tensor,
+        seed: u64,
+    ) -> Result<Option<[Tensor; 3]>> {
+        self.figure_rows(backbone, x, seed).map(Some)
     }
     fn loss(
         &self,
