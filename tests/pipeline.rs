@@ -427,7 +427,7 @@ fn every_two_view_method_runs_and_leaves_figures() {
     let out = dir.path().join("run");
     let mut o = options("fashion-mnist", &out);
     o.pretext = [
-        "rotation", "jigsaw", "simclr", "byol", "simsiam", "barlow", "vicreg", "moco",
+        "rotation", "jigsaw", "inpaint", "simclr", "byol", "simsiam", "barlow", "vicreg", "moco",
     ]
     .map(String::from)
     .to_vec();
@@ -471,6 +471,12 @@ fn every_two_view_method_runs_and_leaves_figures() {
         let steps = cfg["metrics"]["step_loss"].as_array().unwrap();
         assert!(!steps.is_empty(), "{m}: per-step losses recorded");
     }
+    let figures: Vec<&str> = field_values(&json["figures"], "path");
+    assert!(figures.contains(&"figures/inpaint-reconstruction.png"));
+    assert!(
+        !figures.contains(&"figures/rotation-reconstruction.png"),
+        "only pixel-reconstructing methods draw one"
+    );
     let methods: Vec<&str> = field_values(&json["results"], "method");
     assert!(methods.contains(&"simclr") && methods.contains(&"moco"));
     // Two-view checkpoints carry the projection head (proj_dim outputs).
@@ -816,4 +822,82 @@ fn resume_reuses_a_matching_pretraining_and_refuses_another() {
     assert!(out
         .join("seed0/k2/rotation-fixmatch/model.safetensors")
         .is_file());
+}
+
+#[test]
+fn the_vit_trains_under_mae_rotation_and_simclr_and_every_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = options("fashion-mnist", &out);
+    o.backbone = "vit".into();
+    o.pretext = ["mae", "rotation", "simclr"].map(String::from).to_vec();
+    o.max_train = Some(200);
+    o.recipe.unlabeled = Some(64);
+    o.recipe.lpft = true;
+    o.recipe.contrastive_epochs = 1;
+    o.recipe.contrastive_batch = 16;
+    o.recipe.siamese.proj_hidden = 16;
+    o.recipe.siamese.proj_dim = 8;
+    o.recipe.distill_epochs = 1;
+    o.recipe.distill_batch = 32;
+    o.recipe.fixmatch_epochs = 1;
+    o.recipe.fixmatch_batch = 32;
+    o.recipe.fixmatch_labeled_batch = 8;
+    let mut spec = o.spec().unwrap();
+    spec.backbone = BackboneSpec::Vit(selfsup::spec::VitSpec {
+        patch: 7,
+        dim: 16,
+        depth: 1,
+        heads: 2,
+        mlp_ratio: 2.0,
+    });
+    spec.methods.mae.epochs = 1;
+    spec.methods.mae.batch = 32;
+    spec.methods.mae.decoder_dim = 8;
+    spec.methods.mae.decoder_depth = 1;
+    spec.methods.mae.decoder_heads = 2;
+    let report = selfsup::pipeline::run(&PipelineOptions {
+        spec: spec.clone(),
+        out: out.clone(),
+        device: Device::Cpu,
+        quiet: true,
+        resume: false,
+        reuse_pretraining: false,
+        checkpoint_every: 1,
+        force: false,
+        embedding: Projection::Pca,
+    })
+    .unwrap();
+    let protocols = ["finetune", "lpft", "distill", "fixmatch", "linear", "knn"];
+    for m in ["scratch", "mae", "rotation", "simclr"] {
+        for p in protocols {
+            let r = report
+                .results
+                .iter()
+                .find(|r| r.method == m && r.protocol == p)
+                .unwrap_or_else(|| panic!("{m}/{p} missing"));
+            assert!((0.0..=1.0).contains(&r.test_accuracy), "{m}/{p}");
+        }
+    }
+    let mae = read_json(&out.join("pretrain-mae/config.json"));
+    assert_eq!(mae["backbone"]["kind"], "vit");
+    // A 28x28 image in 7x7 patches: the decoder predicts 49 pixels.
+    assert_eq!(mae["head_outputs"], 49);
+    let png = std::fs::read(out.join("figures/mae-reconstruction.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    // The checkpoint reloads as a ViT with the same features.
+    let enc =
+        selfsup::backbones::checkpoint::load(&out.join("pretrain-mae"), 0, &Device::Cpu).unwrap();
+    assert_eq!(enc.backbone.feature_dim(), 16);
+    assert!(enc.backbone.as_vit().is_some());
+
+    // mae on a convolutional backbone, inpaint on the ViT: refused up front.
+    let mut bad = spec.clone();
+    bad.backbone = BackboneSpec::from_name("convnet").unwrap();
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("mae") && e.contains("vit"), "{e}");
+    let mut bad = spec;
+    bad.pretrain.methods = vec!["inpaint".into()];
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("inpaint") && e.contains("mae"), "{e}");
 }
