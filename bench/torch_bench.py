@@ -4,10 +4,12 @@
 Times the rotation pretext's training step (backbone + 4-way linear head,
 cross-entropy, backward, AdamW) and/or SimCLR's (--objectives simclr: two
 views per image through the backbone as one batch, Linear-BN-ReLU-Linear
-256-128 projector, NT-Xent at 0.2) on a device-resident batch of 3x32x32 images
+256-128 projector, NT-Xent at 0.2) and/or MAE's (--objectives mae, the ViT only:
+75 % of patches masked, width-64 2-block decoder, normalised-pixel loss on the
+masked patches) on a device-resident batch of 3x32x32 images
 for the backbones selfsup implements, built here layer for layer like
 crates/backbones (ConvNet 16-32-64 x2, ResNet-18 with the CIFAR stem,
-MobileNetV2 with CIFAR strides). Model `bert` times `transformers`'
+MobileNetV2 with CIFAR strides, the ViT with 4x4 patches). Model `bert` times `transformers`'
 BertForMaskedLM with `cargo xtask text`'s default configuration on its
 masked-token step instead (sizes from --bert-*; row `pytorch`: labels -100 off the masked
 positions, as a transformers user trains it; row `pytorch-masked`: the MLM
@@ -126,7 +128,96 @@ class MobileNetV2(nn.Module):
         return self.body(x).mean((2, 3))
 
 
-MODELS = {"convnet": ConvNet, "resnet18": ResNet18, "mobilenetv2": MobileNetV2}
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(norm1(x)), x + mlp(norm2(x))."""
+
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (l(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for l in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(a)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+def sincos_2d(gh, gw, dim):
+    """Fixed positions: rows in the first half, columns in the second (sin then cos)."""
+    q = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(q, dtype=torch.float64) / q)
+
+    def enc(pos):
+        a = pos[:, None] * omega[None, :]
+        return torch.cat([a.sin(), a.cos()], 1)
+    rows = torch.arange(gh, dtype=torch.float64).repeat_interleave(gw)
+    cols = torch.arange(gw, dtype=torch.float64).repeat(gh)
+    return torch.cat([enc(rows), enc(cols)], 1).float()
+
+
+class ViT(nn.Module):
+    """selfsup's default ViT: 4x4 patches, width 128, 4 blocks of 4 heads, MLP 4x, mean-pooled."""
+
+    def __init__(self, cin=3, patch=4, dim=128, depth=4, heads=4, mlp_ratio=4.0, size=32):
+        super().__init__()
+        self.embed = nn.Conv2d(cin, dim, patch, patch)
+        g = size // patch
+        self.register_buffer("pos", sincos_2d(g, g, dim))
+        self.blocks = nn.Sequential(*(Block(dim, heads, int(dim * mlp_ratio)) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.dim = dim
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        return self.norm(self.blocks(t)).mean(1)
+
+
+class MaeDecoder(nn.Module):
+    """selfsup's default MAE decoder: width 64, 2 blocks of 4 heads, a learned mask token."""
+
+    def __init__(self, enc_dim, dim=64, depth=2, heads=4, patch=4, cin=3, size=32):
+        super().__init__()
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.randn(dim) * 0.02)
+        g = size // patch
+        self.register_buffer("pos", sincos_2d(g, g, dim))
+        self.blocks = nn.Sequential(*(Block(dim, heads, 4 * dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pred = nn.Linear(dim, patch * patch * cin)
+        self.patch = patch
+
+
+def mae_loss(vit, dec, x, ratio=0.75):
+    """MAE's step: random 25 % of patches through the encoder, mask tokens in the
+    decoder, per-patch normalised pixel loss on the masked patches."""
+    b, c, h, w = x.shape
+    p = dec.patch
+    patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
+    tokens = vit.embed(x).flatten(2).transpose(1, 2) + vit.pos
+    n, d = tokens.shape[1], tokens.shape[2]
+    keep = round(n * (1 - ratio))
+    shuffle = torch.rand(b, n, device=x.device).argsort(1)
+    restore = shuffle.argsort(1)
+    visible = tokens.gather(1, shuffle[:, :keep, None].expand(-1, -1, d))
+    y = dec.embed(vit.norm(vit.blocks(visible)))
+    full = torch.cat([y, dec.mask_token.expand(b, n - keep, -1)], 1)
+    full = full.gather(1, restore[..., None].expand(-1, -1, full.shape[2])) + dec.pos
+    pred = dec.pred(dec.norm(dec.blocks(full)))
+    mean, var = patches.mean(-1, keepdim=True), patches.var(-1, unbiased=False, keepdim=True)
+    target = (patches - mean) / (var + 1e-6).sqrt()
+    hidden = torch.ones(b, n, device=x.device)
+    hidden[:, :keep] = 0
+    hidden = hidden.gather(1, restore)
+    return (((pred - target) ** 2).mean(-1) * hidden).sum() / hidden.sum()
+
+
+MODELS = {"convnet": ConvNet, "resnet18": ResNet18, "mobilenetv2": MobileNetV2, "vit": ViT}
 
 
 def gpu_mem_mb(device):
@@ -153,6 +244,8 @@ def row(name, args, device, impl, objective):
         # selfsup-contrastive's default projector: Linear-BN-ReLU-Linear, 256-128.
         head = nn.Sequential(nn.Linear(backbone.dim, 256), nn.BatchNorm1d(256), nn.ReLU(),
                              nn.Linear(256, 128)).to(device)
+    elif objective == "mae":
+        head = MaeDecoder(backbone.dim).to(device)
     else:
         head = nn.Linear(backbone.dim, 4).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
@@ -168,6 +261,8 @@ def row(name, args, device, impl, objective):
         if objective == "simclr":
             z = head(backbone(views))
             return nt_xent(z[:args.batch], z[args.batch:], 0.2)
+        if objective == "mae":
+            return mae_loss(backbone, head, x)
         return F.cross_entropy(head(backbone(x)), y)
 
     def update():
@@ -272,7 +367,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--models", default="convnet,resnet18,mobilenetv2")
-    p.add_argument("--objectives", default="rotation", help="rotation and/or simclr, comma-separated")
+    p.add_argument("--objectives", default="rotation",
+                   help="rotation, simclr and/or mae (the vit only), comma-separated")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
@@ -298,7 +394,7 @@ def main():
     rows = []
     models = args.models.split(",")
     for objective in (o for o in args.objectives.split(",") if o != "mlm"):
-        for name in (m for m in models if m != "bert"):
+        for name in (m for m in models if m != "bert" and (objective != "mae" or m == "vit")):
             rows.append(row(name, args, device, "pytorch", objective))
             print(f"pytorch {objective} {name}: {rows[-1]['images_per_s']:.1f} img/s", file=sys.stderr)
             if args.fp32 and device.type == "cuda":

@@ -60,8 +60,15 @@ pub const MLM: &str = "mlm";
 /// The objectives a bench row can time: `rotation` (one view per image, a
 /// 4-way linear head, cross-entropy) and `simclr` (two views per image
 /// through the backbone in one batch, the 256-128 projector with BatchNorm,
-/// NT-Xent at temperature 0.2 — `selfsup-contrastive`'s defaults).
-pub const OBJECTIVES: [&str; 2] = ["rotation", "simclr"];
+/// NT-Xent at temperature 0.2 — `selfsup-contrastive`'s defaults) and
+/// `mae` (the ViT only: 75 % of patches masked, the default decoder,
+/// per-patch normalised pixel loss on the masked patches).
+pub const OBJECTIVES: [&str; 3] = ["rotation", "simclr", "mae"];
+
+/// Whether the bench times `objective` on `model` (mae needs the ViT).
+pub fn pairs_with(objective: &str, model: &str) -> bool {
+    objective != "mae" || model == "vit"
+}
 
 /// An error naming `objective` unless it is one of [`OBJECTIVES`] or
 /// [`MLM`] (the [`BERT`] rows' objective, which they time whatever the
@@ -229,10 +236,13 @@ pub fn gpu_memory_used_mb(device: &Device) -> Option<f64> {
 
 /// A device-resident rotation batch: `batch / 4` synthetic images, each in
 /// its four rotations, normalised, with their rotation labels.
+/// Side of the synthetic 3-channel images every image row trains on.
+pub const SIZE: usize = 32;
+
 fn rotation_inputs(batch: usize, seed: u64, device: &Device) -> Result<(Tensor, Tensor)> {
     use rand::Rng;
-    let shape = (3, 32, 32);
-    let per = 3 * 32 * 32;
+    let shape = (3, SIZE, SIZE);
+    let per = 3 * SIZE * SIZE;
     let mut rng = crate::core::rng::stream(seed, "bench-images");
     let pixels: Vec<u8> = (0..batch.div_ceil(4) * per).map(|_| rng.random()).collect();
     let (px, y) = crate::pretext::rotation_batch(&pixels, shape);
@@ -251,6 +261,8 @@ enum Tail {
     Rotation(candle_nn::Linear),
     /// SimCLR's projector, and both views of the batch as one tensor.
     SimClr(crate::contrastive::Mlp, Tensor),
+    /// MAE's decoder (ViT only).
+    Mae(Box<crate::pretext::Mae>),
 }
 
 /// What [`time_steps`] measured: median and half-range of images/s,
@@ -328,13 +340,26 @@ pub fn train_step_row(
     // Rotation's 4-way head, or SimCLR's projector and two views (the
     // rotation inputs and another draw, one batch): only what the timed step
     // uses is built, so the optimiser sees exactly its parameters.
-    let tail = if objective == "simclr" {
-        let dims = [backbone.feature_dim(), 256, 128];
-        let projector = crate::contrastive::Mlp::new(&dims, true, vb.pp("projector"))?;
-        let (x2, _) = rotation_inputs(o.batch, o.seed + 1, &o.device)?;
-        Tail::SimClr(projector, Tensor::cat(&[&x, &x2], 0)?)
-    } else {
-        Tail::Rotation(candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?)
+    let tail = match objective {
+        "simclr" => {
+            let dims = [backbone.feature_dim(), 256, 128];
+            let projector = crate::contrastive::Mlp::new(&dims, true, vb.pp("projector"))?;
+            let (x2, _) = rotation_inputs(o.batch, o.seed + 1, &o.device)?;
+            Tail::SimClr(projector, Tensor::cat(&[&x, &x2], 0)?)
+        }
+        "mae" => {
+            let ctx = crate::pretext::ObjectiveContext {
+                backbone: std::sync::Arc::new(cfg.clone()),
+                feature_dim: backbone.feature_dim(),
+                online: map.clone(),
+                seed: o.seed,
+                device: o.device.clone(),
+                image_shape: (3, SIZE, SIZE),
+            };
+            let mae = crate::pretext::Mae::new(Default::default(), &ctx, vb.pp("head"))?;
+            Tail::Mae(Box::new(mae))
+        }
+        _ => Tail::Rotation(candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?),
     };
     let vars: Vec<_> = params::trainable_vars(&map)
         .into_iter()
@@ -356,6 +381,7 @@ pub fn train_step_row(
                 let n = o.batch;
                 crate::contrastive::losses::nt_xent(&z.narrow(0, 0, n)?, &z.narrow(0, n, n)?, 0.2)
             }
+            Tail::Mae(mae) => mae.loss_of(backbone.as_ref(), &x, o.seed),
         }
     };
     // Stock rows keep Candle's own AdamW; fast rows use the fused one.
@@ -454,7 +480,7 @@ pub fn image_rows(
 ) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for obj in o.objectives.iter().filter(|o| *o != MLM) {
-        for m in o.models.iter().filter(|m| *m != BERT) {
+        for m in o.models.iter().filter(|m| *m != BERT && pairs_with(obj, m)) {
             for &k in &o.kernels {
                 let r = row(o, m, k, obj);
                 kernels::set_default(Kernels::Fast);

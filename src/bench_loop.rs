@@ -13,8 +13,7 @@ use crate::objective::{self as pretext, Hooks, Unlabeled};
 use crate::spec::Experiment;
 use std::sync::Arc;
 
-/// Side of the synthetic images (the step rows' size).
-const SIZE: usize = 32;
+use crate::bench::SIZE;
 
 /// `n` synthetic 3x32x32 images: bytes of a fixed multiplicative hash of
 /// their index and `seed`, so every run sees the same pixels.

@@ -13,7 +13,7 @@ use std::process::Command;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Backbones, comma-separated; `bert` adds the text trainer's
+    /// Backbones, comma-separated (convnet, resnet18, mobilenetv2, vit); `bert` adds the text trainer's
     /// masked-token step (`cargo xtask text`'s default model, tokens/s,
     /// against transformers' BertForMaskedLM).
     #[arg(
@@ -22,8 +22,9 @@ pub struct BenchArgs {
         default_value = "convnet,resnet18,mobilenetv2"
     )]
     models: Vec<String>,
-    /// Training objectives, comma-separated: rotation (one view, 4-way head)
-    /// and/or simclr (two views per image, projector, NT-Xent).
+    /// Training objectives, comma-separated: rotation (one view, 4-way head),
+    /// simclr (two views per image, projector, NT-Xent) and/or mae (masked
+    /// autoencoding, timed on the vit only).
     #[arg(long, value_delimiter = ',', default_value = "rotation")]
     objectives: Vec<String>,
     /// Our implementations to time, comma-separated (stock = Candle's ops).

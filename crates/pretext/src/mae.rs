@@ -241,6 +241,29 @@ impl Mae {
         Ok(self.pred.forward(&self.norm.forward(&z)?)?)
     }
 
+    /// The loss, prediction, target and masks of normalised images `x`
+    /// under masks drawn from `seed`.
+    fn forward_loss(
+        &self,
+        vit: &Vit,
+        x: &Tensor,
+        seed: u64,
+    ) -> Result<(Tensor, Tensor, Tensor, BatchMask)> {
+        let (b, _, h, w) = x.dims4()?;
+        let (gh, gw) = vit.grid(h, w);
+        let mask = self.batch_mask(seed, b, gh * gw)?;
+        let pred = self.reconstruct(vit, x, &mask)?;
+        let target = self.target(vit, x)?;
+        let loss = masked_mse(&pred, &target, &mask.masked)?;
+        Ok((loss, pred, target, mask))
+    }
+
+    /// The MAE loss of normalised images `x` (B, C, H, W) already on the
+    /// device, masks drawn from `seed` (what the bench times).
+    pub fn loss_of(&self, backbone: &dyn Backbone, x: &Tensor, seed: u64) -> Result<Tensor> {
+        Ok(self.forward_loss(require_vit(backbone)?, x, seed)?.0)
+    }
+
     /// The loss target of images `x`: their patches, normalised per patch
     /// when `norm_pix_loss`.
     fn target(&self, vit: &Vit, x: &Tensor) -> Result<Tensor> {
@@ -364,14 +387,9 @@ impl Objective for Mae {
             rng::derive_seed(self.seed, "mae-heldout", content_hash(pixels))
         };
         let x = batch::to_tensor(pixels, shape, norm, &self.device)?;
-        let b = x.dim(0)?;
-        let (gh, gw) = vit.grid(shape.1, shape.2);
-        let mask = self.batch_mask(seed, b, gh * gw)?;
-        let pred = self.reconstruct(vit, &x, &mask)?;
-        let target = self.target(vit, &x)?;
-        let loss = masked_mse(&pred, &target, &mask.masked)?;
+        let (loss, pred, target, mask) = self.forward_loss(vit, &x, seed)?;
         let acc = better_than_mean(&pred, &target, &mask.masked)?;
-        Ok((loss, acc, b))
+        Ok((loss, acc, x.dim(0)?))
     }
 }
 
