@@ -199,10 +199,15 @@ pub fn reconstruction_figure(
         &ctx.prep.norm,
         ctx.device,
     )?;
-    let Some(rows) = objective.reconstruction(enc.backbone.as_ref(), &x, seed)? else {
+    let Some(rows) = objective.reconstruction(enc.backbone.as_ref(), &x, &ctx.prep.norm, seed)?
+    else {
         return Ok(false);
     };
-    let labels = ["encoder input", "reconstruction", "original"];
+    let labels = if method == "colorization" {
+        ["encoder input", "predicted colour", "original"]
+    } else {
+        ["encoder input", "reconstruction", "original"]
+    };
     let mut grid = Vec::with_capacity(3);
     let mut shape = (0, 0, 0);
     for (label, t) in labels.iter().zip(&rows) {
@@ -213,7 +218,10 @@ pub fn reconstruction_figure(
             images: to_bytes(t, &ctx.prep.norm)?,
         });
     }
-    let title = format!("{method}: test images (masked patches shown at the mean)");
+    let title = match method {
+        "colorization" => format!("{method}: test images (the encoder sees the gray row)"),
+        _ => format!("{method}: test images (masked patches shown at the mean)"),
+    };
     crate::plot::image_grid_png(path, &title, &grid, shape, 4)?;
     Ok(true)
 }

@@ -124,6 +124,18 @@ fn check_data(spec: &Experiment, prep: &Prepared) -> Result<BackboneConfig> {
         let all: Vec<usize> = (0..labels.len()).collect();
         finetune::holdout(&labels, &all, spec.transfer.val_fraction, 0)?;
     }
+    let channels = prep.pair.train.image_shape().0;
+    if channels != 3 && spec.pretrain.methods.iter().any(|m| m == "colorization") {
+        return Err(crate::core::Error::invalid(
+            "pretrain.methods",
+            format!(
+                "colorization predicts colour from lightness, but {} has {channels}-channel \
+                 (gray) images; use a colour dataset (cifar10, svhn, tiny-imagenet, a folder \
+                 of colour images with --channels 3)",
+                spec.data.dataset
+            ),
+        ));
+    }
     // K against the smallest class.
     split::stratified(
         prep.pair.train.labels().expect("labels"),

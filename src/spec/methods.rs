@@ -5,7 +5,7 @@
 use super::ViewAugment;
 use crate::contrastive::SiameseConfig;
 use crate::core::{Error, Result};
-use crate::pretext::{InpaintConfig, MaeConfig, PretextSettings};
+use crate::pretext::{ColorizationConfig, InpaintConfig, MaeConfig, PretextSettings};
 use serde::{Deserialize, Serialize};
 
 /// How long and how fast one method pretrains.
@@ -170,6 +170,35 @@ impl InpaintSettings {
         InpaintConfig {
             mask_patch: self.mask_patch,
             mask_ratio: self.mask_ratio,
+        }
+    }
+}
+
+/// `[methods.colorization]`: the encoder sees the lightness of colour
+/// images and predicts their quantised ab colour, with class rebalancing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColorizationSettings {
+    /// Maximum epochs (early stopping may end sooner).
+    pub epochs: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Epochs without a lower held-out loss before stopping.
+    pub patience: usize,
+    /// λ of the class rebalancing (0: inverse frequency, 1: none).
+    pub rebalance: f64,
+}
+
+impl Default for ColorizationSettings {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch: 64,
+            lr: 1e-3,
+            patience: 2,
+            rebalance: ColorizationConfig::default().rebalance,
         }
     }
 }
@@ -368,6 +397,8 @@ pub struct MethodsSpec {
     pub mae: MaeSettings,
     /// `inpaint`.
     pub inpaint: InpaintSettings,
+    /// `colorization`.
+    pub colorization: ColorizationSettings,
     /// `simclr`.
     pub simclr: SimclrSettings,
     /// `byol`.
@@ -453,6 +484,22 @@ impl MethodsSpec {
                 siamese: SiameseConfig::default(),
                 pretext: PretextSettings {
                     inpaint: self.inpaint.config(),
+                    ..PretextSettings::default()
+                },
+            },
+            "colorization" => MethodView {
+                schedule: Schedule {
+                    epochs: self.colorization.epochs,
+                    batch: self.colorization.batch,
+                    lr: self.colorization.lr,
+                    patience: self.colorization.patience,
+                },
+                view_augment: None,
+                siamese: SiameseConfig::default(),
+                pretext: PretextSettings {
+                    colorization: ColorizationConfig {
+                        rebalance: self.colorization.rebalance,
+                    },
                     ..PretextSettings::default()
                 },
             },

@@ -33,9 +33,9 @@ mod validate;
 pub use anomaly::{AnomalySpec, ANOMALY_PRESETS};
 pub use legacy::Recipe;
 pub use methods::{
-    BarlowSettings, ByolSettings, InpaintSettings, JigsawSettings, MaeSettings, MethodView,
-    MethodsSpec, MocoSettings, Projector, RotationSettings, Schedule, SimclrSettings,
-    SimsiamSettings, VicregSettings,
+    BarlowSettings, ByolSettings, ColorizationSettings, InpaintSettings, JigsawSettings,
+    MaeSettings, MethodView, MethodsSpec, MocoSettings, Projector, RotationSettings, Schedule,
+    SimclrSettings, SimsiamSettings, VicregSettings,
 };
 
 use crate::augment::Pipeline;

@@ -150,6 +150,22 @@ impl Experiment {
                 ));
             }
         }
+        if self.pretrain.methods.iter().any(|m| m == "colorization") {
+            let r = self.methods.colorization.rebalance;
+            if !(0.0..=1.0).contains(&r) {
+                return Err(Error::invalid(
+                    "methods.colorization.rebalance",
+                    format!("{r}: must lie in [0, 1]"),
+                ));
+            }
+            if vit {
+                return Err(Error::invalid(
+                    "pretrain.methods",
+                    "colorization predicts from a convolutional feature map; \
+                     choose a convolutional backbone",
+                ));
+            }
+        }
         if self.pretrain.methods.iter().any(|m| m == "mae") {
             self.methods.mae.config().validate()?;
             if !vit {

@@ -57,13 +57,14 @@ pub trait Objective: Send + Sync {
     }
     /// For objectives that reconstruct pixels: the input as the encoder saw
     /// it, the reconstruction and the original, each (B, C, H', W') in the
-    /// normalised input space, of images `x` (normalised), masks drawn under
-    /// `seed` — what the run's reconstruction figure shows. `None` for
-    /// every other objective.
+    /// normalised input space, of images `x` (normalised with `norm`),
+    /// masks drawn under `seed` — what the run's reconstruction figure
+    /// shows. `None` for every other objective.
     fn reconstruction(
         &self,
         _backbone: &dyn Backbone,
         _x: &Tensor,
+        _norm: &Normalization,
         _seed: u64,
     ) -> Result<Option<[Tensor; 3]>> {
         Ok(None)

@@ -115,23 +115,8 @@ impl Inpaint {
     /// throw-away map) for its feature map's channels and stride. An error
     /// names a backbone without a feature map (the ViT: use mae).
     pub fn for_context(cfg: InpaintConfig, ctx: &ObjectiveContext, vb: VarBuilder) -> Result<Self> {
-        let probe_map = candle_nn::VarMap::new();
-        let probe_vb = VarBuilder::from_varmap(&probe_map, DType::F32, &Device::Cpu);
-        let net = ctx.backbone.build_backbone(probe_vb)?;
-        let (c, h, w) = ctx.image_shape;
-        let x = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu)?;
-        let Some(map) = net.feature_map(&x, false)? else {
-            return Err(Error::invalid(
-                "--pretext",
-                format!(
-                    "inpaint predicts pixels from a convolutional feature map, which {} \
-                     does not have; for --backbone vit use --pretext mae",
-                    ctx.backbone.backbone_name()
-                ),
-            ));
-        };
-        let (_, channels, mh, _) = map.dims4()?;
-        Self::new(cfg, ctx, channels, h / mh.max(1), vb)
+        let (channels, mh) = probe_feature_map(ctx, "inpaint")?;
+        Self::new(cfg, ctx, channels, ctx.image_shape.1 / mh.max(1), vb)
     }
 
     /// Seeded patch masks for `b` images of `h x w`.
@@ -214,6 +199,29 @@ impl Inpaint {
     }
 }
 
+/// The channels and height of the last feature map of `ctx`'s backbone
+/// (built under a throw-away map, run on one blank image on the CPU); an
+/// error naming `method` and the backbone when it has no feature map.
+pub(crate) fn probe_feature_map(ctx: &ObjectiveContext, method: &str) -> Result<(usize, usize)> {
+    let probe_map = candle_nn::VarMap::new();
+    let probe_vb = VarBuilder::from_varmap(&probe_map, DType::F32, &Device::Cpu);
+    let net = ctx.backbone.build_backbone(probe_vb)?;
+    let (c, h, w) = ctx.image_shape;
+    let x = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu)?;
+    let Some(map) = net.feature_map(&x, false)? else {
+        return Err(Error::invalid(
+            "--pretext",
+            format!(
+                "{method} predicts from a convolutional feature map, which {} does not \
+                 have; for --backbone vit use --pretext mae",
+                ctx.backbone.backbone_name()
+            ),
+        ));
+    };
+    let (_, channels, mh, _) = map.dims4()?;
+    Ok((channels, mh))
+}
+
 /// Share of masked patches (fully inside the predicted area) whose squared
 /// error is below the patch's own variance; `pred` and `target` are
 /// (B, C, ph, pw) on the CPU.
@@ -270,6 +278,7 @@ impl Objective for Inpaint {
         &self,
         backbone: &dyn Backbone,
         x: &Tensor,
+        _norm: &Normalization,
         seed: u64,
     ) -> Result<Option<[Tensor; 3]>> {
         self.figure_rows(backbone, x, seed).map(Some)

@@ -13,6 +13,9 @@
 //! [`Inpaint`] (after Xie et al., 2022, "SimMIM"): a convolutional
 //! encoder sees images with patches blanked out and a per-position linear
 //! head predicts their pixels ([`inpaint`]).
+//! [`Colorization`] (Zhang et al., 2016): the encoder sees lightness only
+//! and predicts quantised ab colour classes with class rebalancing
+//! ([`colorization`]).
 //!
 //! ```
 //! use selfsup_pretext::rotation_batch;
@@ -29,9 +32,11 @@ use selfsup_core::{Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use std::sync::Arc;
 
+pub mod colorization;
 pub mod inpaint;
 pub mod jigsaw;
 pub mod mae;
+pub use colorization::{Colorization, ColorizationConfig};
 pub use inpaint::{Inpaint, InpaintConfig};
 pub use jigsaw::Jigsaw;
 pub use mae::{Mae, MaeConfig};
@@ -42,11 +47,11 @@ pub use selfsup_objective::{
 };
 
 /// Pretext names accepted by [`build_objective`].
-pub const NAMES: [&str; 4] = ["rotation", "jigsaw", "mae", "inpaint"];
+pub const NAMES: [&str; 5] = ["rotation", "jigsaw", "mae", "inpaint", "colorization"];
 
 /// The pretext tasks that reconstruct pixels (their objectives answer
 /// [`Objective::reconstruction`], and runs draw a reconstruction figure).
-pub const RECONSTRUCTS: [&str; 2] = ["mae", "inpaint"];
+pub const RECONSTRUCTS: [&str; 3] = ["mae", "inpaint", "colorization"];
 
 /// The settings of the pretext tasks that have any beyond their schedule.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,6 +60,8 @@ pub struct PretextSettings {
     pub mae: MaeConfig,
     /// Masked-patch inpainting.
     pub inpaint: InpaintConfig,
+    /// Colorization.
+    pub colorization: ColorizationConfig,
 }
 
 /// Builds a named objective for the run `ctx` with default settings (see
@@ -80,6 +87,11 @@ pub fn build_objective_with(
         "mae" => Ok(Box::new(Mae::new(settings.mae.clone(), ctx, vb)?)),
         "inpaint" => Ok(Box::new(Inpaint::for_context(
             settings.inpaint.clone(),
+            ctx,
+            vb,
+        )?)),
+        "colorization" => Ok(Box::new(Colorization::for_context(
+            settings.colorization.clone(),
             ctx,
             vb,
         )?)),

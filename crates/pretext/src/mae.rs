@@ -367,6 +367,7 @@ impl Objective for Mae {
         &self,
         backbone: &dyn Backbone,
         x: &Tensor,
+        _norm: &Normalization,
         seed: u64,
     ) -> Result<Option<[Tensor; 3]>> {
         self.figure_rows(backbone, x, seed).map(Some)
