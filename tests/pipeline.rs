@@ -890,6 +890,25 @@ fn the_vit_trains_under_mae_rotation_and_simclr_and_every_protocol() {
         selfsup::backbones::checkpoint::load(&out.join("pretrain-mae"), 0, &Device::Cpu).unwrap();
     assert_eq!(enc.backbone.feature_dim(), 16);
     assert!(enc.backbone.as_vit().is_some());
+    // It publishes like any other method, and the Hub folder reloads.
+    #[cfg(feature = "hub")]
+    {
+        let card = dir.path().join("card");
+        let done = selfsup::hub::publish(&selfsup::hub::PublishOptions {
+            run: out.clone(),
+            repo: "me/vit-mae".into(),
+            private: false,
+            dry_run: true,
+            out: Some(card.clone()),
+            method: Some("mae".into()),
+        })
+        .unwrap();
+        assert!(done.files.iter().any(|f| f == "model.safetensors"));
+        let text = std::fs::read_to_string(card.join("README.md")).unwrap();
+        assert!(text.contains("\"mae\"") && text.contains("`vit`"), "{text}");
+        let again = selfsup::backbones::checkpoint::load(&card, 0, &Device::Cpu).unwrap();
+        assert!(again.backbone.as_vit().is_some());
+    }
 
     // mae on a convolutional backbone, inpaint on the ViT: refused up front.
     let mut bad = spec.clone();
