@@ -48,6 +48,9 @@ pub struct AnomalyOptions {
     pub channels: usize,
     /// Faces / folders: fraction of the normal images used for training.
     pub train_fraction: f64,
+    /// `transformations` (a head predicts the applied transformation) or
+    /// `mae` (a ViT masked autoencoder; scores `reconstruction` and `knn`).
+    pub detector: String,
     /// The transformation set.
     pub transforms: TransformSet,
     /// Headline score (`nll`, `dirichlet`, `knn`, `knn-all`).
@@ -101,6 +104,7 @@ impl AnomalyOptions {
             size: 32,
             channels: 3,
             train_fraction: 0.7,
+            detector: "transformations".into(),
             transforms: TransformSet::Geo72,
             score: default_score(protocol).into(),
             seeds: vec![0, 1, 2],
@@ -130,6 +134,70 @@ pub fn default_score(protocol: &str) -> &'static str {
         _ => "dirichlet",
     }
 }
+
+/// The detector kinds of `--detector`.
+pub const DETECTORS: [&str; 2] = ["transformations", "mae"];
+
+/// The headline score of `detector` on `protocol` when none is given:
+/// `reconstruction` for a masked autoencoder, else [`default_score`].
+pub fn default_score_for(detector: &str, protocol: &str) -> &'static str {
+    match detector {
+        "mae" => "reconstruction",
+        _ => default_score(protocol),
+    }
+}
+
+/// The scores `detector` computes.
+pub fn scores_of(detector: &str) -> Vec<&'static str> {
+    match detector {
+        "mae" => vec!["knn", "reconstruction"],
+        _ => SCORES
+            .iter()
+            .copied()
+            .filter(|s| *s != "reconstruction")
+            .collect(),
+    }
+}
+
+/// Checks the detector kind, its backbone and the headline score.
+fn check_detector(opts: &AnomalyOptions) -> Result<()> {
+    if !DETECTORS.contains(&opts.detector.as_str()) {
+        return Err(Error::invalid(
+            "--detector",
+            format!(
+                "unknown detector {:?}; available: {}",
+                opts.detector,
+                DETECTORS.join(", ")
+            ),
+        ));
+    }
+    if opts.detector == "mae" && !matches!(opts.backbone, BackboneSpec::Vit(_)) {
+        return Err(Error::invalid(
+            "--detector",
+            format!(
+                "mae reconstructs ViT patches and needs --backbone vit, not {}",
+                opts.backbone.name()
+            ),
+        ));
+    }
+    let available = scores_of(&opts.detector);
+    if !available.contains(&opts.score.as_str()) {
+        return Err(Error::invalid(
+            "--score",
+            format!(
+                "the {} detector has no score {:?}; available: {}",
+                opts.detector,
+                opts.score,
+                available.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Epochs over the normal images of a masked-autoencoding detector when
+/// `--epochs` is 0.
+pub const MAE_AUTO_EPOCHS: usize = 50;
 
 /// Epochs over the (image, transformation) pairs when `--epochs` is 0:
 /// about 200 passes over every normal image in all, like Golan &
@@ -305,16 +373,7 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
             ),
         ));
     }
-    if !SCORES.contains(&opts.score.as_str()) {
-        return Err(Error::invalid(
-            "--score",
-            format!(
-                "unknown score {:?}; available: {}",
-                opts.score,
-                SCORES.join(", ")
-            ),
-        ));
-    }
+    check_detector(opts)?;
     folder::set_skip_bad_images(opts.skip_bad_images);
     let (ds, dataset, per_seed) = tasks(opts)?;
     let skipped_images = folder::skipped_images();
@@ -334,7 +393,9 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
         ..Default::default()
     };
     crate::core::output::claim(&opts.out, "anomaly", policy, None)?;
-    let epochs = if opts.epochs == 0 {
+    let epochs = if opts.epochs == 0 && opts.detector == "mae" {
+        MAE_AUTO_EPOCHS
+    } else if opts.epochs == 0 {
         auto_epochs(opts.transforms)
     } else {
         opts.epochs
@@ -354,6 +415,7 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
         eval_batch: opts.eval_batch,
         knn_k: opts.knn_k,
     };
+    let mae = crate::pretext::MaeConfig::default();
     let settings = RunSettings {
         detector: &detector,
         backbone: &backbone,
@@ -362,6 +424,7 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
         quiet: opts.quiet,
         save_dir: opts.save_detectors.then(|| opts.out.join("detectors")),
         dataset: &dataset,
+        mae: (opts.detector == "mae").then_some(&mae),
     };
     let mut outcomes: Vec<Outcome> = Vec::new();
     for (tasks, &seed) in per_seed.iter().zip(&opts.seeds) {
@@ -384,7 +447,10 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
             outcomes.push(o);
         }
     }
-    let scores: Vec<_> = SCORES.iter().map(|s| summarise(&outcomes, s)).collect();
+    let scores: Vec<_> = scores_of(&opts.detector)
+        .iter()
+        .map(|s| summarise(&outcomes, s))
+        .collect();
     let (per_class, mean_auroc, mean_auroc_std, mean_aupr, mean_fpr95) =
         AnomalyReport::headline(&scores, &opts.score);
     let figures = figures(opts, &outcomes)?;
@@ -392,8 +458,14 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
         protocol: opts.protocol.clone(),
         score: opts.score.clone(),
         dataset,
-        transforms: opts.transforms.name().into(),
-        transformations: opts.transforms.len(),
+        transforms: match opts.detector.as_str() {
+            "mae" => "mae".into(),
+            _ => opts.transforms.name().into(),
+        },
+        transformations: match opts.detector.as_str() {
+            "mae" => 0,
+            _ => opts.transforms.len(),
+        },
         backbone: backbone.name().into(),
         seeds: opts.seeds.clone(),
         per_class,
@@ -407,7 +479,8 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
         threads: crate::pipeline::rayon_threads(),
         device: format!("{:?}", opts.device),
         config: serde_json::json!({
-            "detector": detector,
+            "detector": opts.detector,
+            "detector_config": detector,
             "backbone": backbone,
             "init": opts.init,
             "classes": opts.classes,

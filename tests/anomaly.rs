@@ -257,3 +257,70 @@ fn folders_protocol_reads_png_directories() {
     assert_eq!(skipped.runs[0].test_anomalies, 12);
     assert_eq!(skipped.config["skipped_images"], 1);
 }
+
+#[test]
+fn a_masked_autoencoder_scores_reconstruction_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let vit = BackboneSpec::Vit(selfsup::spec::VitSpec {
+        patch: 7,
+        dim: 16,
+        depth: 1,
+        heads: 2,
+        mlp_ratio: 2.0,
+    });
+    let opts = AnomalyOptions {
+        detector: "mae".into(),
+        score: selfsup::anomaly_run::default_score_for("mae", "one-class").into(),
+        backbone: vit,
+        classes: vec![1],
+        max_normal: 96,
+        max_test: 300,
+        epochs: 3,
+        save_detectors: true,
+        ..small("one-class", dir.path())
+    };
+    let report = run(&opts).unwrap();
+    assert_eq!(report.score, "reconstruction");
+    let computed: Vec<&str> = report.scores.iter().map(|s| s.score.as_str()).collect();
+    assert_eq!(
+        computed,
+        ["knn", "reconstruction"],
+        "only what MAE computes"
+    );
+    assert!((0.0..=1.0).contains(&report.mean_auroc));
+    let json = read_json(&dir.path().join("report.json"));
+    assert_eq!(json["config"]["detector"], "mae");
+    assert_eq!(json["transformations"], 0);
+    let rec = &json["scores"][1]["per_class"][0];
+    assert_eq!(rec["class"], "Trouser");
+    assert!((0.0..=1.0).contains(&rec["auroc"].as_f64().unwrap()));
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("masked autoencoder") && !md.contains("NaN"),
+        "{md}"
+    );
+    let saved = read_json(&dir.path().join("detectors/Trouser-seed0/config.json"));
+    assert_eq!(saved["method"], "mae");
+
+    // A convolutional backbone, or a transformation score, is refused up front.
+    let e = run(&AnomalyOptions {
+        detector: "mae".into(),
+        score: "reconstruction".into(),
+        ..small("one-class", &dir.path().join("bad2"))
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--backbone vit"), "{e}");
+    let e = run(&AnomalyOptions {
+        score: "dirichlet".into(),
+        out: dir.path().join("bad3"),
+        ..opts.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("dirichlet") && e.contains("reconstruction"),
+        "{e}"
+    );
+    assert!(!dir.path().join("bad2").exists() && !dir.path().join("bad3").exists());
+}

@@ -48,6 +48,9 @@ pub struct AnomalySpec {
     pub channels: usize,
     /// Faces / folders: fraction of the normal images that trains.
     pub train_fraction: f64,
+    /// `transformations` (predict the applied transformation) or `mae`
+    /// (a ViT masked autoencoder scored by its reconstruction error).
+    pub detector: String,
     /// The transformations predicted: `rot4`, `rot-flip8` or `geo72`.
     pub transforms: String,
     /// Headline score: `nll`, `dirichlet`, `knn` or `knn-all`, or `auto`:
@@ -93,6 +96,7 @@ impl Default for AnomalySpec {
             size: o.size,
             channels: o.channels,
             train_fraction: o.train_fraction,
+            detector: o.detector,
             transforms: o.transforms.name().into(),
             score: "auto".into(),
             seeds: o.seeds,
@@ -132,9 +136,12 @@ impl AnomalySpec {
             size: self.size,
             channels: self.channels,
             train_fraction: self.train_fraction,
+            detector: self.detector.clone(),
             transforms: TransformSet::from_name(&self.transforms)?,
             score: match self.score.as_str() {
-                "auto" => crate::anomaly_run::default_score(&self.protocol).into(),
+                "auto" => {
+                    crate::anomaly_run::default_score_for(&self.detector, &self.protocol).into()
+                }
                 other => other.into(),
             },
             seeds: self.seeds.clone(),
@@ -173,6 +180,12 @@ impl AnomalySpec {
         };
         let backbone: crate::backbones::BackboneConfig =
             report_field(report, "anomaly", "/config/backbone", path)?;
+        // Added later: the transformation detector where absent.
+        let detector = report
+            .pointer("/config/detector")
+            .and_then(serde_json::Value::as_str)
+            .filter(|d| *d == "mae")
+            .unwrap_or("transformations");
         // A switch added after the first reports: off where it is absent.
         let later_switch = |pointer: &str| {
             report
@@ -193,7 +206,11 @@ impl AnomalySpec {
             size: report_field(report, "anomaly", "/config/size", path)?,
             channels: report_field(report, "anomaly", "/config/channels", path)?,
             train_fraction: report_field(report, "anomaly", "/config/train_fraction", path)?,
-            transforms: report_field(report, "anomaly", "/transforms", path)?,
+            detector: detector.into(),
+            transforms: match detector {
+                "mae" => Self::default().transforms,
+                _ => report_field(report, "anomaly", "/transforms", path)?,
+            },
             score: report_field(report, "anomaly", "/score", path)?,
             seeds: report_field(report, "anomaly", "/seeds", path)?,
             backbone: BackboneSpec::from_config(&backbone),

@@ -60,18 +60,25 @@ pub struct AnomalyArgs {
     /// Faces / folders: fraction of the normal images that trains the detector (default: 0.7).
     #[arg(long)]
     train_fraction: Option<f64>,
+    /// Detector: transformations (a head predicts which transformation was
+    /// applied) or mae (a ViT masked autoencoder scored by how badly it
+    /// reconstructs masked patches; needs --backbone vit) (default:
+    /// transformations).
+    #[arg(long)]
+    detector: Option<String>,
     /// Transformations the detector predicts: rot4, rot-flip8 or geo72 (default: geo72).
     #[arg(long)]
     transforms: Option<String>,
     /// Headline score of report.json: nll, dirichlet, knn or knn-all (all
-    /// four are always computed and reported) (default: auto, knn-all for
-    /// one-class and dirichlet for the other protocols).
+    /// four are always computed and reported; the mae detector has
+    /// reconstruction and knn) (default: auto, reconstruction for mae,
+    /// knn-all for one-class and dirichlet for the other protocols).
     #[arg(long)]
     score: Option<String>,
     /// Seeds, comma-separated; each trains its own detectors (default: 0,1,2).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
-    /// Encoder: convnet, resnet18 or mobilenetv2 (default: convnet).
+    /// Encoder: convnet, resnet18, mobilenetv2 or vit (default: convnet).
     #[arg(long)]
     backbone: Option<String>,
     /// Convnet stage widths, comma-separated (default: 16,32,64).
@@ -143,6 +150,7 @@ impl AnomalyArgs {
             ("size", int(self.size)),
             ("channels", int(self.channels)),
             ("train_fraction", self.train_fraction.map(Value::from)),
+            ("detector", self.detector.clone().map(Value::from)),
             ("transforms", self.transforms.clone().map(Value::from)),
             ("score", self.score.clone().map(Value::from)),
             ("seeds", ints(&self.seeds)),

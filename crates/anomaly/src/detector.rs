@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Score names, in report order.
-pub const SCORES: [&str; 4] = ["nll", "dirichlet", "knn", "knn-all"];
+pub const SCORES: [&str; 5] = ["nll", "dirichlet", "knn", "knn-all", "reconstruction"];
 
 /// How a detector is trained and scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,10 @@ pub struct Scores {
     /// each transformation (neighbours chosen on that average).
     #[serde(default)]
     pub knn_all: Vec<f64>,
+    /// Masked-autoencoding detectors: the mean squared error of the
+    /// reconstructed masked patches, averaged over several random masks.
+    #[serde(default)]
+    pub reconstruction: Vec<f64>,
 }
 
 impl Scores {
@@ -58,6 +62,7 @@ impl Scores {
             "dirichlet" => Ok(&self.dirichlet),
             "knn" => Ok(&self.knn),
             "knn-all" => Ok(&self.knn_all),
+            "reconstruction" => Ok(&self.reconstruction),
             other => Err(Error::invalid(
                 "--score",
                 format!("unknown score {other:?}; available: {}", SCORES.join(", ")),
@@ -130,7 +135,7 @@ impl Detector {
         let NormalImages {
             ds,
             indices: normal,
-            norm,
+            ..
         } = data;
         let StageRun {
             device,
@@ -145,37 +150,7 @@ impl Detector {
             ));
         }
         let seed = cfg.fit.seed;
-        let (map, backbone, norm) = match init {
-            Some(dir) => {
-                let enc = checkpoint::load(dir, seed, device)?;
-                if &enc.config.backbone != backbone_cfg {
-                    return Err(Error::format(
-                        dir.join("config.json"),
-                        format!(
-                            "checkpoint backbone {:?} differs from the requested {:?}",
-                            enc.config.backbone, backbone_cfg
-                        ),
-                    ));
-                }
-                let (c, h, w) = ds.image_shape();
-                if enc.config.input_shape != [c, h, w] {
-                    return Err(Error::format(
-                        dir.join("config.json"),
-                        format!(
-                            "checkpoint input shape {:?} differs from the data's {c}x{h}x{w}",
-                            enc.config.input_shape
-                        ),
-                    ));
-                }
-                (enc.map, enc.backbone, enc.config.normalization)
-            }
-            None => {
-                let map = VarMap::new();
-                let vb = params::seeded_var_builder(&map, seed, device);
-                let backbone = backbone_cfg.build(vb.pp(BACKBONE_PREFIX))?;
-                (map, backbone, norm.clone())
-            }
-        };
+        let (map, backbone, norm) = start_encoder(init, backbone_cfg, data, seed, device)?;
         let list = cfg.transforms.list();
         let t = list.len();
         let vb = params::seeded_var_builder(&map, seed ^ 0x5eed_a0a1, device);
@@ -382,6 +357,46 @@ impl Detector {
     }
 }
 
+/// A detector's encoder: loaded from the stage directory `init` (its
+/// backbone and input shape must match, and its normalisation replaces the
+/// data's), or freshly initialised from `seed`. Returns the variables, the
+/// network and the normalisation.
+pub(crate) fn start_encoder(
+    init: Option<&Path>,
+    backbone_cfg: &BackboneConfig,
+    data: NormalImages,
+    seed: u64,
+    device: &Device,
+) -> Result<(VarMap, Box<dyn Backbone>, Normalization)> {
+    let Some(dir) = init else {
+        let map = VarMap::new();
+        let vb = params::seeded_var_builder(&map, seed, device);
+        let backbone = backbone_cfg.build(vb.pp(BACKBONE_PREFIX))?;
+        return Ok((map, backbone, data.norm.clone()));
+    };
+    let enc = checkpoint::load(dir, seed, device)?;
+    if &enc.config.backbone != backbone_cfg {
+        return Err(Error::format(
+            dir.join("config.json"),
+            format!(
+                "checkpoint backbone {:?} differs from the requested {:?}",
+                enc.config.backbone, backbone_cfg
+            ),
+        ));
+    }
+    let (c, h, w) = data.ds.image_shape();
+    if enc.config.input_shape != [c, h, w] {
+        return Err(Error::format(
+            dir.join("config.json"),
+            format!(
+                "checkpoint input shape {:?} differs from the data's {c}x{h}x{w}",
+                enc.config.input_shape
+            ),
+        ));
+    }
+    Ok((enc.map, enc.backbone, enc.config.normalization))
+}
+
 /// Features of T transformed copies per image, rows ordered image-major
 /// ((B·T, D)), as one row per image: each copy's features L2-normalised,
 /// the T copies concatenated and scaled by 1/sqrt(T), so that the dot
@@ -394,7 +409,7 @@ fn all_copies(features: &Tensor, t: usize) -> Result<Tensor> {
 
 /// One minus the mean similarity of each row of `queries` to its `k` most
 /// similar rows of `normal` (similarity = dot product).
-fn knn_distances(queries: &Tensor, normal: &Tensor, k: usize) -> Result<Vec<f64>> {
+pub(crate) fn knn_distances(queries: &Tensor, normal: &Tensor, k: usize) -> Result<Vec<f64>> {
     let sim: Vec<Vec<f32>> = queries
         .matmul(&normal.t()?)?
         .to_device(&Device::Cpu)?
@@ -409,7 +424,7 @@ fn knn_distances(queries: &Tensor, normal: &Tensor, k: usize) -> Result<Vec<f64>
 }
 
 /// Rows scaled to unit L2 norm.
-fn l2_normalise(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     Ok(x.broadcast_div(&norm)?)
 }

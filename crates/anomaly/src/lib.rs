@@ -16,6 +16,10 @@
 //! - `knn`: the mean cosine distance of the image's features to its k
 //!   nearest normal training images (a feature-space baseline).
 //!
+//! A [`MaeDetector`] ([`reconstruction`]) instead trains a ViT by masked
+//! autoencoding on the normal images and scores `reconstruction`: how badly
+//! it fills in masked patches (with `knn` on its features beside).
+//!
 //! [`metrics`] gives AUROC, AUPR (anomalies positive) and FPR at 95 % TPR,
 //! exact under ties; [`protocol`] builds the one-class, faces and folder
 //! tasks; [`report`] is the `report.json` schema.
@@ -30,8 +34,10 @@ pub mod detector;
 pub mod dirichlet;
 pub mod metrics;
 pub mod protocol;
+pub mod reconstruction;
 pub mod report;
 pub mod transforms;
 
 pub use detector::{Detector, DetectorConfig, NormalImages, Scores, SCORES};
+pub use reconstruction::MaeDetector;
 pub use transforms::{TransformSet, Transformation};

@@ -4,11 +4,13 @@
 
 use crate::detector::{Detector, DetectorConfig, NormalImages, Scores, SCORES};
 use crate::metrics::{detection, Detection};
+use crate::reconstruction::MaeDetector;
 use candle_core::Device;
 use selfsup_backbones::BackboneConfig;
 use selfsup_core::train::StageRun;
 use selfsup_core::{rng, Error, Result};
 use selfsup_data::{batch, Dataset};
+use selfsup_pretext::MaeConfig;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -56,7 +58,8 @@ pub struct Outcome {
     pub group_names: Vec<String>,
     /// Metrics per score, in [`SCORES`] order.
     pub metrics: Vec<(String, Detection)>,
-    /// Transformation accuracy on the normal training images.
+    /// Transformation accuracy on the normal training images (0 for a
+    /// masked-autoencoding detector, which has no transformation head).
     pub transformation_accuracy: f64,
     /// Training wall time (s).
     pub train_seconds: f64,
@@ -82,6 +85,9 @@ pub struct RunSettings<'a> {
     pub save_dir: Option<PathBuf>,
     /// Dataset name for checkpoints.
     pub dataset: &'a str,
+    /// Train a masked-autoencoding detector with these decoder settings
+    /// instead of a transformation detector.
+    pub mae: Option<&'a MaeConfig>,
 }
 
 /// Trains a detector for `task` with `seed` and scores its test images.
@@ -100,35 +106,53 @@ pub fn run_task(ds: &Dataset, task: &Task, seed: u64, s: &RunSettings) -> Result
     cfg.fit.seed = seed;
     let norm = batch::fit_normalization(ds, &task.normal_train);
     let t0 = Instant::now();
-    let det = Detector::train(
-        &cfg,
-        s.init,
-        s.backbone,
-        NormalImages {
-            ds,
-            indices: &task.normal_train,
-            norm: &norm,
-        },
-        StageRun {
-            device: s.device,
-            quiet: s.quiet,
-            stage: &format!("anomaly/{}/seed{seed}", task.name),
-            checkpoint: None,
-        },
-    )?;
-    let train_seconds = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let scores = det.score(ds, &task.test)?;
-    let score_seconds = t1.elapsed().as_secs_f64();
-    if let Some(dir) = &s.save_dir {
-        det.save(
-            &dir.join(format!("{}-seed{seed}", file_safe(&task.name))),
-            s.dataset,
-            ds.image_shape(),
-        )?;
-    }
+    let data = NormalImages {
+        ds,
+        indices: &task.normal_train,
+        norm: &norm,
+    };
+    let stage = format!("anomaly/{}/seed{seed}", task.name);
+    let run = StageRun {
+        device: s.device,
+        quiet: s.quiet,
+        stage: &stage,
+        checkpoint: None,
+    };
+    let save_to = s
+        .save_dir
+        .as_ref()
+        .map(|dir| dir.join(format!("{}-seed{seed}", file_safe(&task.name))));
+    let shape = ds.image_shape();
+    // (training seconds, transformation accuracy, images/s, scores,
+    // scoring seconds)
+    let (train_seconds, accuracy, rate, scores, score_seconds) = match s.mae {
+        None => {
+            let det = Detector::train(&cfg, s.init, s.backbone, data, run)?;
+            let train_seconds = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let scores = det.score(ds, &task.test)?;
+            if let Some(dir) = &save_to {
+                det.save(dir, s.dataset, shape)?;
+            }
+            let (acc, rate) = (det.train_accuracy, det.report.images_per_s);
+            (train_seconds, acc, rate, scores, t1.elapsed().as_secs_f64())
+        }
+        Some(mae) => {
+            let det = MaeDetector::train(&cfg, mae, (s.init, s.backbone), data, run)?;
+            let train_seconds = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let scores = det.score(ds, &task.test)?;
+            if let Some(dir) = &save_to {
+                det.save(dir, s.dataset, shape)?;
+            }
+            let rate = det.report.images_per_s;
+            (train_seconds, 0.0, rate, scores, t1.elapsed().as_secs_f64())
+        }
+    };
+    // Only the scores this kind of detector computes.
     let metrics = SCORES
         .iter()
+        .filter(|&&name| scores.get(name).is_ok_and(|v| !v.is_empty()))
         .map(|&name| {
             let v = scores.get(name)?;
             Ok((name.to_string(), detection(v, &task.anomalous)))
@@ -146,10 +170,10 @@ pub fn run_task(ds: &Dataset, task: &Task, seed: u64, s: &RunSettings) -> Result
         test_groups: task.test_groups.clone(),
         group_names: task.group_names.clone(),
         metrics,
-        transformation_accuracy: det.train_accuracy,
+        transformation_accuracy: accuracy,
         train_seconds,
         score_seconds,
-        images_per_s: det.report.images_per_s,
+        images_per_s: rate,
     })
 }
 

@@ -1,6 +1,5 @@
 //! The anomaly report: `report.json` (schema below) and its markdown.
 
-use crate::detector::SCORES;
 use crate::protocol::Outcome;
 use selfsup_core::metrics::mean_std;
 use selfsup_core::report::Figure;
@@ -212,11 +211,19 @@ impl AnomalyReport {
             "# Anomaly detection: {} on {}\n\n",
             self.protocol, self.dataset
         ));
+        let what = if self.transformations == 0 {
+            format!(
+                "{} masked autoencoder (`{}`)",
+                self.backbone, self.transforms
+            )
+        } else {
+            format!(
+                "{} backbone predicting {} transformations (`{}`)",
+                self.backbone, self.transformations, self.transforms
+            )
+        };
         m.push_str(&format!(
-            "Detector: {} backbone predicting {} transformations (`{}`), trained on normal images only; seeds {:?}; {} threads on {}; {:.0} s in all.\n\n",
-            self.backbone,
-            self.transformations,
-            self.transforms,
+            "Detector: {what}, trained on normal images only; seeds {:?}; {} threads on {}; {:.0} s in all.\n\n",
             self.seeds,
             self.threads,
             self.device,
@@ -226,7 +233,7 @@ impl AnomalyReport {
             "**Mean AUROC ({} score): {:.4} ± {:.4}** (spread over seeds); mean AUPR {:.4}, mean FPR@95%TPR {:.4}.\n\n",
             self.score, self.mean_auroc, self.mean_auroc_std, self.mean_aupr, self.mean_fpr95
         ));
-        m.push_str("Scores (higher = more anomalous): `nll` = summed negative log-probability of the applied transformation over all transformed copies; `dirichlet` = negative log-likelihood of the softmax outputs under per-transformation Dirichlets fitted on the normal training images; `knn` = mean cosine distance to the k nearest normal training images in feature space; `knn-all` = the same over all transformed copies (the mean per-transformation cosine similarity to each normal training image).\n\n");
+        m.push_str("Scores (higher = more anomalous): `nll` = summed negative log-probability of the applied transformation over all transformed copies; `dirichlet` = negative log-likelihood of the softmax outputs under per-transformation Dirichlets fitted on the normal training images; `knn` = mean cosine distance to the k nearest normal training images in feature space; `knn-all` = the same over all transformed copies (the mean per-transformation cosine similarity to each normal training image); `reconstruction` (masked autoencoders) = mean squared error of the reconstructed masked patches, averaged over 4 random masks.\n\n");
         m.push_str("## Mean AUROC per score\n\n| score | mean AUROC | spread over seeds |\n|---|---|---|\n");
         for s in &self.scores {
             m.push_str(&format!(
@@ -238,11 +245,18 @@ impl AnomalyReport {
             "\n## Per class ({} score)\n\n| normal class | AUROC | ± | AUPR | FPR95 |",
             self.score
         ));
-        for s in SCORES.iter().filter(|s| **s != self.score) {
+        // The other scores this detector computed, in report order.
+        let others: Vec<&str> = self
+            .scores
+            .iter()
+            .map(|s| s.score.as_str())
+            .filter(|s| *s != self.score)
+            .collect();
+        for s in &others {
             m.push_str(&format!(" AUROC ({s}) |"));
         }
         m.push_str("\n|---|---|---|---|---|");
-        for _ in 1..SCORES.len() {
+        for _ in &others {
             m.push_str("---|");
         }
         m.push('\n');
@@ -251,11 +265,11 @@ impl AnomalyReport {
                 "| {} | {:.4} | {:.4} | {:.4} | {:.4} |",
                 r.class, r.auroc, r.auroc_std, r.aupr, r.fpr95
             ));
-            for s in SCORES.iter().filter(|s| **s != self.score) {
+            for s in &others {
                 let v = self
                     .scores
                     .iter()
-                    .find(|x| x.score == *s)
+                    .find(|x| x.score == **s)
                     .and_then(|x| x.per_class.iter().find(|c| c.class == r.class))
                     .map_or(f64::NAN, |c| c.auroc);
                 m.push_str(&format!(" {v:.4} |"));

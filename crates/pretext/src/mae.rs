@@ -264,6 +264,31 @@ impl Mae {
         Ok(self.forward_loss(require_vit(backbone)?, x, seed)?.0)
     }
 
+    /// Each image's mean squared error over its masked patches (against
+    /// the loss target), for normalised images `x` under masks drawn from
+    /// `seed`: a reconstruction-error anomaly score.
+    pub fn per_image_error(
+        &self,
+        backbone: &dyn Backbone,
+        x: &Tensor,
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        let vit = require_vit(backbone)?;
+        let (_, pred, target, mask) = self.forward_loss(vit, x, seed)?;
+        let (b, n, p) = pred.dims3()?;
+        let rows = |t: &Tensor| t.reshape((b * n, p))?.index_select(&mask.masked, 0);
+        let per_row: Vec<f32> = (rows(&pred)? - rows(&target)?)?
+            .sqr()?
+            .mean(1)?
+            .to_device(&Device::Cpu)?
+            .to_vec1()?;
+        let hidden = n - mask.keep;
+        Ok(per_row
+            .chunks_exact(hidden.max(1))
+            .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>() / c.len() as f64)
+            .collect())
+    }
+
     /// The loss target of images `x`: their patches, normalised per patch
     /// when `norm_pix_loss`.
     fn target(&self, vit: &Vit, x: &Tensor) -> Result<Tensor> {
@@ -563,6 +588,25 @@ mod tests {
                 "masked {i} blank"
             );
         }
+    }
+
+    #[test]
+    fn per_image_errors_average_each_images_masked_patches() {
+        let (ds, norm, _, backbone, mae) = setup();
+        let x = batch::to_tensor(ds.pixels(), ds.image_shape(), &norm, &Device::Cpu).unwrap();
+        let e = mae.per_image_error(backbone.as_ref(), &x, 5).unwrap();
+        assert_eq!(e.len(), 8);
+        assert!(e.iter().all(|v| v.is_finite() && *v > 0.0));
+        assert_eq!(e, mae.per_image_error(backbone.as_ref(), &x, 5).unwrap());
+        // Their mean is the batch loss (every image masks as many patches).
+        let loss = mae.loss_of(backbone.as_ref(), &x, 5).unwrap();
+        let mean = e.iter().sum::<f64>() / 8.0;
+        assert!((mean - f64::from(loss.to_scalar::<f32>().unwrap())).abs() < 1e-5);
+        // Image 2 alone has the same error as inside the batch (under its mask).
+        let one = mae
+            .per_image_error(backbone.as_ref(), &x.narrow(0, 0, 3).unwrap(), 5)
+            .unwrap();
+        assert!((one[2] - e[2]).abs() < 1e-5);
     }
 
     #[test]
