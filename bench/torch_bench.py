@@ -393,7 +393,7 @@ def main():
     device = torch.device(args.device)
     rows = []
     models = args.models.split(",")
-    for objective in (o for o in args.objectives.split(",") if o != "mlm"):
+    for objective in (o for o in args.objectives.split(",") if o and o != "mlm"):
         for name in (m for m in models if m != "bert" and (objective != "mae" or m == "vit")):
             rows.append(row(name, args, device, "pytorch", objective))
             print(f"pytorch {objective} {name}: {rows[-1]['images_per_s']:.1f} img/s", file=sys.stderr)

@@ -60,14 +60,41 @@ pub const MLM: &str = "mlm";
 /// The objectives a bench row can time: `rotation` (one view per image, a
 /// 4-way linear head, cross-entropy) and `simclr` (two views per image
 /// through the backbone in one batch, the 256-128 projector with BatchNorm,
-/// NT-Xent at temperature 0.2 — `selfsup-contrastive`'s defaults) and
-/// `mae` (the ViT only: 75 % of patches masked, the default decoder,
-/// per-patch normalised pixel loss on the masked patches).
-pub const OBJECTIVES: [&str; 3] = ["rotation", "simclr", "mae"];
+/// NT-Xent at temperature 0.2 — `selfsup-contrastive`'s defaults), `mae`
+/// (the ViT only: 75 % of patches masked, the default decoder, per-patch
+/// normalised pixel loss on the masked patches), and `jigsaw`, `inpaint`
+/// and `colorization` (convolutional backbones; their default settings,
+/// each through its objective's own loss on `u8` images, without a
+/// PyTorch twin).
+pub const OBJECTIVES: [&str; 6] = [
+    "rotation",
+    "simclr",
+    "mae",
+    "jigsaw",
+    "inpaint",
+    "colorization",
+];
 
-/// Whether the bench times `objective` on `model` (mae needs the ViT).
+/// Objectives the bench times through their own `loss` on `u8` images.
+const PRETEXT_ROWS: [&str; 3] = ["jigsaw", "inpaint", "colorization"];
+
+/// The objectives of `list` that bench/torch_bench.py also times (the
+/// others have no PyTorch row).
+pub fn with_pytorch_twin(list: &[String]) -> Vec<String> {
+    list.iter()
+        .filter(|o| !PRETEXT_ROWS.contains(&o.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Whether the bench times `objective` on `model` (mae needs the ViT;
+/// inpaint and colorization a convolutional feature map).
 pub fn pairs_with(objective: &str, model: &str) -> bool {
-    objective != "mae" || model == "vit"
+    match objective {
+        "mae" => model == "vit",
+        "inpaint" | "colorization" => model != "vit",
+        _ => true,
+    }
 }
 
 /// An error naming `objective` unless it is one of [`OBJECTIVES`] or
@@ -79,9 +106,7 @@ pub fn check_objective(objective: &str) -> Result<()> {
     } else {
         Err(crate::core::Error::invalid(
             "bench",
-            format!(
-                "unknown objective {objective:?}; expected one of {OBJECTIVES:?} (the methods with a PyTorch twin in bench/torch_bench.py)"
-            ),
+            format!("unknown objective {objective:?}; expected one of {OBJECTIVES:?}"),
         ))
     }
 }
@@ -234,23 +259,32 @@ pub fn gpu_memory_used_mb(device: &Device) -> Option<f64> {
     None
 }
 
-/// A device-resident rotation batch: `batch / 4` synthetic images, each in
-/// its four rotations, normalised, with their rotation labels.
 /// Side of the synthetic 3-channel images every image row trains on.
 pub const SIZE: usize = 32;
 
-fn rotation_inputs(batch: usize, seed: u64, device: &Device) -> Result<(Tensor, Tensor)> {
-    use rand::Rng;
-    let shape = (3, SIZE, SIZE);
-    let per = 3 * SIZE * SIZE;
-    let mut rng = crate::core::rng::stream(seed, "bench-images");
-    let pixels: Vec<u8> = (0..batch.div_ceil(4) * per).map(|_| rng.random()).collect();
-    let (px, y) = crate::pretext::rotation_batch(&pixels, shape);
-    let norm = Normalization {
+/// The bench's input normalisation.
+fn bench_norm() -> Normalization {
+    Normalization {
         mean: vec![0.5; 3],
         std: vec![0.25; 3],
-    };
-    let x = crate::data::batch::to_tensor(&px[..batch * per], shape, &norm, device)?;
+    }
+}
+
+/// `n` synthetic 3x`SIZE`x`SIZE` images (uniform random bytes).
+fn bench_pixels(n: usize, seed: u64) -> Vec<u8> {
+    use rand::Rng;
+    let mut rng = crate::core::rng::stream(seed, "bench-images");
+    (0..n * 3 * SIZE * SIZE).map(|_| rng.random()).collect()
+}
+
+/// A device-resident rotation batch: `batch / 4` synthetic images, each in
+/// its four rotations, normalised, with their rotation labels.
+fn rotation_inputs(batch: usize, seed: u64, device: &Device) -> Result<(Tensor, Tensor)> {
+    let shape = (3, SIZE, SIZE);
+    let per = 3 * SIZE * SIZE;
+    let pixels = bench_pixels(batch.div_ceil(4), seed);
+    let (px, y) = crate::pretext::rotation_batch(&pixels, shape);
+    let x = crate::data::batch::to_tensor(&px[..batch * per], shape, &bench_norm(), device)?;
     let y = Tensor::from_vec(y[..batch].to_vec(), batch, device)?;
     Ok((x, y))
 }
@@ -263,6 +297,10 @@ enum Tail {
     SimClr(crate::contrastive::Mlp, Tensor),
     /// MAE's decoder (ViT only).
     Mae(Box<crate::pretext::Mae>),
+    /// A pretext objective timed through its own `loss` on a batch of
+    /// `u8` images (its batch preparation — tiles, masks, colour
+    /// conversion — inside the step).
+    Pretext(Box<dyn crate::pretext::Objective>, Vec<u8>),
 }
 
 /// What [`time_steps`] measured: median and half-range of images/s,
@@ -359,6 +397,18 @@ pub fn train_step_row(
             let mae = crate::pretext::Mae::new(Default::default(), &ctx, vb.pp("head"))?;
             Tail::Mae(Box::new(mae))
         }
+        name if PRETEXT_ROWS.contains(&name) => {
+            let ctx = crate::pretext::ObjectiveContext {
+                backbone: std::sync::Arc::new(cfg.clone()),
+                feature_dim: backbone.feature_dim(),
+                online: map.clone(),
+                seed: o.seed,
+                device: o.device.clone(),
+                image_shape: (3, SIZE, SIZE),
+            };
+            let objective = crate::pretext::build_objective(name, &ctx, vb.pp("head"))?;
+            Tail::Pretext(objective, bench_pixels(o.batch, o.seed))
+        }
         _ => Tail::Rotation(candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?),
     };
     let vars: Vec<_> = params::trainable_vars(&map)
@@ -382,6 +432,12 @@ pub fn train_step_row(
                 crate::contrastive::losses::nt_xent(&z.narrow(0, 0, n)?, &z.narrow(0, n, n)?, 0.2)
             }
             Tail::Mae(mae) => mae.loss_of(backbone.as_ref(), &x, o.seed),
+            Tail::Pretext(objective, pixels) => {
+                let shape = (3, SIZE, SIZE);
+                Ok(objective
+                    .loss(backbone.as_ref(), pixels, shape, &bench_norm(), true)?
+                    .0)
+            }
         }
     };
     // Stock rows keep Candle's own AdamW; fast rows use the fused one.
@@ -546,9 +602,13 @@ mod tests {
         assert_eq!(rows[2].objective, "simclr");
         assert_eq!(rows[3].implementation, "fast");
         let mut bad = o.clone();
-        bad.objectives = vec!["jigsaw".into()];
+        bad.objectives = vec!["moco".into()];
         let e = run(&bad, |_| {}).unwrap_err().to_string();
-        assert!(e.contains("jigsaw") && e.contains("simclr"), "{e}");
+        assert!(e.contains("moco") && e.contains("simclr"), "{e}");
+        let listed = ["rotation", "jigsaw", "mae", "colorization"].map(String::from);
+        assert_eq!(with_pytorch_twin(&listed), ["rotation", "mae"]);
+        assert!(pairs_with("mae", "vit") && !pairs_with("mae", "convnet"));
+        assert!(!pairs_with("inpaint", "vit") && pairs_with("jigsaw", "vit"));
         assert_eq!(crate::kernels::default_kernels(), Kernels::Fast);
     }
 }

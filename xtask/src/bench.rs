@@ -125,7 +125,10 @@ fn pytorch_rows(
         .args(["--device", device])
         .args(["--threads", &threads.to_string()])
         .args(["--models", &a.models.join(",")])
-        .args(["--objectives", &a.objectives.join(",")])
+        .args([
+            "--objectives",
+            &bench::with_pytorch_twin(&a.objectives).join(","),
+        ])
         .args(["--batch", &a.batch.to_string()])
         .args(["--text-batch", &a.text_batch.to_string()])
         .args(["--seq-len", &a.seq_len.to_string()])
