@@ -20,7 +20,6 @@ use selfsup_data::batch;
 use selfsup_kernels::nn::{xavier_uniform, Dense};
 use selfsup_objective::{Objective, ObjectiveContext};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Inpainting's knobs (the `[methods.inpaint]` section without its
 /// schedule).
@@ -68,7 +67,7 @@ pub struct Inpaint {
     stride: usize,
     channels: usize,
     seed: u64,
-    calls: AtomicU64,
+    calls: crate::calls::Calls,
     device: Device,
 }
 
@@ -105,7 +104,7 @@ impl Inpaint {
             stride,
             channels: c,
             seed: ctx.seed,
-            calls: AtomicU64::new(0),
+            calls: crate::calls::Calls::default(),
             device: ctx.device.clone(),
             cfg,
         })
@@ -268,6 +267,12 @@ fn better_than_mean(
 }
 
 impl Objective for Inpaint {
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.calls.state()
+    }
+    fn restore_state(&self, saved: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        self.calls.restore(saved)
+    }
     fn name(&self) -> &'static str {
         "inpaint"
     }
@@ -292,7 +297,7 @@ impl Objective for Inpaint {
         train: bool,
     ) -> Result<(Tensor, f64, usize)> {
         let seed = if train {
-            let call = self.calls.fetch_add(1, Ordering::Relaxed);
+            let call = self.calls.next();
             rng::derive_seed(self.seed, "inpaint-call", call)
         } else {
             rng::derive_seed(

@@ -15,7 +15,6 @@ use selfsup_backbones::Backbone;
 use selfsup_core::{rng, Error, Normalization, Result};
 use selfsup_data::batch;
 use selfsup_objective::{classification_loss, Objective};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Orders in the 3x3 grid's permutation set.
 pub const PERMUTATIONS_3X3: usize = 64;
@@ -179,7 +178,7 @@ pub struct Jigsaw {
     perms: Vec<Vec<usize>>,
     seed: u64,
     /// Calls so far: each call draws fresh puzzles.
-    calls: AtomicU64,
+    calls: crate::calls::Calls,
     device: Device,
 }
 
@@ -201,7 +200,7 @@ impl Jigsaw {
             puzzle,
             perms,
             seed,
-            calls: AtomicU64::new(0),
+            calls: crate::calls::Calls::default(),
             device,
         })
     }
@@ -213,6 +212,12 @@ impl Jigsaw {
 }
 
 impl Objective for Jigsaw {
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.calls.state()
+    }
+    fn restore_state(&self, saved: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        self.calls.restore(saved)
+    }
     fn name(&self) -> &'static str {
         "jigsaw"
     }
@@ -229,7 +234,7 @@ impl Objective for Jigsaw {
         norm: &Normalization,
         train: bool,
     ) -> Result<(Tensor, f64, usize)> {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let call = self.calls.next();
         let seed = rng::derive_seed(self.seed, "jigsaw-call", call);
         let b = jigsaw_batch(pixels, shape, self.puzzle, &self.perms, seed);
         let n = b.labels.len();

@@ -32,6 +32,7 @@ use selfsup_core::{Error, Normalization, Result};
 use selfsup_data::{batch, Dataset};
 use std::sync::Arc;
 
+mod calls;
 pub mod colorization;
 pub mod inpaint;
 pub mod jigsaw;

@@ -21,7 +21,6 @@ use selfsup_data::batch;
 use selfsup_kernels::nn::{add_tail, xavier_uniform, Dense, LayerNorm};
 use selfsup_objective::{Objective, ObjectiveContext};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// MAE's knobs (the `[methods.mae]` section without its schedule).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,7 +127,7 @@ pub struct Mae {
     norm: LayerNorm,
     pred: Dense,
     seed: u64,
-    calls: AtomicU64,
+    calls: crate::calls::Calls,
     device: Device,
 }
 
@@ -183,7 +182,7 @@ impl Mae {
             norm: LayerNorm::new(dd, selfsup_backbones::VIT_LN_EPS, vb.pp("decoder_norm"))?,
             pred: Dense::new(dd, pdim, xavier_uniform(dd, pdim), vb.pp("decoder_pred"))?,
             seed: ctx.seed,
-            calls: AtomicU64::new(0),
+            calls: crate::calls::Calls::default(),
             device: ctx.device.clone(),
             cfg,
         })
@@ -382,6 +381,12 @@ pub(crate) fn content_hash(pixels: &[u8]) -> u64 {
 }
 
 impl Objective for Mae {
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.calls.state()
+    }
+    fn restore_state(&self, saved: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        self.calls.restore(saved)
+    }
     fn name(&self) -> &'static str {
         "mae"
     }
@@ -407,7 +412,7 @@ impl Objective for Mae {
     ) -> Result<(Tensor, f64, usize)> {
         let vit = require_vit(backbone)?;
         let seed = if train {
-            let call = self.calls.fetch_add(1, Ordering::Relaxed);
+            let call = self.calls.next();
             rng::derive_seed(self.seed, "mae-call", call)
         } else {
             rng::derive_seed(self.seed, "mae-heldout", content_hash(pixels))
