@@ -3,9 +3,16 @@
 //! draws exactly what an uninterrupted one would.
 
 use candle_core::{DType, Device, Tensor};
-use selfsup_core::Result;
+use selfsup_core::{rng, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// FNV-1a of a batch's bytes.
+fn content_hash(pixels: &[u8]) -> u64 {
+    pixels.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// Name of the counter in an objective's saved state.
 const KEY: &str = "calls";
@@ -18,6 +25,19 @@ impl Calls {
     /// This call's number (0, 1, 2, ...).
     pub(crate) fn next(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The seed of one batch's random draws under the run's `seed`: in
+    /// training, from this call's number (new draws every step); held
+    /// out, from the batch's bytes, so that the same held-out batch gets
+    /// the same draws every epoch and its loss is comparable from epoch
+    /// to epoch. `stream` names the objective.
+    pub(crate) fn draw_seed(&self, seed: u64, stream: &str, train: bool, pixels: &[u8]) -> u64 {
+        if train {
+            rng::derive_seed(seed, &format!("{stream}-call"), self.next())
+        } else {
+            rng::derive_seed(seed, &format!("{stream}-heldout"), content_hash(pixels))
+        }
     }
 
     /// The count as objective state: two u32 words, low first.

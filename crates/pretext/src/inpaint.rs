@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::init::Init;
 use candle_nn::VarBuilder;
 use selfsup_backbones::Backbone;
-use selfsup_core::{rng, Error, Normalization, Result};
+use selfsup_core::{Error, Normalization, Result};
 use selfsup_data::batch;
 use selfsup_kernels::nn::{xavier_uniform, Dense};
 use selfsup_objective::{Objective, ObjectiveContext};
@@ -296,16 +296,7 @@ impl Objective for Inpaint {
         norm: &Normalization,
         train: bool,
     ) -> Result<(Tensor, f64, usize)> {
-        let seed = if train {
-            let call = self.calls.next();
-            rng::derive_seed(self.seed, "inpaint-call", call)
-        } else {
-            rng::derive_seed(
-                self.seed,
-                "inpaint-heldout",
-                crate::mae::content_hash(pixels),
-            )
-        };
+        let seed = self.calls.draw_seed(self.seed, "inpaint", train, pixels);
         let x = batch::to_tensor(pixels, shape, norm, &self.device)?;
         let (b, _, h, w) = x.dims4()?;
         let mask = self.pixel_mask(seed, b, h, w)?;

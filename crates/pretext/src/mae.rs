@@ -372,14 +372,6 @@ fn better_than_mean(pred: &Tensor, target: &Tensor, masked: &Tensor) -> Result<f
     Ok(f64::from(wins) / masked.dim(0)?.max(1) as f64)
 }
 
-/// FNV-1a of a batch's bytes: held-out batches get the same masks every
-/// epoch, so their loss is comparable from epoch to epoch.
-pub(crate) fn content_hash(pixels: &[u8]) -> u64 {
-    pixels.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 impl Objective for Mae {
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
         self.calls.state()
@@ -411,12 +403,7 @@ impl Objective for Mae {
         train: bool,
     ) -> Result<(Tensor, f64, usize)> {
         let vit = require_vit(backbone)?;
-        let seed = if train {
-            let call = self.calls.next();
-            rng::derive_seed(self.seed, "mae-call", call)
-        } else {
-            rng::derive_seed(self.seed, "mae-heldout", content_hash(pixels))
-        };
+        let seed = self.calls.draw_seed(self.seed, "mae", train, pixels);
         let x = batch::to_tensor(pixels, shape, norm, &self.device)?;
         let (loss, pred, target, mask) = self.forward_loss(vit, &x, seed)?;
         let acc = better_than_mean(&pred, &target, &mask.masked)?;
