@@ -479,8 +479,8 @@ pub fn run(opts: &AnomalyOptions) -> Result<AnomalyReport> {
         threads: crate::pipeline::rayon_threads(),
         device: format!("{:?}", opts.device),
         config: serde_json::json!({
-            "detector": opts.detector,
-            "detector_config": detector,
+            "detector": detector,
+            "detector_kind": opts.detector,
             "backbone": backbone,
             "init": opts.init,
             "classes": opts.classes,

@@ -63,7 +63,12 @@ fn faces_detector_separates_faces_from_non_faces() {
     );
     assert_eq!(spec.seeds, vec![0]);
     assert_eq!(spec.backbone, opts.backbone);
-    assert_eq!(json["scores"].as_array().unwrap().len(), SCORES.len());
+    // Every score but the masked autoencoder's reconstruction error.
+    assert_eq!(json["scores"].as_array().unwrap().len(), SCORES.len() - 1);
+    assert_eq!(
+        selfsup::anomaly_run::scores_of("transformations"),
+        ["nll", "dirichlet", "knn", "knn-all"]
+    );
     let run0 = &report.runs[0];
     assert_eq!(
         (run0.normal_train, run0.test_normal, run0.test_anomalies),
@@ -289,7 +294,10 @@ fn a_masked_autoencoder_scores_reconstruction_error() {
     );
     assert!((0.0..=1.0).contains(&report.mean_auroc));
     let json = read_json(&dir.path().join("report.json"));
-    assert_eq!(json["config"]["detector"], "mae");
+    assert_eq!(json["config"]["detector_kind"], "mae");
+    // The report alone gives the run's spec back, detector included.
+    let spec = selfsup::spec::AnomalySpec::from_report(&json, Path::new("report.json")).unwrap();
+    assert_eq!((spec.detector.as_str(), spec.epochs), ("mae", 3));
     assert_eq!(json["transformations"], 0);
     let rec = &json["scores"][1]["per_class"][0];
     assert_eq!(rec["class"], "Trouser");

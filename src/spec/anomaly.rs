@@ -182,7 +182,7 @@ impl AnomalySpec {
             report_field(report, "anomaly", "/config/backbone", path)?;
         // Added later: the transformation detector where absent.
         let detector = report
-            .pointer("/config/detector")
+            .pointer("/config/detector_kind")
             .and_then(serde_json::Value::as_str)
             .filter(|d| *d == "mae")
             .unwrap_or("transformations");
