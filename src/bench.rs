@@ -378,6 +378,14 @@ pub fn train_step_row(
     // Rotation's 4-way head, or SimCLR's projector and two views (the
     // rotation inputs and another draw, one batch): only what the timed step
     // uses is built, so the optimiser sees exactly its parameters.
+    let ctx = || crate::pretext::ObjectiveContext {
+        backbone: std::sync::Arc::new(cfg.clone()),
+        feature_dim: backbone.feature_dim(),
+        online: map.clone(),
+        seed: o.seed,
+        device: o.device.clone(),
+        image_shape: (3, SIZE, SIZE),
+    };
     let tail = match objective {
         "simclr" => {
             let dims = [backbone.feature_dim(), 256, 128];
@@ -386,27 +394,11 @@ pub fn train_step_row(
             Tail::SimClr(projector, Tensor::cat(&[&x, &x2], 0)?)
         }
         "mae" => {
-            let ctx = crate::pretext::ObjectiveContext {
-                backbone: std::sync::Arc::new(cfg.clone()),
-                feature_dim: backbone.feature_dim(),
-                online: map.clone(),
-                seed: o.seed,
-                device: o.device.clone(),
-                image_shape: (3, SIZE, SIZE),
-            };
-            let mae = crate::pretext::Mae::new(Default::default(), &ctx, vb.pp("head"))?;
+            let mae = crate::pretext::Mae::new(Default::default(), &ctx(), vb.pp("head"))?;
             Tail::Mae(Box::new(mae))
         }
         name if PRETEXT_ROWS.contains(&name) => {
-            let ctx = crate::pretext::ObjectiveContext {
-                backbone: std::sync::Arc::new(cfg.clone()),
-                feature_dim: backbone.feature_dim(),
-                online: map.clone(),
-                seed: o.seed,
-                device: o.device.clone(),
-                image_shape: (3, SIZE, SIZE),
-            };
-            let objective = crate::pretext::build_objective(name, &ctx, vb.pp("head"))?;
+            let objective = crate::pretext::build_objective(name, &ctx(), vb.pp("head"))?;
             Tail::Pretext(objective, bench_pixels(o.batch, o.seed))
         }
         _ => Tail::Rotation(candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?),

@@ -203,6 +203,15 @@ impl Default for ColorizationSettings {
     }
 }
 
+impl ColorizationSettings {
+    /// The objective's settings.
+    pub fn config(&self) -> ColorizationConfig {
+        ColorizationConfig {
+            rebalance: self.rebalance,
+        }
+    }
+}
+
 /// The projection MLP every two-view method puts on the encoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -385,6 +394,32 @@ two_view_settings! {
     }
 }
 
+/// `schedule()` for the pretext tasks' sections, whose first four fields
+/// are the schedule's.
+macro_rules! pretext_schedule {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// Its schedule.
+            pub fn schedule(&self) -> Schedule {
+                Schedule {
+                    epochs: self.epochs,
+                    batch: self.batch,
+                    lr: self.lr,
+                    patience: self.patience,
+                }
+            }
+        }
+    )*};
+}
+
+pretext_schedule!(
+    RotationSettings,
+    JigsawSettings,
+    MaeSettings,
+    InpaintSettings,
+    ColorizationSettings
+);
+
 /// One section per method; each is read only when the method runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -436,73 +471,36 @@ impl MethodsSpec {
             siamese,
             pretext: PretextSettings::default(),
         };
+        let one = |schedule, pretext| MethodView {
+            schedule,
+            view_augment: None,
+            siamese: SiameseConfig::default(),
+            pretext,
+        };
         Ok(match method {
-            "rotation" => MethodView {
-                schedule: Schedule {
-                    epochs: self.rotation.epochs,
-                    batch: self.rotation.batch,
-                    lr: self.rotation.lr,
-                    patience: self.rotation.patience,
-                },
-                view_augment: None,
-                siamese: SiameseConfig::default(),
-                pretext: PretextSettings::default(),
-            },
-            "jigsaw" => MethodView {
-                schedule: Schedule {
-                    epochs: self.jigsaw.epochs,
-                    batch: self.jigsaw.batch,
-                    lr: self.jigsaw.lr,
-                    patience: self.jigsaw.patience,
-                },
-                view_augment: None,
-                siamese: SiameseConfig::default(),
-                pretext: PretextSettings::default(),
-            },
-            "mae" => MethodView {
-                schedule: Schedule {
-                    epochs: self.mae.epochs,
-                    batch: self.mae.batch,
-                    lr: self.mae.lr,
-                    patience: self.mae.patience,
-                },
-                view_augment: None,
-                siamese: SiameseConfig::default(),
-                pretext: PretextSettings {
+            "rotation" => one(self.rotation.schedule(), PretextSettings::default()),
+            "jigsaw" => one(self.jigsaw.schedule(), PretextSettings::default()),
+            "mae" => one(
+                self.mae.schedule(),
+                PretextSettings {
                     mae: self.mae.config(),
                     ..PretextSettings::default()
                 },
-            },
-            "inpaint" => MethodView {
-                schedule: Schedule {
-                    epochs: self.inpaint.epochs,
-                    batch: self.inpaint.batch,
-                    lr: self.inpaint.lr,
-                    patience: self.inpaint.patience,
-                },
-                view_augment: None,
-                siamese: SiameseConfig::default(),
-                pretext: PretextSettings {
+            ),
+            "inpaint" => one(
+                self.inpaint.schedule(),
+                PretextSettings {
                     inpaint: self.inpaint.config(),
                     ..PretextSettings::default()
                 },
-            },
-            "colorization" => MethodView {
-                schedule: Schedule {
-                    epochs: self.colorization.epochs,
-                    batch: self.colorization.batch,
-                    lr: self.colorization.lr,
-                    patience: self.colorization.patience,
-                },
-                view_augment: None,
-                siamese: SiameseConfig::default(),
-                pretext: PretextSettings {
-                    colorization: ColorizationConfig {
-                        rebalance: self.colorization.rebalance,
-                    },
+            ),
+            "colorization" => one(
+                self.colorization.schedule(),
+                PretextSettings {
+                    colorization: self.colorization.config(),
                     ..PretextSettings::default()
                 },
-            },
+            ),
             "simclr" => two(
                 self.simclr.schedule(),
                 &self.simclr.view_augment,

@@ -151,7 +151,7 @@ impl Experiment {
             }
         }
         if self.pretrain.methods.iter().any(|m| m == "colorization") {
-            let r = self.methods.colorization.rebalance;
+            let r = self.methods.colorization.config().rebalance;
             if !(0.0..=1.0).contains(&r) {
                 return Err(Error::invalid(
                     "methods.colorization.rebalance",
