@@ -422,6 +422,46 @@ mod tests {
     }
 
     #[test]
+    fn resnet18_and_mobilenetv2_inpaint_at_their_own_stride() {
+        let (ds, norm, _, _, _, _) = crate::tiny::setup();
+        let configs = [
+            BackboneConfig::ResNet18 {
+                in_channels: 1,
+                base_width: 4,
+            },
+            BackboneConfig::MobileNetV2 {
+                in_channels: 1,
+                width_multiplier: 0.25,
+            },
+        ];
+        for cfg in configs {
+            let map = candle_nn::VarMap::new();
+            let vb = selfsup_core::params::seeded_var_builder(&map, 0, &Device::Cpu);
+            let backbone = cfg.build(vb.pp("backbone")).unwrap();
+            let ctx = context(cfg.clone(), &map, backbone.feature_dim(), ds.image_shape());
+            let obj =
+                Inpaint::for_context(InpaintConfig::default(), &ctx, vb.pp(HEAD_PREFIX)).unwrap();
+            // 28 -> 14 -> 7 -> 4: each position covers 7x7 pixels.
+            assert_eq!(obj.stride, 7, "{}", cfg.name());
+            let (loss, _, n) = obj
+                .loss(
+                    backbone.as_ref(),
+                    ds.pixels(),
+                    ds.image_shape(),
+                    &norm,
+                    true,
+                )
+                .unwrap();
+            assert_eq!(n, 8);
+            let grads = loss.backward().unwrap();
+            for (name, v) in trainable_vars(&map) {
+                let g = grads.get(v.as_tensor());
+                assert!(g.is_some_and(|g| abs_sum(g).unwrap() > 0.0), "{name}");
+            }
+        }
+    }
+
+    #[test]
     fn a_vit_is_refused_by_name() {
         let map = candle_nn::VarMap::new();
         let vb = selfsup_core::params::seeded_var_builder(&map, 0, &Device::Cpu);
