@@ -51,7 +51,8 @@ pub struct SpecArgs {
     /// image sub-folder per class.
     #[arg(long)]
     pub dataset: Option<String>,
-    /// Encoder (default: convnet): convnet, resnet18 (CIFAR stem) or mobilenetv2.
+    /// Encoder (default: convnet): convnet, resnet18 (CIFAR stem),
+    /// mobilenetv2 or vit (a small Vision Transformer, 4x4 patches).
     #[arg(long)]
     pub backbone: Option<String>,
     /// Use only the first N training images.

@@ -22,7 +22,8 @@ pub struct PipelineArgs {
     run: RunArgs,
     #[command(flatten)]
     spec: SpecArgs,
-    /// Pretraining methods, comma-separated: rotation, jigsaw, simclr,
+    /// Pretraining methods, comma-separated: rotation, jigsaw, mae (with
+    /// --backbone vit), inpaint, colorization (colour images), simclr,
     /// byol, simsiam, barlow, vicreg, moco (default: rotation).
     #[arg(long, value_delimiter = ',')]
     pretext: Option<Vec<String>>,
@@ -106,8 +107,9 @@ pub struct PretrainArgs {
     run: RunArgs,
     #[command(flatten)]
     spec: SpecArgs,
-    /// Pretraining method: rotation, jigsaw, simclr, byol, simsiam, barlow,
-    /// vicreg or moco (default: the spec's first method).
+    /// Pretraining method: rotation, jigsaw, mae, inpaint, colorization,
+    /// simclr, byol, simsiam, barlow, vicreg or moco (default: the spec's
+    /// first method).
     #[arg(long)]
     pretext: Option<String>,
     /// Seed (default: the spec's first seed).
