@@ -104,9 +104,19 @@ pub fn patch_mask(seed: u64, index: u64, n: usize, ratio: f64) -> PatchMask {
 /// Mean squared error of `pred` against `target` (both (B, N, P)) over
 /// the flat patch rows `masked` (indices into B·N) only.
 pub fn masked_mse(pred: &Tensor, target: &Tensor, masked: &Tensor) -> Result<Tensor> {
-    let (b, n, p) = pred.dims3()?;
-    let rows = |t: &Tensor| t.reshape((b * n, p))?.index_select(masked, 0);
-    Ok((rows(pred)? - rows(target)?)?.sqr()?.mean_all()?)
+    rows_mse(&masked_rows(pred, masked)?, &masked_rows(target, masked)?)
+}
+
+/// The patch rows `masked` (indices into B·N) of patches (B, N, P), as
+/// (M, P).
+fn masked_rows(t: &Tensor, masked: &Tensor) -> Result<Tensor> {
+    let (b, n, p) = t.dims3()?;
+    Ok(t.reshape((b * n, p))?.index_select(masked, 0)?)
+}
+
+/// Mean squared error between two sets of patch rows.
+fn rows_mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    Ok((pred - target)?.sqr()?.mean_all()?)
 }
 
 /// Pixels normalised per patch over its last dimension (mean 0, variance
@@ -240,21 +250,17 @@ impl Mae {
         Ok(self.pred.forward(&self.norm.forward(&z)?)?)
     }
 
-    /// The loss, prediction, target and masks of normalised images `x`
-    /// under masks drawn from `seed`.
-    fn forward_loss(
-        &self,
-        vit: &Vit,
-        x: &Tensor,
-        seed: u64,
-    ) -> Result<(Tensor, Tensor, Tensor, BatchMask)> {
+    /// The loss of normalised images `x` under masks drawn from `seed`,
+    /// and the masked patches' predicted and target rows (image-major,
+    /// `n - keep` per image), selected once for every use.
+    fn forward_loss(&self, vit: &Vit, x: &Tensor, seed: u64) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, _, h, w) = x.dims4()?;
         let (gh, gw) = vit.grid(h, w);
         let mask = self.batch_mask(seed, b, gh * gw)?;
-        let pred = self.reconstruct(vit, x, &mask)?;
-        let target = self.target(vit, x)?;
-        let loss = masked_mse(&pred, &target, &mask.masked)?;
-        Ok((loss, pred, target, mask))
+        let pred = masked_rows(&self.reconstruct(vit, x, &mask)?, &mask.masked)?;
+        let target = masked_rows(&self.target(vit, x)?, &mask.masked)?;
+        let loss = rows_mse(&pred, &target)?;
+        Ok((loss, pred, target))
     }
 
     /// The MAE loss of normalised images `x` (B, C, H, W) already on the
@@ -273,15 +279,13 @@ impl Mae {
         seed: u64,
     ) -> Result<Vec<f64>> {
         let vit = require_vit(backbone)?;
-        let (_, pred, target, mask) = self.forward_loss(vit, x, seed)?;
-        let (b, n, p) = pred.dims3()?;
-        let rows = |t: &Tensor| t.reshape((b * n, p))?.index_select(&mask.masked, 0);
-        let per_row: Vec<f32> = (rows(&pred)? - rows(&target)?)?
+        let (_, pred, target) = self.forward_loss(vit, x, seed)?;
+        let per_row: Vec<f32> = (pred - target)?
             .sqr()?
             .mean(1)?
             .to_device(&Device::Cpu)?
             .to_vec1()?;
-        let hidden = n - mask.keep;
+        let hidden = per_row.len() / x.dim(0)?.max(1);
         Ok(per_row
             .chunks_exact(hidden.max(1))
             .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>() / c.len() as f64)
@@ -357,11 +361,8 @@ fn require_vit(backbone: &dyn Backbone) -> Result<&Vit> {
 
 /// Share of masked patch rows whose squared error is below the target
 /// patch's variance.
-fn better_than_mean(pred: &Tensor, target: &Tensor, masked: &Tensor) -> Result<f64> {
-    let (b, n, p) = pred.dims3()?;
-    let rows = |t: &Tensor| t.reshape((b * n, p))?.index_select(masked, 0);
-    let (pr, tr) = (rows(pred)?, rows(target)?);
-    let err = (&pr - &tr)?.sqr()?.mean(1)?;
+fn better_than_mean(pr: &Tensor, tr: &Tensor) -> Result<f64> {
+    let err = (pr - tr)?.sqr()?.mean(1)?;
     let mean = tr.mean_keepdim(1)?;
     let var = tr.broadcast_sub(&mean)?.sqr()?.mean(1)?;
     let wins = err
@@ -369,7 +370,7 @@ fn better_than_mean(pred: &Tensor, target: &Tensor, masked: &Tensor) -> Result<f
         .to_dtype(DType::F32)?
         .sum_all()?
         .to_scalar::<f32>()?;
-    Ok(f64::from(wins) / masked.dim(0)?.max(1) as f64)
+    Ok(f64::from(wins) / pr.dim(0)?.max(1) as f64)
 }
 
 impl Objective for Mae {
@@ -405,8 +406,8 @@ impl Objective for Mae {
         let vit = require_vit(backbone)?;
         let seed = self.calls.draw_seed(self.seed, "mae", train, pixels);
         let x = batch::to_tensor(pixels, shape, norm, &self.device)?;
-        let (loss, pred, target, mask) = self.forward_loss(vit, &x, seed)?;
-        let acc = better_than_mean(&pred, &target, &mask.masked)?;
+        let (loss, pred, target) = self.forward_loss(vit, &x, seed)?;
+        let acc = better_than_mean(&pred, &target)?;
         Ok((loss, acc, x.dim(0)?))
     }
 }
