@@ -215,7 +215,10 @@ pub fn reconstruction_figure(
         shape = (c, h, w);
         grid.push(crate::plot::ImageRow {
             label: label.to_string(),
-            images: to_bytes(t, &ctx.prep.norm)?,
+            images: crate::data::batch::to_pixels(t, &ctx.prep.norm)?
+                .chunks(c * h * w)
+                .map(<[u8]>::to_vec)
+                .collect(),
         });
     }
     let title = match method {
@@ -224,22 +227,4 @@ pub fn reconstruction_figure(
     };
     crate::plot::image_grid_png(path, &title, &grid, shape, 4)?;
     Ok(true)
-}
-
-/// Normalised images (B, C, H, W) back to bytes, clamped to 0..=255.
-fn to_bytes(t: &candle_core::Tensor, norm: &crate::core::Normalization) -> Result<Vec<Vec<u8>>> {
-    let (b, c, h, w) = t.dims4()?;
-    let v: Vec<f32> = finetune::to_cpu_f32(t)?.flatten_all()?.to_vec1()?;
-    let plane = h * w;
-    Ok((0..b)
-        .map(|i| {
-            (0..c * plane)
-                .map(|k| {
-                    let ch = k / plane;
-                    let px = v[i * c * plane + k] * norm.std[ch] + norm.mean[ch];
-                    (px * 255.0).round().clamp(0.0, 255.0) as u8
-                })
-                .collect()
-        })
-        .collect())
 }

@@ -62,6 +62,28 @@ pub fn to_tensor(
     Ok(Tensor::from_vec(data, (n, c, h, w), device)?)
 }
 
+/// The inverse of [`to_tensor`]: a normalised (n, C, H, W) tensor (any
+/// device or float dtype) back to contiguous `u8` images, rounded and
+/// clamped to 0..=255.
+pub fn to_pixels(x: &Tensor, norm: &Normalization) -> Result<Vec<u8>> {
+    let (_, c, h, w) = x.dims4()?;
+    let v: Vec<f32> = x
+        .to_device(&Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let plane = h * w;
+    Ok(v.iter()
+        .enumerate()
+        .map(|(k, &px)| {
+            let ch = (k / plane) % c;
+            ((px * norm.std[ch] + norm.mean[ch]) * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect())
+}
+
 /// The images at `indices` of `ds` as one normalised tensor.
 pub fn gather(
     ds: &Dataset,
@@ -82,6 +104,23 @@ pub fn labels(ds: &Dataset, indices: &[usize], device: &Device) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_pixels_inverts_to_tensor_per_channel() {
+        let norm = Normalization {
+            mean: vec![0.2, 0.5],
+            std: vec![0.3, 0.1],
+        };
+        let pixels: Vec<u8> = vec![
+            0, 7, 128, 255, 3, 90, 200, 254, 1, 2, 3, 4, 250, 251, 252, 253,
+        ];
+        let x = to_tensor(&pixels, (2, 2, 2), &norm, &Device::Cpu).unwrap();
+        assert_eq!(x.dims(), &[2, 2, 2, 2]);
+        assert_eq!(to_pixels(&x, &norm).unwrap(), pixels);
+        let far = (x * 100.0).unwrap();
+        let clamped = to_pixels(&far, &norm).unwrap();
+        assert_eq!((clamped[0], clamped[3]), (0, 255));
+    }
 
     #[test]
     fn normalisation_centres_and_scales() {

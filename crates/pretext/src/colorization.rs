@@ -303,7 +303,7 @@ impl Colorization {
         norm: &Normalization,
     ) -> Result<[Tensor; 3]> {
         let (b, c, h, w) = x.dims4()?;
-        let pixels = to_u8(x, norm)?;
+        let pixels = batch::to_pixels(x, norm)?;
         let lab = lab_planes(&pixels, (h, w));
         let gray = gray_pixels(&lab, (h, w));
         let gx = batch::to_tensor(&gray, (c, h, w), norm, &self.device)?;
@@ -337,22 +337,6 @@ impl Colorization {
         debug_assert_eq!(pred.dim(0)?, b);
         Ok([gx, pred, x.clone()])
     }
-}
-
-/// Normalised images back to bytes.
-fn to_u8(x: &Tensor, norm: &Normalization) -> Result<Vec<u8>> {
-    let (_, c, h, w) = x.dims4()?;
-    let v: Vec<f32> = x.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-    let plane = h * w;
-    Ok(v.iter()
-        .enumerate()
-        .map(|(k, &px)| {
-            let ch = (k / plane) % c;
-            ((px * norm.std[ch] + norm.mean[ch]) * 255.0)
-                .round()
-                .clamp(0.0, 255.0) as u8
-        })
-        .collect())
 }
 
 impl Objective for Colorization {
@@ -620,12 +604,12 @@ mod tests {
         let x = batch::to_tensor(&pixels, shape, &norm, &Device::Cpu).unwrap();
         let [gray, pred, orig] = obj.figure_rows(backbone.as_ref(), &x, &norm).unwrap();
         let (err, base) = ab_error(
-            &to_u8(&pred, &norm).unwrap(),
-            &to_u8(&orig, &norm).unwrap(),
+            &batch::to_pixels(&pred, &norm).unwrap(),
+            &batch::to_pixels(&orig, &norm).unwrap(),
             24,
         );
         assert!(err < 0.3 * base, "ab error {err} vs mean colour {base}");
-        let g = to_u8(&gray, &norm).unwrap();
+        let g = batch::to_pixels(&gray, &norm).unwrap();
         let plane = 24 * 24;
         assert!(g[..plane] == g[plane..2 * plane], "the encoder sees gray");
     }
