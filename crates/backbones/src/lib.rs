@@ -45,7 +45,7 @@ mod vit;
 pub use convnet::ConvNet;
 pub use mobilenet::MobileNetV2;
 pub use resnet::ResNet18;
-pub use vit::{sincos_2d, Block, Vit, LN_EPS as VIT_LN_EPS};
+pub use vit::{patchify, sincos_2d, Block, Vit, LN_EPS as VIT_LN_EPS};
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;

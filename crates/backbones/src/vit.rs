@@ -165,19 +165,7 @@ impl Vit {
     /// row-major over the grid, each patch's values in (C, p, p) order.
     pub fn patchify(&self, x: &Tensor) -> Result<Tensor> {
         check_input(x, self.in_channels)?;
-        let (b, c, h, w) = x.dims4()?;
-        let (gh, gw) = self.grid(h, w);
-        let p = self.patch;
-        if gh == 0 || gw == 0 {
-            return Err(Error::invalid(
-                "input",
-                format!("a {h}x{w} image is smaller than one {p}x{p} patch"),
-            ));
-        }
-        let x = x.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
-        Ok(x.reshape(vec![b, c, gh, p, gw, p])?
-            .permute([0, 2, 4, 1, 3, 5])?
-            .reshape((b, gh * gw, c * p * p))?)
+        patchify(x, self.patch)
     }
 
     /// The inverse of [`Vit::patchify`] for a (rows, columns) grid:
@@ -223,6 +211,24 @@ impl Backbone for Vit {
     fn as_vit(&self) -> Option<&Vit> {
         Some(self)
     }
+}
+
+/// Flattened p x p patches (B, N, C·p·p) of a (B, C, H, W) tensor, patches
+/// row-major over the grid of whole patches (a right or bottom remainder
+/// is dropped), each patch's values in (C, p, p) order.
+pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (gh, gw) = (h / p.max(1), w / p.max(1));
+    if p == 0 || gh == 0 || gw == 0 {
+        return Err(Error::invalid(
+            "input",
+            format!("a {h}x{w} image is smaller than one {p}x{p} patch"),
+        ));
+    }
+    let x = x.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
+    Ok(x.reshape(vec![b, c, gh, p, gw, p])?
+        .permute([0, 2, 4, 1, 3, 5])?
+        .reshape((b, gh * gw, c * p * p))?)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::mae::patch_mask;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::init::Init;
 use candle_nn::VarBuilder;
-use selfsup_backbones::Backbone;
+use selfsup_backbones::{patchify, Backbone};
 use selfsup_core::{Error, Normalization, Result};
 use selfsup_data::batch;
 use selfsup_kernels::nn::{xavier_uniform, Dense};
@@ -223,47 +223,30 @@ pub(crate) fn probe_feature_map(ctx: &ObjectiveContext, method: &str) -> Result<
 
 /// Share of masked patches (fully inside the predicted area) whose squared
 /// error is below the patch's own variance; `pred` and `target` are
-/// (B, C, ph, pw) on the CPU.
-fn better_than_mean(
-    pred: &[f32],
-    target: &[f32],
-    dims: (usize, usize, usize, usize),
-    mask: &PixelMask,
-    m: usize,
-) -> f64 {
-    let (_, c, ph, pw) = dims;
-    let gw = mask.grid.1;
-    let (mut wins, mut total) = (0usize, 0usize);
-    for (i, masked) in mask.masked.iter().enumerate() {
-        for &p in masked {
-            let (r, col) = (p / gw, p % gw);
-            if (r + 1) * m > ph || (col + 1) * m > pw {
-                continue;
-            }
-            let mut vals = Vec::with_capacity(c * m * m);
-            for ch in 0..c {
-                for y in r * m..(r + 1) * m {
-                    let base = ((i * c + ch) * ph + y) * pw + col * m;
-                    vals.extend((0..m).map(|k| (pred[base + k], target[base + k])));
-                }
-            }
-            let n = vals.len() as f64;
-            let mean = vals.iter().map(|v| f64::from(v.1)).sum::<f64>() / n;
-            let var = vals
-                .iter()
-                .map(|v| (f64::from(v.1) - mean).powi(2))
-                .sum::<f64>()
-                / n;
-            let err = vals
-                .iter()
-                .map(|v| f64::from(v.0 - v.1).powi(2))
-                .sum::<f64>()
-                / n;
-            wins += usize::from(err < var);
-            total += 1;
-        }
+/// (B, C, ph, pw).
+fn better_than_mean(pred: &Tensor, target: &Tensor, mask: &PixelMask, m: usize) -> Result<f64> {
+    let (pr, tr) = (patchify(pred, m)?, patchify(target, m)?);
+    let (_, n, _) = pr.dims3()?;
+    let (gh, gw) = (pred.dim(2)? / m, pred.dim(3)? / m);
+    let rows: Vec<u32> = mask
+        .masked
+        .iter()
+        .enumerate()
+        .flat_map(|(i, masked)| {
+            masked.iter().filter_map(move |&p| {
+                let (r, c) = (p / mask.grid.1, p % mask.grid.1);
+                (r < gh && c < gw).then_some((i * n + r * gw + c) as u32)
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(0.0);
     }
-    wins as f64 / total.max(1) as f64
+    let rows = Tensor::new(rows, pred.device())?;
+    crate::mae::better_than_mean(
+        &crate::mae::masked_rows(&pr, &rows)?,
+        &crate::mae::masked_rows(&tr, &rows)?,
+    )
 }
 
 impl Objective for Inpaint {
@@ -307,14 +290,7 @@ impl Objective for Inpaint {
         let m = mask.tensor.narrow(2, 0, ph)?.narrow(3, 0, pw)?;
         let masked_values = (m.sum_all()?.to_scalar::<f32>()? as f64 * shape.0 as f64).max(1.0);
         let loss = ((&pred - &target)?.abs()?.broadcast_mul(&m)?.sum_all()? / masked_values)?;
-        let dims = (b, shape.0, ph, pw);
-        let acc = better_than_mean(
-            &pred.flatten_all()?.to_vec1::<f32>()?,
-            &target.flatten_all()?.to_vec1::<f32>()?,
-            dims,
-            &mask,
-            self.cfg.mask_patch,
-        );
+        let acc = better_than_mean(&pred, &target, &mask, self.cfg.mask_patch)?;
         Ok((loss, acc, b))
     }
 }
@@ -361,6 +337,33 @@ mod tests {
         let p = a.masked[1][0];
         let (r, c) = (4 * (p / 7), 4 * (p % 7));
         assert_eq!(px[28 * 28 + (r + 3) * 28 + c + 3], 1.0);
+    }
+
+    #[test]
+    fn better_than_mean_counts_masked_whole_patches_by_hand() {
+        // One 1-channel 4x6 image, 2x2 patches on a 2x3 grid (patch p at
+        // rows 2(p/3).., columns 2(p%3)..); the prediction is 5 pixels
+        // wide, so patch 2 (columns 4-5) is not fully predicted.
+        let target: Vec<f32> = (0..24).map(|v| (v * v % 7) as f32).collect();
+        let mut pred = target.clone();
+        for (r, c) in [(2, 0), (2, 1), (3, 0), (3, 1)] {
+            pred[r * 6 + c] += 10.0; // patch 3: far worse than its mean
+        }
+        let t = |v: &[f32]| {
+            Tensor::from_vec(v.to_vec(), (1, 1, 4, 6), &Device::Cpu)
+                .unwrap()
+                .narrow(3, 0, 5)
+                .unwrap()
+        };
+        let mask = |masked: Vec<usize>| PixelMask {
+            tensor: Tensor::zeros((1, 1, 4, 6), DType::F32, &Device::Cpu).unwrap(),
+            masked: vec![masked],
+            grid: (2, 3),
+        };
+        let acc = |m: Vec<usize>| better_than_mean(&t(&pred), &t(&target), &mask(m), 2).unwrap();
+        assert_eq!(acc(vec![0, 3]), 0.5, "patch 0 exact, patch 3 worse");
+        assert_eq!(acc(vec![0, 1, 2]), 1.0, "patch 2 is skipped");
+        assert_eq!(acc(vec![2]), 0.0, "nothing counted");
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn masked_mse(pred: &Tensor, target: &Tensor, masked: &Tensor) -> Result<Ten
 
 /// The patch rows `masked` (indices into B·N) of patches (B, N, P), as
 /// (M, P).
-fn masked_rows(t: &Tensor, masked: &Tensor) -> Result<Tensor> {
+pub(crate) fn masked_rows(t: &Tensor, masked: &Tensor) -> Result<Tensor> {
     let (b, n, p) = t.dims3()?;
     Ok(t.reshape((b * n, p))?.index_select(masked, 0)?)
 }
@@ -122,10 +122,17 @@ fn rows_mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// Pixels normalised per patch over its last dimension (mean 0, variance
 /// 1, MAE's epsilon 1e-6).
 pub fn normalize_patches(t: &Tensor) -> Result<Tensor> {
+    let (mean, spread) = patch_stats(t)?;
+    Ok(t.broadcast_sub(&mean)?.broadcast_div(&spread)?)
+}
+
+/// Each patch's mean and spread sqrt(variance + 1e-6) over its last
+/// dimension, kept as (.., 1): what [`normalize_patches`] divides out and
+/// a figure multiplies back in.
+fn patch_stats(t: &Tensor) -> Result<(Tensor, Tensor)> {
     let mean = t.mean_keepdim(D::Minus1)?;
-    let c = t.broadcast_sub(&mean)?;
-    let var = c.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(c.broadcast_div(&(var + 1e-6)?.sqrt()?)?)
+    let var = t.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok((mean, (var + 1e-6)?.sqrt()?))
 }
 
 /// The MAE objective: decoder and loss; the encoder is the backbone.
@@ -323,14 +330,8 @@ impl Mae {
         let patches = vit.patchify(x)?;
         let mut pred = self.reconstruct(vit, x, &mask)?;
         if self.cfg.norm_pix_loss {
-            let mean = patches.mean_keepdim(D::Minus1)?;
-            let var = patches
-                .broadcast_sub(&mean)?
-                .sqr()?
-                .mean_keepdim(D::Minus1)?;
-            pred = pred
-                .broadcast_mul(&(var + 1e-6)?.sqrt()?)?
-                .broadcast_add(&mean)?;
+            let (mean, spread) = patch_stats(&patches)?;
+            pred = pred.broadcast_mul(&spread)?.broadcast_add(&mean)?;
         }
         let hidden = Tensor::zeros(b * n, DType::F32, x.device())?
             .index_add(
@@ -359,9 +360,10 @@ fn require_vit(backbone: &dyn Backbone) -> Result<&Vit> {
     })
 }
 
-/// Share of masked patch rows whose squared error is below the target
-/// patch's variance.
-fn better_than_mean(pr: &Tensor, tr: &Tensor) -> Result<f64> {
+/// Share of patch rows (M, P) whose squared error is below the target
+/// patch's variance: how often a prediction beats filling the patch with
+/// its true mean.
+pub(crate) fn better_than_mean(pr: &Tensor, tr: &Tensor) -> Result<f64> {
     let err = (pr - tr)?.sqr()?.mean(1)?;
     let mean = tr.mean_keepdim(1)?;
     let var = tr.broadcast_sub(&mean)?.sqr()?.mean(1)?;
