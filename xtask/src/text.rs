@@ -24,6 +24,16 @@ pub struct TextArgs {
     /// shipped Rust book, data/text/rust-book.txt).
     #[arg(long)]
     corpus: Option<PathBuf>,
+    /// More text (a file or directory) to train on that is never held out,
+    /// repeatable. Without --corpus and without this flag, the shipped
+    /// Rust documentation (data/rust-docs: the Reference, the Rustonomicon,
+    /// Rust by Example and four more guides) is added to the book.
+    #[arg(long = "train-corpus", value_name = "PATH")]
+    train_corpus: Vec<PathBuf>,
+    /// Train on the --corpus text alone, without the shipped
+    /// training-only documentation.
+    #[arg(long, conflicts_with = "train_corpus")]
+    no_train_corpus: bool,
     /// Output directory: report.json, report.md and checkpoint/ (the
     /// Hugging Face BertForMaskedLM folder).
     #[arg(long, default_value = "models/text")]
@@ -161,18 +171,34 @@ fn query(a: &TextArgs, device: &candle_core::Device) -> Result<()> {
     Ok(())
 }
 
+/// `--corpus` (default: the shipped Rust book) with its held-out part, and
+/// the training-only text: `--train-corpus`, or the shipped documentation
+/// when neither corpus flag is given.
+fn load_corpus(a: &TextArgs, heldout_fraction: f64) -> Result<selfsup::text::corpus::Corpus> {
+    let data = selfsup::data::registry::data_dir();
+    let path = a
+        .corpus
+        .clone()
+        .unwrap_or_else(|| data.join("text/rust-book.txt"));
+    let mut c = selfsup::text::corpus::load(&path, heldout_fraction)?;
+    let extra = match (&a.corpus, a.train_corpus.is_empty(), a.no_train_corpus) {
+        (None, true, false) => vec![data.join("rust-docs")],
+        _ => a.train_corpus.clone(),
+    };
+    for p in &extra {
+        c.add_train_only(p)?;
+    }
+    Ok(c)
+}
+
 pub fn run_text(a: TextArgs) -> Result<()> {
-    use selfsup::text::{corpus, train};
+    use selfsup::text::train;
     let device = parse_device(&a.device)?;
     if a.fill.is_some() || a.nsp.is_some() {
         return query(&a, &device);
     }
     let cfg = a.config()?;
-    let path = a
-        .corpus
-        .clone()
-        .unwrap_or_else(|| selfsup::data::registry::data_dir().join("text/rust-book.txt"));
-    let c = corpus::load(&path, cfg.heldout_fraction)?;
+    let c = load_corpus(&a, cfg.heldout_fraction)?;
     cfg.check()?;
     train::check_corpus(&c, &cfg)?;
     if a.resume && !a.out.join("checkpoint").is_dir() {

@@ -16,6 +16,27 @@ pub struct Corpus {
     pub train: Vec<String>,
     /// The last paragraphs (no paragraph is in both parts).
     pub heldout: Vec<String>,
+    /// How many of the first `train` paragraphs came from training-only
+    /// text ([`Corpus::add_train_only`]).
+    pub train_only: usize,
+}
+
+impl Corpus {
+    /// Puts the paragraphs of `path` (a file or directory, read as
+    /// [`load`] reads) before the training part: more text to learn from
+    /// that is never held out, so the held-out text and its baselines stay
+    /// the corpus's own.
+    pub fn add_train_only(&mut self, path: &Path) -> Result<()> {
+        let mut extra = read_paragraphs(path)?;
+        if extra.is_empty() {
+            return Err(Error::format(path, "no paragraphs of text"));
+        }
+        self.train_only += extra.len();
+        extra.append(&mut self.train);
+        self.train = extra;
+        self.source = format!("{} + {} (training only)", self.source, path.display());
+        Ok(())
+    }
 }
 
 /// The paragraphs of `text`: blocks separated by blank lines (lines inside
@@ -83,6 +104,29 @@ pub fn load(path: &Path, heldout_fraction: f64) -> Result<Corpus> {
             format!("{heldout_fraction} must lie strictly between 0 and 1"),
         ));
     }
+    let mut all = read_paragraphs(path)?;
+    if all.len() < 2 {
+        return Err(Error::format(
+            path,
+            format!(
+                "{} paragraph(s); need at least 2 (one to train, one held out)",
+                all.len()
+            ),
+        ));
+    }
+    let n_held = ((all.len() as f64 * heldout_fraction).round() as usize).clamp(1, all.len() - 1);
+    let heldout = all.split_off(all.len() - n_held);
+    Ok(Corpus {
+        source: path.display().to_string(),
+        train: all,
+        heldout,
+        train_only: 0,
+    })
+}
+
+/// The paragraphs of a file or of a directory's text files (sorted path
+/// order); a file that is not UTF-8 text is an error naming it.
+fn read_paragraphs(path: &Path) -> Result<Vec<String>> {
     let mut all = Vec::new();
     for f in files(path)? {
         let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
@@ -103,22 +147,7 @@ pub fn load(path: &Path, heldout_fraction: f64) -> Result<Corpus> {
         }
         all.extend(paragraphs(&text));
     }
-    if all.len() < 2 {
-        return Err(Error::format(
-            path,
-            format!(
-                "{} paragraph(s); need at least 2 (one to train, one held out)",
-                all.len()
-            ),
-        ));
-    }
-    let n_held = ((all.len() as f64 * heldout_fraction).round() as usize).clamp(1, all.len() - 1);
-    let heldout = all.split_off(all.len() - n_held);
-    Ok(Corpus {
-        source: path.display().to_string(),
-        train: all,
-        heldout,
-    })
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -157,6 +186,15 @@ mod tests {
             "{e}"
         );
         std::fs::write(d.path().join("b.txt"), "single").unwrap();
+        let mut c = load(&d.path().join("a.txt"), 0.2).unwrap();
+        c.add_train_only(&d.path().join("b.txt")).unwrap();
+        assert_eq!(c.train.len(), 9);
+        assert_eq!((c.train[0].as_str(), c.train_only), ("single", 1));
+        assert_eq!(c.heldout, vec!["paragraph 8", "paragraph 9"]);
+        assert!(c.source.ends_with("b.txt (training only)"), "{}", c.source);
+        std::fs::write(d.path().join("e.txt"), "\n\n").unwrap();
+        let e = c.add_train_only(&d.path().join("e.txt")).unwrap_err();
+        assert!(e.to_string().contains("e.txt"), "{e}");
         let e = load(&d.path().join("b.txt"), 0.2).unwrap_err().to_string();
         assert!(e.contains("need at least 2"), "{e}");
     }

@@ -33,6 +33,10 @@ pub struct TextReport {
     pub train_paragraphs: usize,
     /// Held-out paragraphs.
     pub heldout_paragraphs: usize,
+    /// How many of the training paragraphs came from training-only text
+    /// (`--train-corpus`).
+    #[serde(default)]
+    pub train_only_paragraphs: usize,
     /// Training tokens (no special tokens).
     pub train_tokens: usize,
     /// Held-out tokens.
@@ -88,6 +92,15 @@ impl TextReport {
             self.steps, self.config.batch_size, self.config.max_len, self.train_seconds, self.tokens_per_s,
             self.heldout.tokens
         );
+        if self.train_only_paragraphs > 0 {
+            s.insert_str(
+                s.find("Held-out masked").expect("written above"),
+                &format!(
+                    "{} of the training paragraphs are training-only text, never held out.\n\n",
+                    self.train_only_paragraphs
+                ),
+            );
+        }
         s.push_str(&row("**trained BERT**", &self.heldout));
         for k in ["unigram", "untrained"] {
             if let Some(m) = self.baselines.get(k) {

@@ -272,6 +272,7 @@ pub fn run_until(
         corpus: corpus.source.clone(),
         train_paragraphs: corpus.train.len(),
         heldout_paragraphs: corpus.heldout.len(),
+        train_only_paragraphs: corpus.train_only,
         train_tokens: data.train_tokens,
         heldout_tokens: data.heldout_tokens,
         vocab_size: vocab,

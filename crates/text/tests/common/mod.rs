@@ -12,6 +12,7 @@ pub fn small_corpus() -> Corpus {
         source: "rust-book slice".into(),
         train: full.train[..300].to_vec(),
         heldout: full.heldout[..40].to_vec(),
+        train_only: 0,
     }
 }
 
