@@ -368,7 +368,19 @@ fn text_flags_and_corpora_are_checked_before_any_work() {
         nul.to_str().unwrap(),
         few.to_str().unwrap(),
     );
-    let cases: [(&[&str], &[&str]); 11] = [
+    let cases: [(&[&str], &[&str]); 14] = [
+        (
+            &["text", "--quiet", "--set", "eval_mask_rate=0", "--out", o],
+            &["eval_mask_rate", "strictly between 0 and 1"],
+        ),
+        (
+            &["text", "--quiet", "--train-corpus", b, "--out", o],
+            &["corpus.txt", "not UTF-8"],
+        ),
+        (
+            &["text", "--quiet", "--train-corpus", bl, "--out", o],
+            &["blank.txt", "no paragraphs"],
+        ),
         (
             &[
                 "text",

@@ -31,8 +31,13 @@ pub struct TextConfig {
     pub weight_decay: f64,
     /// Global gradient-norm clip.
     pub clip: f64,
-    /// Fraction of tokens chosen for the loss.
+    /// Fraction of tokens chosen for the loss in training (and the noise
+    /// rate of `denoise`, in training and evaluation).
     pub mask_rate: f64,
+    /// Fraction of held-out tokens masked to measure masked-token top-1 and
+    /// perplexity: BERT's 15 % whatever the training rate, so runs that
+    /// train at different rates are measured on the same task.
+    pub eval_mask_rate: f64,
     /// Fraction of the corpus's paragraphs held out (the last ones).
     pub heldout_fraction: f64,
     /// Evaluate on the held-out text (and checkpoint) every N steps.
@@ -63,6 +68,17 @@ impl TextConfig {
             ));
         }
         TextObjective::parse(&self.objectives)?;
+        for (name, rate) in [
+            ("mask_rate", self.mask_rate),
+            ("eval_mask_rate", self.eval_mask_rate),
+        ] {
+            if !(rate > 0.0 && rate < 1.0) {
+                return Err(Error::invalid(
+                    name,
+                    format!("{rate} must lie strictly between 0 and 1"),
+                ));
+            }
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::invalid(
                 "dropout",
@@ -108,6 +124,7 @@ impl Default for TextConfig {
             weight_decay: 0.01,
             clip: 1.0,
             mask_rate: 0.15,
+            eval_mask_rate: 0.15,
             heldout_fraction: 0.1,
             eval_every: 500,
             eval_passes: 4,

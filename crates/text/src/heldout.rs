@@ -39,7 +39,7 @@ pub fn evaluate(
             .iter()
             .map(|&(i, s)| {
                 let mut r = rng::stream_at(cfg.seed, "heldout-mask", i as u64);
-                mlm::mask(s, vocab, cfg.mask_rate, &mut r)
+                mlm::mask(s, vocab, cfg.eval_mask_rate, &mut r)
             })
             .collect();
         let b = mlm::batch(&items);

@@ -54,6 +54,19 @@ fn trains_reports_reloads_and_resumes() {
     let vocab = a.model.config.vocab_size;
     let (m, _) = train::evaluate(&a.model, &seqs, None, vocab, &cfg, &Device::Cpu).unwrap();
     assert!((m.perplexity - r.heldout.perplexity).abs() < 1e-3 * r.heldout.perplexity);
+    // The held-out masks follow eval_mask_rate, not the training rate.
+    let eval_at = |mask_rate, eval_mask_rate| {
+        let c = TextConfig {
+            mask_rate,
+            eval_mask_rate,
+            ..cfg.clone()
+        };
+        train::evaluate(&a.model, &seqs, None, vocab, &c, &Device::Cpu)
+            .unwrap()
+            .0
+    };
+    assert_eq!(eval_at(0.5, cfg.eval_mask_rate), m);
+    assert!(eval_at(cfg.mask_rate, 0.3).tokens > m.tokens * 3 / 2);
     // Interrupted after step 73 and resumed: the same model as 200 straight
     // steps (order, masking and optimiser state all continue exactly).
     let again = tempfile::tempdir().unwrap();
