@@ -216,7 +216,7 @@ pub(crate) fn prepare(
             (Examples::Pairs(train), Some(pairs), None)
         }
         TextObjective::Denoise => {
-            let c = crate::denoise::heldout(&seqs, cfg.mask_rate, cfg.seed);
+            let c = crate::denoise::heldout(&seqs, cfg.denoise_rate, cfg.seed);
             (Examples::Spans(train_seqs), None, Some(c))
         }
     };

@@ -84,7 +84,7 @@ impl Examples {
         which: &[usize],
         first: usize,
         vocab: usize,
-        (mask_rate, max_len, seed): (f64, usize, u64),
+        (rate, max_len, seed): (f64, usize, u64),
     ) -> mlm::Batch {
         let stream = |name: &str, i: usize| rng::stream_at(seed, name, (first + i) as u64);
         match self {
@@ -92,9 +92,7 @@ impl Examples {
                 let items: Vec<mlm::Masked> = which
                     .iter()
                     .enumerate()
-                    .map(|(i, &s)| {
-                        mlm::mask(&seqs[s], vocab, mask_rate, &mut stream("mlm-mask", i))
-                    })
+                    .map(|(i, &s)| mlm::mask(&seqs[s], vocab, rate, &mut stream("mlm-mask", i)))
                     .collect();
                 mlm::batch(&items)
             }
@@ -104,7 +102,7 @@ impl Examples {
                 for (i, &s) in which.iter().enumerate() {
                     let mut r = stream("nsp-pair", i);
                     let p = nsp::pair(sents, s, max_len, &mut r);
-                    masked.push(mlm::mask(&p.ids, vocab, mask_rate, &mut r));
+                    masked.push(mlm::mask(&p.ids, vocab, rate, &mut r));
                     items.push(p);
                 }
                 nsp::batch(&items, masked)
@@ -113,7 +111,7 @@ impl Examples {
                 let items: Vec<denoise::Corrupted> = which
                     .iter()
                     .enumerate()
-                    .map(|(i, &s)| denoise::corrupt(&seqs[s], mask_rate, &mut stream("denoise", i)))
+                    .map(|(i, &s)| denoise::corrupt(&seqs[s], rate, &mut stream("denoise", i)))
                     .collect();
                 denoise::batch(&items)
             }

@@ -167,7 +167,7 @@ fn step_batch(
     let per_epoch = order.len().div_ceil(cfg.batch_size).max(1);
     let k = step % per_epoch;
     let which = &order[k * cfg.batch_size..((k + 1) * cfg.batch_size).min(order.len())];
-    let knobs = (cfg.mask_rate, cfg.max_len, cfg.seed);
+    let knobs = (cfg.train_rate(), cfg.max_len, cfg.seed);
     ex.batch(which, step * cfg.batch_size, vocab, knobs)
 }
 
