@@ -67,7 +67,14 @@ fn faces_detector_separates_faces_from_non_faces() {
     assert_eq!(json["scores"].as_array().unwrap().len(), SCORES.len() - 1);
     assert_eq!(
         selfsup::anomaly_run::scores_of("transformations"),
-        ["nll", "dirichlet", "knn", "knn-all"]
+        [
+            "nll",
+            "dirichlet",
+            "knn",
+            "knn-all",
+            "pixel-knn",
+            "knn-all+pixel"
+        ]
     );
     let run0 = &report.runs[0];
     assert_eq!(
@@ -141,9 +148,14 @@ fn one_class_runs_each_class_on_a_slice() {
         ..small("one-class", dir.path())
     };
     let report = run(&opts).unwrap();
-    // One-class problems headline the knn-all score unless told otherwise.
-    assert_eq!(report.score, "knn-all");
-    let headline = report.scores.iter().find(|s| s.score == "knn-all").unwrap();
+    // One-class problems headline the knn-all+pixel score unless told
+    // otherwise.
+    assert_eq!(report.score, "knn-all+pixel");
+    let headline = report
+        .scores
+        .iter()
+        .find(|s| s.score == "knn-all+pixel")
+        .unwrap();
     assert!((report.mean_auroc - headline.mean_auroc).abs() < 1e-12);
     let names: Vec<&str> = report.per_class.iter().map(|r| r.class.as_str()).collect();
     assert_eq!(names, ["Trouser", "Sneaker"]);
@@ -159,6 +171,15 @@ fn one_class_runs_each_class_on_a_slice() {
     let mean = report.per_class.iter().map(|r| r.auroc).sum::<f64>() / 2.0;
     assert!((report.mean_auroc - mean).abs() < 1e-12);
     assert_eq!(report.figures.len(), 3, "one ROC + two histograms");
+    scores_csv_matches_the_report(&opts.out, &report);
+    let e = run(&AnomalyOptions {
+        pixel_weight: -1.0,
+        out: dir.path().join("bad-weight"),
+        ..opts.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--pixel-weight"), "{e}");
     let e = run(&AnomalyOptions {
         classes: vec![10],
         ..opts.clone()
@@ -331,4 +352,54 @@ fn a_masked_autoencoder_scores_reconstruction_error() {
         "{e}"
     );
     assert!(!dir.path().join("bad2").exists() && !dir.path().join("bad3").exists());
+}
+
+/// scores.csv holds one row per scored image of every run, its AUROCs are
+/// the report's, and its fused column is ln knn-all + w ln pixel-knn.
+fn scores_csv_matches_the_report(out: &Path, report: &selfsup::anomaly::report::AnomalyReport) {
+    let text = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(
+        header,
+        [
+            "task",
+            "seed",
+            "item",
+            "group",
+            "anomalous",
+            "nll",
+            "dirichlet",
+            "knn",
+            "knn-all",
+            "pixel-knn",
+            "knn-all+pixel"
+        ]
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let scored: usize = report
+        .runs
+        .iter()
+        .map(|r| r.test_normal + r.test_anomalies)
+        .sum();
+    assert_eq!(rows.len(), scored);
+    let w = report.config["detector"]["pixel_weight"].as_f64().unwrap();
+    for r in &rows {
+        let v = |i: usize| r[i].parse::<f64>().unwrap();
+        let fused = v(8).max(1e-12).ln() + w * v(9).max(1e-12).ln();
+        assert!((v(10) - fused).abs() < 1e-9, "{r:?}");
+    }
+    for run in &report.runs {
+        let mine: Vec<&Vec<&str>> = rows
+            .iter()
+            .filter(|r| r[0] == run.class && r[1] == run.seed.to_string())
+            .collect();
+        let anomalous: Vec<bool> = mine.iter().map(|r| r[4] == "1").collect();
+        for (col, name) in header.iter().enumerate().skip(5) {
+            let s: Vec<f64> = mine.iter().map(|r| r[col].parse().unwrap()).collect();
+            let (_, expected) = run.auroc.iter().find(|(n, _)| n == name).unwrap();
+            let got = selfsup::anomaly::metrics::auroc(&s, &anomalous);
+            assert!((got - expected).abs() < 1e-9, "{name}: {got} vs {expected}");
+        }
+    }
 }

@@ -53,8 +53,9 @@ pub struct AnomalySpec {
     pub detector: String,
     /// The transformations predicted: `rot4`, `rot-flip8` or `geo72`.
     pub transforms: String,
-    /// Headline score: `nll`, `dirichlet`, `knn` or `knn-all`, or `auto`:
-    /// the protocol's own (`knn-all` for one-class, else `dirichlet`).
+    /// Headline score: `nll`, `dirichlet`, `knn`, `knn-all`, `pixel-knn` or
+    /// `knn-all+pixel`, or `auto`: the protocol's own (`knn-all+pixel` for
+    /// one-class, else `dirichlet`).
     pub score: String,
     /// Seeds; each trains its own detectors.
     pub seeds: Vec<u64>,
@@ -71,6 +72,10 @@ pub struct AnomalySpec {
     pub lr: f64,
     /// Neighbours averaged by the kNN score.
     pub knn_k: usize,
+    /// Weight of `pixel-knn` in the `knn-all+pixel` score.
+    pub pixel_weight: f64,
+    /// Gaussian blur (pixels) before the `pixel-knn` distance; 0 = none.
+    pub pixel_blur: f64,
     /// Transformed images per inference batch.
     pub eval_batch: usize,
     /// Keep each detector under `<out>/detectors/`.
@@ -106,6 +111,8 @@ impl Default for AnomalySpec {
             batch: o.batch_size,
             lr: o.lr,
             knn_k: o.knn_k,
+            pixel_weight: o.pixel_weight,
+            pixel_blur: o.pixel_blur,
             eval_batch: o.eval_batch,
             save_detectors: o.save_detectors,
             skip_bad_images: o.skip_bad_images,
@@ -151,6 +158,8 @@ impl AnomalySpec {
             batch_size: self.batch,
             lr: self.lr,
             knn_k: self.knn_k,
+            pixel_weight: self.pixel_weight,
+            pixel_blur: self.pixel_blur,
             eval_batch: self.eval_batch,
             out,
             save_detectors: self.save_detectors,
@@ -219,6 +228,15 @@ impl AnomalySpec {
             batch: report_field(report, "anomaly", "/config/detector/fit/batch_size", path)?,
             lr: report_field(report, "anomaly", "/config/detector/fit/lr", path)?,
             knn_k: report_field(report, "anomaly", "/config/detector/knn_k", path)?,
+            // Added later: the default where absent.
+            pixel_weight: report
+                .pointer("/config/detector/pixel_weight")
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(Self::default().pixel_weight),
+            pixel_blur: report
+                .pointer("/config/detector/pixel_blur")
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(Self::default().pixel_blur),
             eval_batch: report_field(report, "anomaly", "/config/detector/eval_batch", path)?,
             save_detectors: false,
             skip_bad_images: later_switch("/config/skip_bad_images"),
@@ -243,7 +261,7 @@ mod tests {
         };
         assert_eq!(AnomalySpec::default().score, "auto");
         assert_eq!(opts(AnomalySpec::default()), "dirichlet");
-        assert_eq!(opts(one_class.clone()), "knn-all");
+        assert_eq!(opts(one_class.clone()), "knn-all+pixel");
         let chosen = AnomalySpec {
             score: "nll".into(),
             ..one_class

@@ -69,10 +69,11 @@ pub struct AnomalyArgs {
     /// Transformations the detector predicts: rot4, rot-flip8 or geo72 (default: geo72).
     #[arg(long)]
     transforms: Option<String>,
-    /// Headline score of report.json: nll, dirichlet, knn or knn-all (all
-    /// four are always computed and reported; the mae detector has
-    /// reconstruction and knn) (default: auto, reconstruction for mae,
-    /// knn-all for one-class and dirichlet for the other protocols).
+    /// Headline score of report.json: nll, dirichlet, knn, knn-all,
+    /// pixel-knn or knn-all+pixel (all are always computed and reported;
+    /// the mae detector has reconstruction and knn) (default: auto,
+    /// reconstruction for mae, knn-all+pixel for one-class and dirichlet
+    /// for the other protocols).
     #[arg(long)]
     score: Option<String>,
     /// Seeds, comma-separated; each trains its own detectors (default: 0,1,2).
@@ -103,6 +104,14 @@ pub struct AnomalyArgs {
     /// Neighbours averaged by the kNN score (default: 2).
     #[arg(long)]
     knn_k: Option<usize>,
+    /// Weight of the pixel-space kNN distance in the knn-all+pixel score
+    /// (default: 3).
+    #[arg(long)]
+    pixel_weight: Option<f64>,
+    /// Standard deviation, in pixels, of the Gaussian blur applied before
+    /// the pixel-space kNN distance; 0 = none (default: 1).
+    #[arg(long)]
+    pixel_blur: Option<f64>,
     /// Transformed images per inference batch (default: 1024).
     #[arg(long)]
     eval_batch: Option<usize>,
@@ -162,6 +171,8 @@ impl AnomalyArgs {
             ("batch", int(self.batch)),
             ("lr", self.lr.map(Value::from)),
             ("knn_k", int(self.knn_k)),
+            ("pixel_weight", self.pixel_weight.map(Value::from)),
+            ("pixel_blur", self.pixel_blur.map(Value::from)),
             ("eval_batch", int(self.eval_batch)),
             (
                 "save_detectors",
@@ -197,8 +208,20 @@ pub fn run_anomaly(a: AnomalyArgs) -> Result<()> {
     let mut opts = spec.options(init, a.out.clone(), parse_device(&a.device)?, a.quiet)?;
     opts.force = a.force;
     let report = anomaly_run::run(&opts)?;
-    selfsup::core::fsutil::write_atomic(&a.out.join("experiment.toml"), spec.to_toml().as_bytes())?;
+    // The headline score as resolved, not `auto`: a later default must not
+    // change what the file reproduces.
+    let written = AnomalySpec {
+        score: opts.score.clone(),
+        ..spec
+    };
+    selfsup::core::fsutil::write_atomic(
+        &a.out.join("experiment.toml"),
+        written.to_toml().as_bytes(),
+    )?;
     println!("{}", report.to_markdown());
-    print_written(&a.out, &["experiment.toml", "report.json", "report.md"]);
+    print_written(
+        &a.out,
+        &["experiment.toml", "report.json", "report.md", "scores.csv"],
+    );
     Ok(())
 }

@@ -14,6 +14,7 @@ mod hub;
 #[path = "no_hub.rs"]
 mod hub;
 mod logging;
+mod rescore;
 mod spec_args;
 mod spec_cmd;
 mod stages;
@@ -90,6 +91,9 @@ pub(crate) enum Command {
     /// Anomaly detection: train transformation-prediction detectors on
     /// normal images only and report AUROC / AUPR / FPR95 per normal class.
     Anomaly(anomaly::AnomalyArgs),
+    /// An anomaly run's AUROCs recomputed from its scores.csv, with the
+    /// knn-all+pixel score under other pixel weights (no training).
+    Rescore(rescore::RescoreArgs),
     /// Masked-token pretraining of a small BERT on a text corpus (or, with
     /// --fill, the top predictions for the `[MASK]`s of a sentence).
     Text(text::TextArgs),
@@ -118,7 +122,7 @@ fn main() {
         Command::Fetch(a) => (a.quiet, None),
         #[cfg(feature = "hub")]
         Command::Publish(_) => (false, None),
-        Command::Spec(_) => (false, None),
+        Command::Spec(_) | Command::Rescore(_) => (false, None),
         // The bench times each kernel choice itself.
         Command::Bench(_) => (false, None),
         _ => (
@@ -143,6 +147,7 @@ fn main() {
         #[cfg(feature = "hub")]
         Command::Publish(a) => hub::run_publish(a),
         Command::Spec(a) => spec_cmd::run_spec(a),
+        Command::Rescore(a) => rescore::run(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

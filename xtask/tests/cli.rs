@@ -326,7 +326,22 @@ fn anomaly_flags_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("anomaly");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 4] = [
+    let missing = dir.path().join("no-run").join("scores.csv");
+    let m = missing.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 8] = [
+        (&["rescore", "--scores", m], &["no-run", "scores.csv"]),
+        (
+            &["rescore", "--scores", m, "--pixel-weights", "1,inf"],
+            &["--pixel-weights", "inf"],
+        ),
+        (
+            &["anomaly", "--quiet", "--pixel-weight=-1", "--out", o],
+            &["--pixel-weight", "-1", ">= 0"],
+        ),
+        (
+            &["anomaly", "--quiet", "--pixel-blur", "NaN", "--out", o],
+            &["--pixel-blur", "NaN"],
+        ),
         (
             &["anomaly", "--quiet", "--protocol", "two-class", "--out", o],
             &["--protocol", "two-class", "one-class, faces, folders"],

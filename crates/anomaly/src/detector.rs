@@ -1,7 +1,8 @@
 //! A transformation-prediction detector: backbone + T-way head trained on
-//! normal images only, then three anomaly scores (higher = more anomalous).
+//! normal images only, then its anomaly scores (higher = more anomalous).
 
 use crate::dirichlet::Dirichlet;
+use crate::pixels::PixelNeighbours;
 use crate::transforms::{transform_batch, TransformSet, Transformation};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarMap};
@@ -14,7 +15,15 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Score names, in report order.
-pub const SCORES: [&str; 5] = ["nll", "dirichlet", "knn", "knn-all", "reconstruction"];
+pub const SCORES: [&str; 7] = [
+    "nll",
+    "dirichlet",
+    "knn",
+    "knn-all",
+    "pixel-knn",
+    "knn-all+pixel",
+    "reconstruction",
+];
 
 /// How a detector is trained and scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +37,29 @@ pub struct DetectorConfig {
     pub eval_batch: usize,
     /// Neighbours averaged by the kNN score.
     pub knn_k: usize,
+    /// Weight of `pixel-knn` in the `knn-all+pixel` score.
+    #[serde(default = "default_pixel_weight")]
+    pub pixel_weight: f64,
+    /// Standard deviation (pixels) of the Gaussian blur before the
+    /// `pixel-knn` distance; 0 = none.
+    #[serde(default = "default_pixel_blur")]
+    pub pixel_blur: f64,
+}
+
+/// The `knn-all+pixel` score's pixel weight when none is given: chosen on
+/// the one-class Fashion-MNIST development split (docs/anomaly.md).
+pub const DEFAULT_PIXEL_WEIGHT: f64 = 3.0;
+
+fn default_pixel_weight() -> f64 {
+    DEFAULT_PIXEL_WEIGHT
+}
+
+/// The `pixel-knn` blur when none is given: chosen on the one-class
+/// Fashion-MNIST development split (docs/anomaly.md).
+pub const DEFAULT_PIXEL_BLUR: f64 = 1.0;
+
+fn default_pixel_blur() -> f64 {
+    DEFAULT_PIXEL_BLUR
 }
 
 /// The scores of a set of images, one value per image each.
@@ -48,6 +80,15 @@ pub struct Scores {
     /// each transformation (neighbours chosen on that average).
     #[serde(default)]
     pub knn_all: Vec<f64>,
+    /// Mean Euclidean distance, in normalised pixel space, to the k nearest
+    /// normal training images ([`crate::pixels`]).
+    #[serde(default)]
+    pub pixel_knn: Vec<f64>,
+    /// `ln knn-all + w ln pixel-knn`: both distances at once, each as a
+    /// ratio (so neither one's units matter), the pixel one weighted by
+    /// [`DetectorConfig::pixel_weight`].
+    #[serde(default)]
+    pub knn_all_pixel: Vec<f64>,
     /// Masked-autoencoding detectors: the mean squared error of the
     /// reconstructed masked patches, averaged over several random masks.
     #[serde(default)]
@@ -62,6 +103,8 @@ impl Scores {
             "dirichlet" => Ok(&self.dirichlet),
             "knn" => Ok(&self.knn),
             "knn-all" => Ok(&self.knn_all),
+            "pixel-knn" => Ok(&self.pixel_knn),
+            "knn-all+pixel" => Ok(&self.knn_all_pixel),
             "reconstruction" => Ok(&self.reconstruction),
             other => Err(Error::invalid(
                 "--score",
@@ -95,6 +138,8 @@ pub struct Detector {
     /// by 1/sqrt(T), (N, T·D): a dot product of two rows is the average
     /// per-transformation cosine similarity.
     normal_features_all: Tensor,
+    /// The normal training images' pixels, for the `pixel-knn` score.
+    normal_pixels: PixelNeighbours,
     /// Accuracy of the transformation head on the normal training images.
     pub train_accuracy: f64,
     /// The training history.
@@ -189,6 +234,7 @@ impl Detector {
                 None,
             )?
         };
+        let normal_pixels = PixelNeighbours::new(&pixels, shape, &norm, cfg.pixel_blur, device)?;
         let mut det = Self {
             map,
             backbone,
@@ -200,6 +246,7 @@ impl Detector {
             dirichlet: Vec::new(),
             normal_features: Tensor::zeros((1, 1), DType::F32, device)?,
             normal_features_all: Tensor::zeros((1, 1), DType::F32, device)?,
+            normal_pixels,
             train_accuracy: 0.0,
             report,
             device: device.clone(),
@@ -331,6 +378,8 @@ impl Detector {
                 .extend(knn_distances(&f_all, &self.normal_features_all, k)?);
             Ok(())
         })?;
+        s.pixel_knn = self.normal_pixels.distances(&pixels, k)?;
+        s.knn_all_pixel = fuse(&s.knn_all, &s.pixel_knn, self.config.pixel_weight);
         Ok(s)
     }
 
@@ -423,6 +472,15 @@ pub(crate) fn knn_distances(queries: &Tensor, normal: &Tensor, k: usize) -> Resu
         .collect())
 }
 
+/// `ln a + w ln b` per image, each distance floored at 1e-12 (a query
+/// identical to a normal image has distance 0).
+pub fn fuse(a: &[f64], b: &[f64], w: f64) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| x.max(1e-12).ln() + w * y.max(1e-12).ln())
+        .collect()
+}
+
 /// Rows scaled to unit L2 norm.
 pub(crate) fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
@@ -443,6 +501,17 @@ mod tests {
         let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
         assert!(close(k1[0], 0.0) && close(k1[1], 1.0), "{k1:?}");
         assert!(close(k2[0], 1.0 - 0.8) && close(k2[1], 1.0 + 0.4), "{k2:?}");
+    }
+
+    #[test]
+    fn fuse_adds_the_weighted_log_distances() {
+        let f = fuse(&[0.5, 0.0], &[4.0, 1.0], 2.0);
+        assert!((f[0] - (0.5f64.ln() + 2.0 * 4.0f64.ln())).abs() < 1e-12);
+        assert!((f[1] - 1e-12f64.ln()).abs() < 1e-9, "{f:?}");
+        // Doubling either distance adds the same amount to every image:
+        // the ranking, and so the AUROC, ignores each score's units.
+        let g = fuse(&[1.0, 0.0], &[8.0, 2.0], 2.0);
+        assert!((g[0] - f[0] - (2f64.ln() + 2.0 * 2f64.ln())).abs() < 1e-12);
     }
 
     #[test]

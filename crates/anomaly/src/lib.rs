@@ -14,7 +14,10 @@
 //!   one Dirichlet per transformation, fitted on the normal training images
 //!   ([`dirichlet`], Minka's fixed point);
 //! - `knn`: the mean cosine distance of the image's features to its k
-//!   nearest normal training images (a feature-space baseline).
+//!   nearest normal training images (a feature-space baseline);
+//! - `knn-all`: the same over all T transformed copies at once;
+//! - `pixel-knn`: the mean Euclidean distance, in normalised pixel space,
+//!   to the k nearest normal training images ([`pixels`]; no network).
 //!
 //! A [`MaeDetector`] ([`reconstruction`]) instead trains a ViT by masked
 //! autoencoding on the normal images and scores `reconstruction`: how badly
@@ -22,7 +25,8 @@
 //!
 //! [`metrics`] gives AUROC, AUPR (anomalies positive) and FPR at 95 % TPR,
 //! exact under ties; [`protocol`] builds the one-class, faces and folder
-//! tasks; [`report`] is the `report.json` schema.
+//! tasks; [`report`] is the `report.json` schema and `scores.csv` (every
+//! scored image's scores), which [`rescore`] reads back.
 //!
 //! ```
 //! use selfsup_anomaly::metrics::auroc;
@@ -33,9 +37,11 @@
 pub mod detector;
 pub mod dirichlet;
 pub mod metrics;
+pub mod pixels;
 pub mod protocol;
 pub mod reconstruction;
 pub mod report;
+pub mod rescore;
 pub mod transforms;
 
 pub use detector::{Detector, DetectorConfig, NormalImages, Scores, SCORES};

@@ -25,7 +25,7 @@ pub struct ClassRow {
 /// All classes under one score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreSummary {
-    /// `nll`, `dirichlet`, `knn` or `knn-all`.
+    /// One of [`crate::SCORES`].
     pub score: String,
     /// One row per normal class.
     pub per_class: Vec<ClassRow>,
@@ -102,6 +102,47 @@ pub struct AnomalyReport {
     /// Figures next to the report.
     #[serde(default)]
     pub figures: Vec<Figure>,
+}
+
+/// Every scored image of every (task, seed) run as CSV: `task`, `seed`,
+/// `item` (position among the task's scored images), `group`, `anomalous`
+/// (0/1), then one column per score in `names`. Lets score combinations and
+/// seed ensembles be evaluated after the run.
+pub fn scores_csv(outcomes: &[Outcome], names: &[&str]) -> String {
+    let mut out = format!("task,seed,item,group,anomalous,{}\n", names.join(","));
+    for o in outcomes {
+        let columns: Vec<&[f64]> = names
+            .iter()
+            .map(|n| o.scores.get(n).unwrap_or(&[]))
+            .collect();
+        for (i, (&a, &g)) in o.anomalous.iter().zip(&o.test_groups).enumerate() {
+            let group = o.group_names.get(g as usize).map_or("", String::as_str);
+            out.push_str(&format!(
+                "{},{},{i},{},{}",
+                csv_field(&o.name),
+                o.seed,
+                csv_field(group),
+                u8::from(a)
+            ));
+            for c in &columns {
+                match c.get(i) {
+                    Some(v) => out.push_str(&format!(",{v}")),
+                    None => out.push(','),
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `s` quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// Summarises `outcomes` (any order) under `score`, classes in first-seen
@@ -233,7 +274,7 @@ impl AnomalyReport {
             "**Mean AUROC ({} score): {:.4} ± {:.4}** (spread over seeds); mean AUPR {:.4}, mean FPR@95%TPR {:.4}.\n\n",
             self.score, self.mean_auroc, self.mean_auroc_std, self.mean_aupr, self.mean_fpr95
         ));
-        m.push_str("Scores (higher = more anomalous): `nll` = summed negative log-probability of the applied transformation over all transformed copies; `dirichlet` = negative log-likelihood of the softmax outputs under per-transformation Dirichlets fitted on the normal training images; `knn` = mean cosine distance to the k nearest normal training images in feature space; `knn-all` = the same over all transformed copies (the mean per-transformation cosine similarity to each normal training image); `reconstruction` (masked autoencoders) = mean squared error of the reconstructed masked patches, averaged over 4 random masks.\n\n");
+        m.push_str("Scores (higher = more anomalous): `nll` = summed negative log-probability of the applied transformation over all transformed copies; `dirichlet` = negative log-likelihood of the softmax outputs under per-transformation Dirichlets fitted on the normal training images; `knn` = mean cosine distance to the k nearest normal training images in feature space; `knn-all` = the same over all transformed copies (the mean per-transformation cosine similarity to each normal training image); `pixel-knn` = mean Euclidean distance to the k nearest normal training images in normalised pixel space (no network); `knn-all+pixel` = ln knn-all + w ln pixel-knn (w = the detector's pixel_weight); `reconstruction` (masked autoencoders) = mean squared error of the reconstructed masked patches, averaged over 4 random masks.\n\n");
         m.push_str("## Mean AUROC per score\n\n| score | mean AUROC | spread over seeds |\n|---|---|---|\n");
         for s in &self.scores {
             m.push_str(&format!(
