@@ -5,7 +5,7 @@
 //! which geometric transformation ([`transforms`]: the 4 rotations, with
 //! flips, up to the 72 flip x translation x rotation combinations of Golan
 //! & El-Yaniv, 2018) was applied to a normal image. On images like its
-//! training data it is confident; on others it is confused. Three scores
+//! training data it is confident; on others it is confused. Its scores
 //! turn that into a number per image, higher meaning more anomalous:
 //!
 //! - `nll`: the summed negative log-probability of the applied
@@ -16,8 +16,11 @@
 //! - `knn`: the mean cosine distance of the image's features to its k
 //!   nearest normal training images (a feature-space baseline);
 //! - `knn-all`: the same over all T transformed copies at once;
-//! - `pixel-knn`: the mean Euclidean distance, in normalised pixel space,
-//!   to the k nearest normal training images ([`pixels`]; no network).
+//! - `pixel-knn`: the mean Euclidean distance, in normalised, blurred pixel
+//!   space, to the k nearest normal training images ([`pixels`]; no
+//!   network);
+//! - `knn-all+pixel`: ln knn-all + w ln pixel-knn, the two distances fused
+//!   ([`detector::fuse`]).
 //!
 //! A [`MaeDetector`] ([`reconstruction`]) instead trains a ViT by masked
 //! autoencoding on the normal images and scores `reconstruction`: how badly
