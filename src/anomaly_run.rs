@@ -2,7 +2,9 @@
 //! and scores one detector per (task, seed), and writes `report.json`,
 //! `report.md`, a ROC-curve PNG and score histograms.
 
-use crate::anomaly::detector::{DetectorConfig, DEFAULT_PIXEL_BLUR, DEFAULT_PIXEL_WEIGHT, SCORES};
+use crate::anomaly::detector::{
+    check_non_negative, DetectorConfig, DEFAULT_PIXEL_BLUR, DEFAULT_PIXEL_WEIGHT, SCORES,
+};
 use crate::anomaly::protocol::{
     file_safe, holdout_task, one_class_tasks, run_task, Outcome, RunSettings, Task, PROTOCOLS,
 };
@@ -187,17 +189,8 @@ fn check_detector(opts: &AnomalyOptions) -> Result<()> {
             ),
         ));
     }
-    for (flag, v) in [
-        ("--pixel-weight", opts.pixel_weight),
-        ("--pixel-blur", opts.pixel_blur),
-    ] {
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(Error::invalid(
-                flag,
-                format!("{v} must be a finite number >= 0"),
-            ));
-        }
-    }
+    check_non_negative("--pixel-weight", opts.pixel_weight)?;
+    check_non_negative("--pixel-blur", opts.pixel_blur)?;
     let available = scores_of(&opts.detector);
     if !available.contains(&opts.score.as_str()) {
         return Err(Error::invalid(

@@ -357,37 +357,33 @@ fn a_masked_autoencoder_scores_reconstruction_error() {
 /// scores.csv holds one row per scored image of every run, its AUROCs are
 /// the report's, and its fused column is ln knn-all + w ln pixel-knn.
 fn scores_csv_matches_the_report(out: &Path, report: &selfsup::anomaly::report::AnomalyReport) {
-    let text = std::fs::read_to_string(out.join("scores.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let path = out.join("scores.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
     assert_eq!(header[..5], ["task", "seed", "item", "group", "anomalous"]);
-    assert_eq!(
-        header[5..],
-        selfsup::anomaly_run::scores_of("transformations")
-    );
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    let scored: usize = report
-        .runs
-        .iter()
-        .map(|r| r.test_normal + r.test_anomalies)
-        .sum();
-    assert_eq!(rows.len(), scored);
+    let names = selfsup::anomaly_run::scores_of("transformations");
+    assert_eq!(header[5..], names);
+    let runs = selfsup::anomaly::rescore::read_scores_csv(&path).unwrap();
+    assert_eq!(runs.len(), report.runs.len());
     let w = report.config["detector"]["pixel_weight"].as_f64().unwrap();
-    for r in &rows {
-        let v = |i: usize| r[i].parse::<f64>().unwrap();
-        let fused = v(8).max(1e-12).ln() + w * v(9).max(1e-12).ln();
-        assert!((v(10) - fused).abs() < 1e-9, "{r:?}");
-    }
     for run in &report.runs {
-        let mine: Vec<&Vec<&str>> = rows
+        let mine = runs
             .iter()
-            .filter(|r| r[0] == run.class && r[1] == run.seed.to_string())
-            .collect();
-        let anomalous: Vec<bool> = mine.iter().map(|r| r[4] == "1").collect();
-        for (col, name) in header.iter().enumerate().skip(5) {
-            let s: Vec<f64> = mine.iter().map(|r| r[col].parse().unwrap()).collect();
+            .find(|r| r.task == run.class && r.seed == run.seed)
+            .unwrap();
+        assert_eq!(mine.anomalous.len(), run.test_normal + run.test_anomalies);
+        let col = |n: &str| mine.column(n, &path).unwrap();
+        for ((a, p), f) in col("knn-all")
+            .iter()
+            .zip(col("pixel-knn"))
+            .zip(col("knn-all+pixel"))
+        {
+            let fused = a.max(1e-12).ln() + w * p.max(1e-12).ln();
+            assert!((f - fused).abs() < 1e-9, "{a} {p} {f}");
+        }
+        for name in &names {
             let (_, expected) = run.auroc.iter().find(|(n, _)| n == name).unwrap();
-            let got = selfsup::anomaly::metrics::auroc(&s, &anomalous);
+            let got = selfsup::anomaly::metrics::auroc(col(name), &mine.anomalous);
             assert!((got - expected).abs() < 1e-9, "{name}: {got} vs {expected}");
         }
     }

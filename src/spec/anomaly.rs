@@ -202,6 +202,13 @@ impl AnomalySpec {
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false)
         };
+        // A number added after the first reports: the default where absent.
+        let later_number = |pointer: &str, default: f64| {
+            report
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(default)
+        };
         Ok(Self {
             protocol,
             dataset,
@@ -228,15 +235,11 @@ impl AnomalySpec {
             batch: report_field(report, "anomaly", "/config/detector/fit/batch_size", path)?,
             lr: report_field(report, "anomaly", "/config/detector/fit/lr", path)?,
             knn_k: report_field(report, "anomaly", "/config/detector/knn_k", path)?,
-            // Added later: the default where absent.
-            pixel_weight: report
-                .pointer("/config/detector/pixel_weight")
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(Self::default().pixel_weight),
-            pixel_blur: report
-                .pointer("/config/detector/pixel_blur")
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(Self::default().pixel_blur),
+            pixel_weight: later_number(
+                "/config/detector/pixel_weight",
+                Self::default().pixel_weight,
+            ),
+            pixel_blur: later_number("/config/detector/pixel_blur", Self::default().pixel_blur),
             eval_batch: report_field(report, "anomaly", "/config/detector/eval_batch", path)?,
             save_detectors: false,
             skip_bad_images: later_switch("/config/skip_bad_images"),

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use selfsup::anomaly::detector::check_non_negative;
 use selfsup::anomaly::rescore::{read_scores_csv, table};
 use std::path::PathBuf;
 
@@ -23,8 +24,8 @@ pub fn run(a: RescoreArgs) -> Result<()> {
     } else {
         a.scores
     };
-    if let Some(w) = a.pixel_weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
-        anyhow::bail!("--pixel-weights: {w} must be a finite number >= 0");
+    for &w in &a.pixel_weights {
+        check_non_negative("--pixel-weights", w)?;
     }
     let runs = read_scores_csv(&path)?;
     print!("{}", table(&runs, &a.pixel_weights, &path)?);

@@ -481,6 +481,18 @@ pub fn fuse(a: &[f64], b: &[f64], w: f64) -> Vec<f64> {
         .collect()
 }
 
+/// Fails unless `v` — a pixel weight or blur, set by `what` — is a finite
+/// number >= 0.
+pub fn check_non_negative(what: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        what,
+        format!("{v} must be a finite number >= 0"),
+    ))
+}
+
 /// Rows scaled to unit L2 norm.
 pub(crate) fn l2_normalise(x: &Tensor) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
