@@ -383,10 +383,14 @@ fn text_flags_and_corpora_are_checked_before_any_work() {
         nul.to_str().unwrap(),
         few.to_str().unwrap(),
     );
-    let cases: [(&[&str], &[&str]); 14] = [
+    let cases: [(&[&str], &[&str]); 15] = [
         (
             &["text", "--quiet", "--set", "eval_mask_rate=0", "--out", o],
             &["eval_mask_rate", "strictly between 0 and 1"],
+        ),
+        (
+            &["text", "--quiet", "--set", "init_range=0", "--out", o],
+            &["init_range", "must be a positive number"],
         ),
         (
             &["text", "--quiet", "--train-corpus", b, "--out", o],

@@ -12,6 +12,9 @@
 //!   next-sentence head, with Hugging Face's tensor names and
 //!   `config.json`; on the CPU it runs on `selfsup_kernels`' fused
 //!   transformer ops;
+//! - [`init`]: how a fresh model's position table starts (BERT's normal
+//!   draw, or sinusoids: the default, without which the default run's
+//!   attention never learned word order);
 //! - [`objective`]: the objective sets and their training examples:
 //!   [`mlm`] (sequences, BERT masking — 15 %; 80 % `[MASK]`, 10 % random,
 //!   10 % unchanged — and masked-token metrics), [`nsp`] (sentence pairs,
@@ -32,6 +35,7 @@ pub mod config;
 pub mod corpus;
 pub mod denoise;
 pub mod heldout;
+pub mod init;
 pub mod mlm;
 pub mod nsp;
 pub mod objective;

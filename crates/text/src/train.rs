@@ -144,6 +144,8 @@ fn start(
     let config = cfg.bert(tokenizer.get_vocab_size(true));
     let map = VarMap::new();
     let model = BertMlm::new(&config, params::seeded_var_builder(&map, cfg.seed, device))?;
+    let position = crate::init::PositionInit::parse(&cfg.position_init)?;
+    crate::init::apply(&map, position, cfg.init_range, device)?;
     let opt = AdamW::new(&map)?;
     Ok(Start {
         map,
