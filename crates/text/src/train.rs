@@ -4,7 +4,7 @@
 //! continues exactly, and the report against the baselines. The types a
 //! caller needs from the other modules are re-exported here.
 
-use crate::bert::{BertMlm, Dropout};
+use crate::bert::{BertConfig, BertMlm, Dropout};
 use crate::checkpoint::{save, TrainingState, STATE, STATE_JSON};
 use crate::corpus::Corpus;
 use crate::heldout::{prepare, Scores};
@@ -106,6 +106,20 @@ struct Start {
     history: Vec<EvalPoint>,
 }
 
+/// A model of `config` as `cfg` initialises it before training: the
+/// seeded draw, then the position table `cfg.position_init` asks for.
+fn fresh_model(
+    config: &BertConfig,
+    cfg: &TextConfig,
+    device: &Device,
+) -> Result<(VarMap, BertMlm)> {
+    let map = VarMap::new();
+    let model = BertMlm::new(config, params::seeded_var_builder(&map, cfg.seed, device))?;
+    let position = crate::init::PositionInit::parse(&cfg.position_init)?;
+    crate::init::apply(&map, position, cfg.init_range, device)?;
+    Ok((map, model))
+}
+
 /// The checkpoint in `ckpt` to continue (trained with `cfg`), or a fresh
 /// model and tokenizer.
 fn start(
@@ -141,11 +155,7 @@ fn start(
         });
     }
     let tokenizer = tokenize::train(&corpus.train, cfg.vocab_size)?;
-    let config = cfg.bert(tokenizer.get_vocab_size(true));
-    let map = VarMap::new();
-    let model = BertMlm::new(&config, params::seeded_var_builder(&map, cfg.seed, device))?;
-    let position = crate::init::PositionInit::parse(&cfg.position_init)?;
-    crate::init::apply(&map, position, cfg.init_range, device)?;
+    let (map, model) = fresh_model(&cfg.bert(tokenizer.get_vocab_size(true)), cfg, device)?;
     let opt = AdamW::new(&map)?;
     Ok(Start {
         map,
@@ -201,11 +211,7 @@ pub fn run_until(
     // Baselines: the unigram predictor and this model before training
     // (re-initialised with the same seed when resuming).
     let untrained = if resume {
-        let m2 = VarMap::new();
-        let fresh = BertMlm::new(
-            &model.config,
-            params::seeded_var_builder(&m2, cfg.seed, device),
-        )?;
+        let (_, fresh) = fresh_model(&model.config, cfg, device)?;
         data.held
             .evaluate(&fresh, Some(&data.unigram), cfg, device)?
     } else {

@@ -74,6 +74,9 @@ fn trains_reports_reloads_and_resumes() {
     let resumed = train::run(&c, &cfg, again.path(), true, &Device::Cpu, true).unwrap();
     assert_eq!(resumed.heldout, r.heldout, "resume diverged");
     assert_eq!(resumed.history.last().unwrap().step, 200);
+    // The baselines too: the untrained row is the same initialisation,
+    // position table included, re-drawn.
+    assert_eq!(resumed.baselines, r.baselines);
     // Resuming under other settings is refused.
     let other = TextConfig {
         lr: 1e-3,
