@@ -378,7 +378,7 @@ def main():
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence of the bert rows")
     p.add_argument("--bert-vocab", type=int, default=8000, help="vocabulary of the bert rows")
     p.add_argument("--bert-hidden", type=int, default=128, help="width of the bert rows")
-    p.add_argument("--bert-layers", type=int, default=2, help="layers of the bert rows")
+    p.add_argument("--bert-layers", type=int, default=4, help="layers of the bert rows")
     p.add_argument("--bert-heads", type=int, default=2, help="attention heads of the bert rows")
     p.add_argument("--bert-dropout", type=float, default=0.1,
                    help="hidden dropout of the bert rows (selfsup's default; none on attention probabilities)")
