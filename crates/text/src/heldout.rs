@@ -52,10 +52,13 @@ pub fn evaluate(
             candle_nn::ops::log_softmax(&model.logits_at(&ids, &mask, &b.at)?, D::Minus1)?
                 .to_device(&Device::Cpu)?
                 .to_vec2()?;
-        for (row, &label) in lp.iter().zip(&b.labels) {
-            acc.add(row, label);
+        for ((row, &label), &at) in lp.iter().zip(&b.labels).zip(&b.at) {
+            // Random replacements never draw a special token, so an input
+            // that reads [MASK] at a chosen position was masked there.
+            let at_mask = b.ids[at as usize] == crate::tokenize::MASK;
+            acc.add(row, label, at_mask);
             if let Some(u) = unigram {
-                uni.add(u, label);
+                uni.add(u, label, at_mask);
             }
         }
     }

@@ -124,6 +124,12 @@ pub struct MlmMetrics {
     pub perplexity: f64,
     /// Masked tokens evaluated.
     pub tokens: usize,
+    /// Top-1 at the chosen tokens the model saw as `[MASK]` (80 % of
+    /// them; the others show a random token or the token itself, which a
+    /// model that copies its input gets right). Absent from reports
+    /// written before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1_at_mask: Option<f64>,
 }
 
 /// Accumulates [`MlmMetrics`] from per-token log-probability rows.
@@ -133,15 +139,22 @@ pub struct MlmAccumulator {
     top5: usize,
     nll: f64,
     n: usize,
+    top1_at_mask: usize,
+    n_at_mask: usize,
 }
 
 impl MlmAccumulator {
-    /// Adds one masked token: its log-probabilities over the vocabulary and
-    /// the original id. Ties rank the original last (pessimistic).
-    pub fn add(&mut self, log_probs: &[f32], label: u32) {
+    /// Adds one masked token: its log-probabilities over the vocabulary,
+    /// the original id, and whether the input showed `[MASK]` there. Ties
+    /// rank the original last (pessimistic).
+    pub fn add(&mut self, log_probs: &[f32], label: u32, at_mask: bool) {
         let target = log_probs[label as usize];
         let better = log_probs.iter().filter(|&&v| v >= target).count() - 1;
         self.top1 += usize::from(better < 1);
+        if at_mask {
+            self.top1_at_mask += usize::from(better < 1);
+            self.n_at_mask += 1;
+        }
         self.top5 += usize::from(better < 5);
         self.nll -= f64::from(target);
         self.n += 1;
@@ -155,6 +168,8 @@ impl MlmAccumulator {
             top5: self.top5 as f64 / n,
             perplexity: (self.nll / n).exp(),
             tokens: self.n,
+            top1_at_mask: (self.n_at_mask > 0)
+                .then(|| self.top1_at_mask as f64 / self.n_at_mask as f64),
         }
     }
 }
@@ -256,11 +271,16 @@ mod tests {
         assert_eq!(b.at, vec![1, 5, 9]);
         let mut acc = MlmAccumulator::default();
         let lp = [-3.0f32, -0.5, -1.0, -2.0, -4.0, -5.0, -6.0];
-        acc.add(&lp, 1); // top-1
-        acc.add(&lp, 3); // rank 3
-        acc.add(&lp, 6); // rank 7
+        assert_eq!(acc.finish().top1_at_mask, None);
+        acc.add(&lp, 1, false); // top-1, the token itself shown
+        acc.add(&lp, 3, true); // rank 3
+        acc.add(&lp, 6, false); // rank 7
         let m = acc.finish();
         assert!((m.top1 - 1.0 / 3.0).abs() < 1e-12);
+        // Only the one shown as [MASK] counts there: ranked 3rd, so 0.
+        assert_eq!(m.top1_at_mask, Some(0.0));
+        acc.add(&lp, 1, true);
+        assert_eq!(acc.finish().top1_at_mask, Some(0.5));
         assert!((m.top5 - 2.0 / 3.0).abs() < 1e-12);
         assert!((m.perplexity - ((0.5 + 2.0 + 6.0) / 3.0f64).exp()).abs() < 1e-9);
         let u = unigram_log_probs(&[vec![5, 5, 6]], 7);

@@ -78,15 +78,18 @@ impl TextReport {
     /// The report as markdown.
     pub fn to_markdown(&self) -> String {
         let row = |name: &str, m: &MlmMetrics| {
+            let at_mask = m
+                .top1_at_mask
+                .map_or("–".to_string(), |v| format!("{:.2}%", 100.0 * v));
             format!(
-                "| {name} | {:.2}% | {:.2}% | {:.1} |\n",
+                "| {name} | {:.2}% | {at_mask} | {:.2}% | {:.1} |\n",
                 100.0 * m.top1,
                 100.0 * m.top5,
                 m.perplexity
             )
         };
         let mut s = format!(
-            "# Text pretraining ({}) on {}\n\n{} training / {} held-out paragraphs ({} / {} tokens), WordPiece vocabulary {}; BERT {} layers x {} hidden x {} heads ({} parameters); {} steps of {} sequences of up to {} tokens in {:.0} s ({:.0} tokens/s).\n\nHeld-out masked tokens ({} of them, the same for every row):\n\n| model | top-1 | top-5 | perplexity |\n|---|---|---|---|\n",
+            "# Text pretraining ({}) on {}\n\n{} training / {} held-out paragraphs ({} / {} tokens), WordPiece vocabulary {}; BERT {} layers x {} hidden x {} heads ({} parameters); {} steps of {} sequences of up to {} tokens in {:.0} s ({:.0} tokens/s).\n\nHeld-out masked tokens ({} of them, the same for every row; top-1 at `[MASK]` counts only those the model saw as `[MASK]`, not the ones left in place or swapped for a random token):\n\n| model | top-1 | top-1 at `[MASK]` | top-5 | perplexity |\n|---|---|---|---|---|\n",
             self.config.objectives.join(","), self.corpus, self.train_paragraphs, self.heldout_paragraphs, self.train_tokens, self.heldout_tokens,
             self.vocab_size, self.config.layers, self.config.hidden, self.config.heads, self.parameters,
             self.steps, self.config.batch_size, self.config.max_len, self.train_seconds, self.tokens_per_s,

@@ -20,7 +20,7 @@ fn trains_reports_reloads_and_resumes() {
     // The report contract.
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
-    for k in ["top1", "top5", "perplexity"] {
+    for k in ["top1", "top1_at_mask", "top5", "perplexity"] {
         assert!(json["heldout"][k].is_number(), "heldout.{k}");
         assert!(json["baselines"]["unigram"][k].is_number());
         assert!(json["baselines"]["untrained"][k].is_number());
@@ -38,6 +38,13 @@ fn trains_reports_reloads_and_resumes() {
     );
     assert!(r.heldout.top5 > untrained.top5);
     assert_eq!(r.history.len(), 2);
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    let at_mask = 100.0 * r.heldout.top1_at_mask.unwrap();
+    let row = format!(
+        "| **trained BERT** | {:.2}% | {at_mask:.2}% |",
+        100.0 * r.heldout.top1
+    );
+    assert!(md.contains(&row), "{row} not in\n{md}");
     // The checkpoint reloads: re-evaluated, it gives the reported held-out
     // numbers (a model that loaded wrong or not at all would not).
     let ck = dir.path().join("checkpoint");
