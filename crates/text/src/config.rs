@@ -60,13 +60,15 @@ pub struct TextConfig {
     /// ([`crate::objective`]).
     pub objectives: Vec<String>,
     /// Standard deviation of the weights' normal initialisation, Hugging
-    /// Face's `initializer_range`. A spec without the key means BERT's
-    /// 0.02, what its run was trained with.
+    /// Face's `initializer_range`. A stored config without the key (a
+    /// report or checkpoint written before it) reads as BERT's 0.02, what
+    /// its run was trained with; a `--config` file is laid over the
+    /// defaults instead, so the shipped result folders name it.
     #[serde(default = "bert_init_range")]
     pub init_range: f64,
     /// How a fresh model's position table starts: `normal` (BERT's draw)
-    /// or `sinusoidal` ([`crate::init`]). A spec without the key means
-    /// `normal`, what its run was trained with.
+    /// or `sinusoidal` ([`crate::init`]). A stored config without the key
+    /// reads as `normal`, as [`Self::init_range`] reads as 0.02.
     #[serde(default = "bert_position_init")]
     pub position_init: String,
 }
@@ -191,8 +193,9 @@ mod tests {
 
     #[test]
     fn a_spec_without_the_initialisation_keys_means_berts_own() {
-        // Specs and checkpoints written before the keys existed trained
-        // with BERT's initialisation; they must still say so.
+        // Reports and checkpoints written before the keys existed trained
+        // with BERT's initialisation; read back, they must still say so
+        // (`cargo xtask spec --from-report`, `--resume`).
         let old: TextConfig = serde_json::from_str(r#"{"steps": 10}"#).unwrap();
         assert_eq!(
             (old.init_range, old.position_init.as_str()),
